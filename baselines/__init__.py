@@ -1,0 +1,1 @@
+"""Baseline algorithms the suite compares MARPO against: MAPPO and QMix."""

@@ -1,0 +1,3 @@
+from marpo_bench.cli import main
+
+main()

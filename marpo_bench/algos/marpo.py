@@ -1,0 +1,172 @@
+"""MARPO: Multi-Agent Reflective Policy Optimization (Wu, Gan, Xing, Fu, 2025; arXiv 2512.22832).
+
+MAPPO (shared PPO core) with a different policy objective, ``marpo-spec.md`` sections 1-2:
+
+1. Reflection (spec section 1). Besides the current step's clipped surrogate L0, the objective
+   reuses the *next* step of the same agent's trajectory:
+       L1 = E_k[ valid_k * min( rho_k rho_{k+1} A_{k+1},
+                                clip(rho_k, x1, x2) clip(rho_{k+1}, x1, x2) A_{k+1} ) ]
+       objective = L0 + alpha * L1            (alpha = 0.3)
+   valid_k masks episode ends (k is the last step of its episode), the rollout's last step, and
+   dead agents. A_{k+1} is the next step's normalised advantage in both branches. The released
+   code's L1 is identically zero (its next-step advantages are never written, spec warning); this
+   file computes A_{k+1} by a time shift of the same advantage tensor.
+
+2. KL-derived dynamic asymmetric clipping (spec section 2). The bounds x1 < 1 < x2 are the roots
+   of f(r) = r - 1 - ln r = delta (the per-sample k3 KL estimator), in closed form with Lambert W:
+       x1 = -W_0(-e^{-(1+delta)}),   x2 = -W_{-1}(-e^{-(1+delta)})
+   delta adapts once per minibatch, before its gradient step:
+       biased = max(KL_mb, kl_floor) + kl_bias * (1 - min(progress, 1))
+       delta <- (1 - ema) * delta + ema * biased
+   with KL_mb the exact categorical KL(pi_snapshot || pi_theta) averaged over the minibatch's alive
+   agents, pi_snapshot the policy that collected the rollout.
+
+Switches (spec section 3): ``reflection`` (False: alpha is ignored), ``clip`` ("adaptive" |
+"symmetric" = PPO's [1-eps, 1+eps] everywhere), ``main_clip`` ("adaptive" = the paper's placement,
+bounds in L0 too | "ppo" = the official code's, adaptive bounds in L1 only). With
+``reflection=False`` and ``clip="symmetric"`` MARPO is exactly MAPPO (a test asserts it).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+import torch
+from scipy.special import lambertw
+
+from marpo_bench.algos.ppo_core import OnPolicyAlgorithm, PPOConfig, Rollout, masked_mean, ppo_clip_surrogate
+
+
+@dataclass
+class MARPOConfig(PPOConfig):
+    """MARPO = MAPPO's defaults (the official code is a fork of MAPPO's) plus the paper's alpha 0.3
+    and the official code's delta schedule constants (delta0 0.01, floor 0.008, bias 0.08, EMA 0.08)."""
+
+    alpha: float = 0.3
+    reflection: bool = True
+    clip: Literal["adaptive", "symmetric"] = "adaptive"
+    main_clip: Literal["adaptive", "ppo"] = "adaptive"
+    delta0: float = 0.01
+    kl_floor: float = 0.008
+    kl_bias: float = 0.08
+    delta_ema: float = 0.08
+
+    def validate(self) -> None:
+        super().validate()
+        from marpo_bench.config import ConfigError
+
+        if self.alpha < 0:
+            raise ConfigError(f"alpha must be >= 0, got {self.alpha}")
+        if self.delta0 <= 0 or self.kl_floor < 0 or self.kl_bias < 0 or not 0 <= self.delta_ema <= 1:
+            raise ConfigError("need delta0 > 0, kl_floor >= 0, kl_bias >= 0 and 0 <= delta_ema <= 1")
+
+
+def kl_clip_bounds(delta: float) -> tuple[float, float]:
+    """The two roots x1 < 1 < x2 of r - 1 - ln r = delta (spec section 2, Lambert W closed form).
+
+    The bounds are asymmetric (x2 - 1 > 1 - x1): a ratio may grow further than it may shrink for
+    the same KL budget."""
+    if delta <= 0:
+        raise ValueError(f"delta must be positive, got {delta}")
+    z = -math.exp(-(1.0 + delta))
+    x1 = float(-lambertw(z, 0).real)
+    x2 = float(-lambertw(z, -1).real)
+    return x1, x2
+
+
+def update_delta(delta: float, kl: float, progress: float, cfg: MARPOConfig) -> float:
+    """One step of delta's schedule (spec section 2): EMA of max(KL, floor) plus a decaying bias."""
+    biased = max(kl, cfg.kl_floor) + cfg.kl_bias * (1.0 - min(progress, 1.0))
+    return (1.0 - cfg.delta_ema) * delta + cfg.delta_ema * biased
+
+
+def categorical_kl(logp_old: torch.Tensor, logp_new: torch.Tensor) -> torch.Tensor:
+    """Exact KL(pi_old || pi_new) over the last axis; masked actions carry zero old probability."""
+    p_old = logp_old.exp()
+    return (p_old * (logp_old - logp_new)).sum(-1)
+
+
+def reflection_term(ratio: torch.Tensor, adv: torch.Tensor, valid: torch.Tensor, lo: float,
+                    hi: float) -> torch.Tensor:
+    """L1 of spec section 1 on time-major [T, ...] tensors.
+
+    ``valid`` [T-1, ...] says whether the pair (k, k+1) may be used (same episode, agents alive,
+    not across the rollout's end). Normalised by max(#valid, 1) as in the official code."""
+    rho_k, rho_next, adv_next = ratio[:-1], ratio[1:], adv[1:]
+    unclipped = rho_k * rho_next * adv_next
+    clipped = rho_k.clamp(lo, hi) * rho_next.clamp(lo, hi) * adv_next
+    m = valid.to(ratio.dtype)
+    return (torch.min(unclipped, clipped) * m).sum() / m.sum().clamp(min=1.0)
+
+
+def reflection_valid(mb: Rollout) -> torch.Tensor:
+    """[T-1, E, N] mask of usable (k, k+1) pairs: k not the end of its episode, the agent alive at
+    both steps. The rollout's last step has no k+1 and is excluded by construction (T-1 rows)."""
+    not_end = ~mb.done[:-1]  # [T-1, E]
+    return not_end.unsqueeze(-1) & mb.alive[:-1] & mb.alive[1:]
+
+
+class MARPO(OnPolicyAlgorithm):
+    """MARPO: MAPPO + reflection + KL-derived dynamic asymmetric clipping."""
+
+    name = "marpo"
+    Config = MARPOConfig
+    cfg: MARPOConfig
+
+    def __init__(self, cfg: MARPOConfig, *args, **kwargs) -> None:
+        super().__init__(cfg, *args, **kwargs)
+        self.delta = cfg.delta0
+
+    def policy_objective(self, mb: Rollout, logp_all: torch.Tensor, adv: torch.Tensor,
+                         progress: float) -> tuple[torch.Tensor, dict[str, float]]:
+        """L0 + alpha * L1 with the configured clipping (spec sections 1-2)."""
+        cfg = self.cfg
+        logp = logp_all.gather(-1, mb.actions.unsqueeze(-1)).squeeze(-1)
+        ratio = torch.exp(logp - mb.logp_old)
+        eps_lo, eps_hi = 1.0 - cfg.clip_eps, 1.0 + cfg.clip_eps
+        if cfg.clip == "adaptive":
+            # delta adapts once per minibatch, before this minibatch's gradient step.
+            with torch.no_grad():
+                kl = float(masked_mean(categorical_kl(mb.logits_old, logp_all.detach()), mb.alive))
+            self.delta = update_delta(self.delta, kl, progress, cfg)
+            x1, x2 = kl_clip_bounds(self.delta)
+            lo0, hi0 = (x1, x2) if cfg.main_clip == "adaptive" else (eps_lo, eps_hi)
+            lo1, hi1 = x1, x2
+        else:
+            lo0, hi0 = lo1, hi1 = eps_lo, eps_hi
+        # L0: the current step's clipped surrogate.
+        surrogate = masked_mean(ppo_clip_surrogate(ratio, adv, lo0, hi0), mb.alive)
+        refl = torch.zeros((), device=ratio.device)
+        if cfg.reflection and cfg.alpha > 0:
+            # L1: the next step's ratio and advantage reinforce step k (tensor shift along time).
+            refl = cfg.alpha * reflection_term(ratio, adv, reflection_valid(mb), lo1, hi1)
+            surrogate = surrogate + refl
+        with torch.no_grad():
+            logs = {
+                "approx_kl": float(masked_mean((ratio - 1) - torch.log(ratio), mb.alive)),
+                "clip_fraction": float(masked_mean(((ratio < lo0) | (ratio > hi0)).float(), mb.alive)),
+                "reflection_term": float(refl),
+                "clip_low": lo1, "clip_high": hi1, "kl_delta": self.delta,
+            }
+        return surrogate, logs
+
+    def summarize_logs(self, logs: dict[str, list[float]]) -> dict[str, float]:
+        """Means, plus the 5/95 percentiles of the bounds over this update's minibatches."""
+        out = super().summarize_logs({k: v for k, v in logs.items() if k not in ("clip_low", "clip_high")})
+        for side in ("low", "high"):
+            vals = np.asarray(logs[f"clip_{side}"])
+            out[f"clip_{side}_mean"] = float(vals.mean())
+            out[f"clip_{side}_p5"] = float(np.percentile(vals, 5))
+            out[f"clip_{side}_p95"] = float(np.percentile(vals, 95))
+        out["kl_delta"] = self.delta
+        return out
+
+    def state_dict(self) -> dict:
+        return {**super().state_dict(), "delta": self.delta}
+
+    def load_state_dict(self, sd: dict) -> None:
+        super().load_state_dict(sd)
+        self.delta = float(sd["delta"])

@@ -1,0 +1,375 @@
+"""What MAPPO and MARPO share: config, actor/critic, rollout buffer, GAE, value normalisation,
+and the PPO update loop. Only the *policy objective* differs between the two algorithms: each
+subclass implements ``policy_objective`` (MAPPO in ``baselines/mappo.py``, MARPO in
+``marpo_bench/algos/marpo.py``).
+
+Structure (CTDE, ``marpo-spec.md`` section 0): a shared actor pi(a_i | o_i, id_i) over discrete
+actions with availability masks; a centralised critic V(s) on the global state. The team reward is
+shared, so one value per env suffices and advantages broadcast to every agent.
+
+Minibatches are drawn over *environments* (each minibatch holds whole [T]-step trajectories of a
+subset of envs). This keeps (t, t+1) pairs together for MARPO's reflection term and lets a
+recurrent policy be added without changing the sampler; with one minibatch (MAPPO's MPE default)
+it is identical to MAPPO's sampler.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+import torch
+from torch import nn
+
+from marpo_bench.envs.base import EnvInfo, MultiAgentVecEnv, TimeStep
+from marpo_bench.nets import MLP, gumbel_max_sample, masked_logits
+
+
+@dataclass
+class PPOConfig:
+    """Shared on-policy defaults: MAPPO's MPE recipe (Yu et al. 2022, Table/appendix; on-policy code
+    ``train_mpe.py`` / ``mpe_spread.sh``): 128 envs x 25 steps, 10 epochs, 1 minibatch, lr 7e-4,
+    gamma 0.99, GAE lambda 0.95, clip 0.2, entropy 0.01, value coef 1, Huber delta 10 with value
+    clipping, ValueNorm, grad-norm clip 10, Adam eps 1e-5, 64-unit MLPs with input LayerNorm.
+    Activation: ReLU, as the MAPPO paper states (the official spread script ends up with Tanh through
+    a ``store_false`` flag: PITFALLS.md)."""
+
+    num_envs: int = 128
+    rollout_len: int = 25
+    epochs: int = 10
+    minibatches: int = 1
+    lr: float = 7e-4
+    critic_lr: float = 7e-4
+    adam_eps: float = 1e-5
+    gamma: float = 0.99
+    gae_lambda: float = 0.95
+    clip_eps: float = 0.2
+    entropy_coef: float = 0.01
+    value_coef: float = 1.0
+    huber_delta: float = 10.0
+    value_clip: bool = True
+    value_norm: bool = True
+    max_grad_norm: float = 10.0
+    hidden: int = 64
+    layers: int = 2
+    activation: Literal["relu", "tanh"] = "relu"
+    agent_id: bool = True
+    eval_interval: int = 0  # env steps between evaluations; 0 = budget / 20
+    eval_episodes: int = 32
+    eval_mode: Literal["greedy", "sample"] = "greedy"
+
+    def validate(self) -> None:
+        """Reject values that cannot work, naming the setting."""
+        from marpo_bench.config import ConfigError
+
+        for name in ("num_envs", "rollout_len", "epochs", "minibatches", "hidden", "layers", "eval_episodes"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"{name} must be positive, got {getattr(self, name)}")
+        if self.minibatches > self.num_envs:
+            raise ConfigError(f"minibatches ({self.minibatches}) cannot exceed num_envs ({self.num_envs})")
+        if not 0.0 <= self.gamma <= 1.0 or not 0.0 <= self.gae_lambda <= 1.0:
+            raise ConfigError("gamma and gae_lambda must lie in [0, 1]")
+        if self.clip_eps <= 0 or self.lr <= 0 or self.critic_lr <= 0:
+            raise ConfigError("clip_eps, lr and critic_lr must be positive")
+
+
+# ----------------------------------------------------------------------------------------------
+# Value normalisation and GAE
+# ----------------------------------------------------------------------------------------------
+
+
+class ValueNorm(nn.Module):
+    """Running mean/std of value targets with a debiased EMA (MAPPO's ``ValueNorm``, beta 0.99999).
+
+    The critic predicts normalised values; GAE works on denormalised ones."""
+
+    def __init__(self, beta: float = 0.99999, eps: float = 1e-5) -> None:
+        super().__init__()
+        self.beta, self.eps = beta, eps
+        self.register_buffer("mean", torch.zeros((), dtype=torch.float64))
+        self.register_buffer("mean_sq", torch.zeros((), dtype=torch.float64))
+        self.register_buffer("debias", torch.zeros((), dtype=torch.float64))
+
+    def _stats(self) -> tuple[torch.Tensor, torch.Tensor]:
+        d = self.debias.clamp(min=self.eps)
+        mean = self.mean / d
+        var = (self.mean_sq / d - mean**2).clamp(min=1e-2)
+        return mean, var
+
+    @torch.no_grad()
+    def update(self, x: torch.Tensor) -> None:
+        """Fold a batch of targets into the running statistics."""
+        x = x.detach().double()
+        self.mean.mul_(self.beta).add_(x.mean() * (1 - self.beta))
+        self.mean_sq.mul_(self.beta).add_((x**2).mean() * (1 - self.beta))
+        self.debias.mul_(self.beta).add_(1 - self.beta)
+
+    def normalize(self, x: torch.Tensor) -> torch.Tensor:
+        mean, var = self._stats()
+        return ((x.double() - mean) / var.sqrt()).to(x.dtype)
+
+    def denormalize(self, x: torch.Tensor) -> torch.Tensor:
+        mean, var = self._stats()
+        return (x.double() * var.sqrt() + mean).to(x.dtype)
+
+
+def compute_gae(
+    rewards: torch.Tensor,
+    values: torch.Tensor,
+    next_values: torch.Tensor,
+    terminated: torch.Tensor,
+    done: torch.Tensor,
+    gamma: float,
+    lam: float,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Generalised advantage estimation over a [T, E] rollout with auto-reset.
+
+    ``next_values[t]`` is V of the state after step t: the next state of the same episode, or the
+    *final* state of an episode that ended at t. A terminal step does not bootstrap; a truncated
+    one (time limit) does (PITFALLS.md). The recursion stops at any episode end (``done``):
+        delta_t = r_t + gamma * (1 - term_t) * V(s'_t) - V(s_t)
+        A_t     = delta_t + gamma * lam * (1 - done_t) * A_{t+1}
+    Returns (advantages, returns = advantages + values)."""
+    T = rewards.shape[0]
+    adv = torch.zeros_like(rewards)
+    last = torch.zeros_like(rewards[0])
+    not_term = 1.0 - terminated.float()
+    not_done = 1.0 - done.float()
+    for t in reversed(range(T)):
+        delta = rewards[t] + gamma * not_term[t] * next_values[t] - values[t]
+        last = delta + gamma * lam * not_done[t] * last
+        adv[t] = last
+    return adv, adv + values
+
+
+# ----------------------------------------------------------------------------------------------
+# Rollout storage
+# ----------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Rollout:
+    """One on-policy batch, time-major: [T, E, ...]."""
+
+    obs: torch.Tensor  # [T, E, N, O]
+    state: torch.Tensor  # [T, E, S]
+    avail: torch.Tensor  # [T, E, N, A] bool
+    alive: torch.Tensor  # [T, E, N] bool
+    actions: torch.Tensor  # [T, E, N] int64
+    logp_old: torch.Tensor  # [T, E, N]   log pi_old(a|o) of the taken actions
+    logits_old: torch.Tensor  # [T, E, N, A] masked log pi_old(.|o) (MARPO's exact KL)
+    values: torch.Tensor  # [T, E] critic output (normalised space when value_norm)
+    rewards: torch.Tensor  # [T, E]
+    terminated: torch.Tensor  # [T, E] bool
+    done: torch.Tensor  # [T, E] bool
+    advantages: torch.Tensor  # [T, E]
+    returns: torch.Tensor  # [T, E] (denormalised)
+
+    def select_envs(self, idx: torch.Tensor) -> Rollout:
+        """The sub-rollout of envs ``idx`` (all T steps, so (t, t+1) pairs stay together)."""
+        return Rollout(**{k: v[:, idx] for k, v in self.__dict__.items()})
+
+
+# ----------------------------------------------------------------------------------------------
+# The on-policy learner
+# ----------------------------------------------------------------------------------------------
+
+
+def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean of ``x`` over entries where ``mask`` is true (0 when the mask is empty)."""
+    m = mask.to(x.dtype)
+    return (x * m).sum() / m.sum().clamp(min=1.0)
+
+
+def huber(x: torch.Tensor, delta: float) -> torch.Tensor:
+    """Elementwise Huber loss (MAPPO's value loss with delta 10)."""
+    a = x.abs()
+    return torch.where(a <= delta, 0.5 * x**2, delta * (a - 0.5 * delta))
+
+
+class OnPolicyAlgorithm:
+    """MAPPO-style CTDE learner; subclasses supply the policy objective."""
+
+    name = "ppo"
+    Config = PPOConfig
+
+    def __init__(self, cfg: PPOConfig, env_info: EnvInfo, device: torch.device | str, seed: int) -> None:
+        self.cfg = cfg
+        self.info = env_info
+        self.device = torch.device(device)
+        self.seed = seed
+        with torch.random.fork_rng(devices=[]):  # seeded init without touching global RNG state
+            torch.manual_seed(seed)
+            self.actor = MLP(env_info.obs_dim, env_info.num_actions, cfg.hidden, cfg.layers,
+                             cfg.activation, out_gain=0.01).to(self.device)
+            self.critic = MLP(env_info.state_dim, 1, cfg.hidden, cfg.layers, cfg.activation,
+                              out_gain=1.0).to(self.device)
+        self.value_norm = ValueNorm().to(self.device) if cfg.value_norm else None
+        self.actor_opt = torch.optim.Adam(self.actor.parameters(), lr=cfg.lr, eps=cfg.adam_eps)
+        self.critic_opt = torch.optim.Adam(self.critic.parameters(), lr=cfg.critic_lr, eps=cfg.adam_eps)
+        self.gen = torch.Generator(device=self.device)
+        self.gen.manual_seed(seed)
+        self.np_rng = np.random.default_rng(seed)
+
+    # -- acting -------------------------------------------------------------------------------
+
+    def log_probs(self, obs: torch.Tensor, avail: torch.Tensor) -> torch.Tensor:
+        """Masked log pi(.|o) for every action: [..., A]."""
+        return torch.log_softmax(masked_logits(self.actor(obs), avail), dim=-1)
+
+    @torch.no_grad()
+    def act(self, ts: TimeStep, deterministic: bool) -> torch.Tensor:
+        """Actions [E, N] for a TimeStep (greedy when ``deterministic``), on the env's device."""
+        logp = self.log_probs(ts.obs.to(self.device), ts.avail_actions.to(self.device))
+        a = logp.argmax(-1) if deterministic else gumbel_max_sample(logp, self.gen)
+        return a.to(ts.obs.device)
+
+    def values(self, state: torch.Tensor) -> torch.Tensor:
+        """Critic output [...]: normalised values when ``value_norm`` is on."""
+        return self.critic(state).squeeze(-1)
+
+    def denorm(self, v: torch.Tensor) -> torch.Tensor:
+        return self.value_norm.denormalize(v) if self.value_norm is not None else v
+
+    # -- data collection ------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def collect(self, env: MultiAgentVecEnv, ts: TimeStep) -> tuple[Rollout, TimeStep, list[float]]:
+        """Run ``rollout_len`` steps in every env; returns the rollout, the next TimeStep and the
+        returns of the episodes that ended."""
+        T, dev = self.cfg.rollout_len, self.device
+        keys = ("obs", "state", "avail", "alive", "actions", "logp_old", "logits_old", "rewards",
+                "terminated", "done", "final_state")
+        buf: dict[str, list[torch.Tensor]] = {k: [] for k in keys}
+        finished: list[float] = []
+        for _ in range(T):
+            obs, avail = ts.obs.to(dev), ts.avail_actions.to(dev)
+            logp_all = self.log_probs(obs, avail)
+            actions = gumbel_max_sample(logp_all, self.gen)
+            buf["obs"].append(obs)
+            buf["state"].append(ts.state.to(dev))
+            buf["avail"].append(avail)
+            buf["alive"].append(ts.alive.to(dev))
+            buf["actions"].append(actions)
+            buf["logits_old"].append(logp_all)
+            buf["logp_old"].append(logp_all.gather(-1, actions.unsqueeze(-1)).squeeze(-1))
+            ts = env.step(actions.to(ts.obs.device))
+            buf["rewards"].append(ts.reward.to(dev))
+            buf["terminated"].append(ts.terminated.to(dev))
+            buf["done"].append(ts.done.to(dev))
+            buf["final_state"].append(ts.final_state.to(dev))
+            if bool(ts.done.any()):
+                finished.extend(ts.episode_return[ts.done].tolist())
+        data = {k: torch.stack(v) for k, v in buf.items()}
+        final_state = data.pop("final_state")
+        values = self.values(data["state"])  # [T, E] one batched critic pass
+        v_den = self.denorm(values)
+        # V of the state after each step: next state in-episode, or the final state of a finished one.
+        nxt = torch.cat([v_den[1:], self.denorm(self.values(ts.state.to(dev))).unsqueeze(0)])
+        done = data["done"]
+        if bool(done.any()):
+            nxt[done] = self.denorm(self.values(final_state[done]))
+        adv, ret = compute_gae(data["rewards"], v_den, nxt, data["terminated"], done,
+                               self.cfg.gamma, self.cfg.gae_lambda)
+        return Rollout(values=values, advantages=adv, returns=ret, **data), ts, finished
+
+    # -- update ---------------------------------------------------------------------------------
+
+    def policy_objective(self, mb: Rollout, logp_all: torch.Tensor, adv: torch.Tensor,
+                         progress: float) -> tuple[torch.Tensor, dict[str, float]]:
+        """The surrogate to *maximise* on a minibatch (subclass hook). ``logp_all`` is the current
+        masked log pi(.|o) [T, Eb, N, A]; ``adv`` the normalised advantages [T, Eb, N]."""
+        raise NotImplementedError
+
+    def value_loss(self, mb: Rollout) -> torch.Tensor:
+        """MAPPO's clipped Huber value loss in normalised space."""
+        v = self.values(mb.state)
+        target = self.value_norm.normalize(mb.returns) if self.value_norm is not None else mb.returns
+        err = huber(target - v, self.cfg.huber_delta)
+        if self.cfg.value_clip:
+            v_clip = mb.values + (v - mb.values).clamp(-self.cfg.clip_eps, self.cfg.clip_eps)
+            err = torch.max(err, huber(target - v_clip, self.cfg.huber_delta))
+        env_alive = mb.alive.any(-1)  # a value target exists while any agent of the team lives
+        return masked_mean(err, env_alive)
+
+    def update(self, ro: Rollout, progress: float) -> dict[str, float]:
+        """PPO epochs x minibatches over envs. Returns the mean of each logged metric."""
+        cfg = self.cfg
+        if self.value_norm is not None:
+            self.value_norm.update(ro.returns[ro.alive.any(-1)])
+        # Advantages: shared team advantage per agent, normalised over alive agents (MAPPO).
+        adv = ro.advantages.unsqueeze(-1).expand_as(ro.logp_old)
+        live = adv[ro.alive]
+        adv = (adv - live.mean()) / (live.std() + 1e-5) if live.numel() > 1 else adv
+        E = ro.rewards.shape[1]
+        logs: dict[str, list[float]] = {}
+        for _ in range(cfg.epochs):
+            perm = torch.from_numpy(self.np_rng.permutation(E)).to(self.device)
+            for idx in torch.chunk(perm, cfg.minibatches):
+                mb = ro.select_envs(idx)
+                logp_all = self.log_probs(mb.obs, mb.avail)
+                surrogate, pol_logs = self.policy_objective(mb, logp_all, adv[:, idx], progress)
+                entropy = masked_mean(-(logp_all.exp() * logp_all).sum(-1), mb.alive)
+                actor_loss = -surrogate - cfg.entropy_coef * entropy
+                v_loss = self.value_loss(mb)
+                self.actor_opt.zero_grad(set_to_none=True)
+                self.critic_opt.zero_grad(set_to_none=True)
+                (actor_loss + cfg.value_coef * v_loss).backward()
+                gn = nn.utils.clip_grad_norm_(self.actor.parameters(), cfg.max_grad_norm)
+                nn.utils.clip_grad_norm_(self.critic.parameters(), cfg.max_grad_norm)
+                self.actor_opt.step()
+                self.critic_opt.step()
+                step_logs = {"policy_loss": float(-surrogate.detach()), "value_loss": float(v_loss.detach()),
+                             "entropy": float(entropy.detach()), "grad_norm": float(gn), **pol_logs}
+                for k, v in step_logs.items():
+                    logs.setdefault(k, []).append(v)
+        return self.summarize_logs(logs)
+
+    def summarize_logs(self, logs: dict[str, list[float]]) -> dict[str, float]:
+        """Reduce per-minibatch metrics to one value each for the update (mean by default)."""
+        return {k: float(np.mean(v)) for k, v in logs.items()}
+
+    # -- training loop --------------------------------------------------------------------------
+
+    def learn(self, env: MultiAgentVecEnv, total_steps: int, seed: int,
+              on_iteration: Callable[[int, dict[str, float]], None]) -> None:
+        """Train for ``total_steps`` env steps (E x T per iteration). ``on_iteration(env_steps,
+        metrics)`` is called after every update; the runner evaluates and logs from there."""
+        ts = env.reset(seed)
+        steps = 0
+        per_iter = self.cfg.num_envs * self.cfg.rollout_len
+        while steps < total_steps:
+            ro, ts, finished = self.collect(env, ts)
+            steps += per_iter
+            metrics = self.update(ro, progress=min(steps / total_steps, 1.0))
+            metrics["train_return_mean"] = float(np.mean(finished)) if finished else math.nan
+            on_iteration(steps, metrics)
+
+    # -- checkpointing --------------------------------------------------------------------------
+
+    def state_dict(self) -> dict:
+        """Everything needed to resume: networks, optimisers, normaliser, RNG states."""
+        return {
+            "actor": self.actor.state_dict(), "critic": self.critic.state_dict(),
+            "actor_opt": self.actor_opt.state_dict(), "critic_opt": self.critic_opt.state_dict(),
+            "value_norm": self.value_norm.state_dict() if self.value_norm is not None else None,
+            "gen": self.gen.get_state(), "np_rng": self.np_rng.bit_generator.state,
+        }
+
+    def load_state_dict(self, sd: dict) -> None:
+        self.actor.load_state_dict(sd["actor"])
+        self.critic.load_state_dict(sd["critic"])
+        self.actor_opt.load_state_dict(sd["actor_opt"])
+        self.critic_opt.load_state_dict(sd["critic_opt"])
+        if self.value_norm is not None and sd["value_norm"] is not None:
+            self.value_norm.load_state_dict(sd["value_norm"])
+        self.gen.set_state(sd["gen"])
+        self.np_rng.bit_generator.state = sd["np_rng"]
+
+
+def ppo_clip_surrogate(ratio: torch.Tensor, adv: torch.Tensor, lo: float, hi: float) -> torch.Tensor:
+    """Elementwise PPO surrogate min(r A, clip(r, lo, hi) A) (spec eq. L_clip / L0)."""
+    return torch.min(ratio * adv, ratio.clamp(lo, hi) * adv)

@@ -1,0 +1,138 @@
+"""The ``marpo-bench`` command line. Thin: parse, validate (one-line errors, exit code 2), call the
+modules that do the work."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from marpo_bench import store
+from marpo_bench.algos import ALGORITHMS
+from marpo_bench.config import ConfigError, RunSpec, parse_set_options, parse_steps
+from marpo_bench.envs import ENV_FAMILIES, parse_env
+
+app = typer.Typer(add_completion=False, no_args_is_help=True,
+                  help="Train and compare cooperative MARL algorithms (MARPO, MAPPO, QMix).")
+console = Console()
+err_console = Console(stderr=True)
+
+# The embedded default study: small enough to finish in a few minutes on 2 CPU cores.
+DEFAULT_ALGOS = "mappo,marpo"
+DEFAULT_ENVS = "jax_mpe:simple_spread"
+DEFAULT_SEEDS = 2
+DEFAULT_STEPS = "300k"
+
+
+def fail(message: str) -> None:
+    """Print a one-line error and exit with code 2 (bad input)."""
+    err_console.print(f"[bold red]error:[/bold red] {message}", highlight=False)
+    raise typer.Exit(code=2)
+
+
+def plan_grid(algos: str, envs: str, seeds: int, steps: str, sets: list[str], device: str) -> list[RunSpec]:
+    """Validate every argument and build the grid of RunSpecs (ConfigError/ValueError on bad input)."""
+    from marpo_bench.train import build_config, resolve_device
+
+    algo_names = [a.strip() for a in algos.split(",") if a.strip()]
+    if not algo_names:
+        raise ConfigError(f"no algorithm given; valid: {', '.join(sorted(ALGORITHMS))}")
+    for a in algo_names:
+        if a not in ALGORITHMS:
+            raise ConfigError(f"unknown algorithm {a!r}; valid: {', '.join(sorted(ALGORITHMS))}")
+    env_pairs = [parse_env(e.strip()) for e in envs.split(",") if e.strip()]
+    if not env_pairs:
+        raise ConfigError("no env given; e.g. --envs jax_mpe:simple_spread (see `marpo-bench list envs`)")
+    if seeds <= 0:
+        raise ConfigError(f"--seeds must be a positive number of seeds, got {seeds}")
+    budget = parse_steps(steps)
+    pairs = parse_set_options(sets)
+    resolve_device(device)
+    specs = [RunSpec(a, fam, task, seed, budget, pairs, device)
+             for a in algo_names for fam, task in env_pairs for seed in range(seeds)]
+    # Build every config once now, so a bad --set fails before any run starts.
+    from marpo_bench.algos import get_algorithm
+
+    unscoped = {k for k, _ in pairs if "." not in k}
+    known: set[str] = set()
+    for a in algo_names:
+        known |= set(get_algorithm(a).Config.__dataclass_fields__)
+    for k in sorted(unscoped - known):
+        raise ConfigError(f"unknown setting {k!r} for {', '.join(algo_names)}; "
+                          f"valid: {', '.join(sorted(known))}")
+    for s in {(s.algo, s.env): s for s in specs}.values():
+        build_config(s)
+    return specs
+
+
+@app.command()
+def run(
+    algos: str = typer.Option(DEFAULT_ALGOS, help="Comma-separated algorithms (see `list algos`)."),
+    envs: str = typer.Option(DEFAULT_ENVS, help="Comma-separated family:task (see `list envs`)."),
+    seeds: int = typer.Option(DEFAULT_SEEDS, help="Number of seeds per (algo, env): seeds 0..N-1."),
+    steps: str = typer.Option(DEFAULT_STEPS, help="Env-step budget per run, e.g. 200k or 1.5M."),
+    workers: int = typer.Option(1, help="Runs trained in parallel (local process pool)."),
+    results: Path = typer.Option(Path("results"), help="Results directory."),
+    study: str = typer.Option("default", help="Study name: runs go to RESULTS/STUDY/runs/."),
+    set_: list[str] = typer.Option([], "--set", help="Config override key=value or algo.key=value."),
+    device: str = typer.Option("cpu", help="cpu, cuda, cuda:N or auto."),
+) -> None:
+    """Train a grid of algorithms x envs x seeds; re-running the same command skips complete runs."""
+    try:
+        specs = plan_grid(algos, envs, seeds, steps, set_, device)
+        if workers <= 0:
+            raise ConfigError(f"--workers must be positive, got {workers}")
+        if not study or "/" in study or study.startswith("."):
+            raise ConfigError(f"bad --study {study!r}: use a plain directory name")
+        statuses = {s.run_id: store.run_status(store.run_dir(results, study, s.run_id)) for s in specs}
+    except (ConfigError, ValueError, store.StoreError) as exc:
+        fail(str(exc))
+    done = sum(v == "complete" for v in statuses.values())
+    redo = sum(v not in (None, "complete") for v in statuses.values())
+    console.print(f"study [bold]{results / study}[/bold]: {len(specs)} runs "
+                  f"({done} complete, skipped; {redo} incomplete, restarted from scratch)", highlight=False)
+    from marpo_bench.executors import run_local
+
+    try:
+        res = run_local(specs, results, study, workers, console)
+    except KeyboardInterrupt:
+        err_console.print("interrupted: finished runs are stored; re-run the same command to continue")
+        raise typer.Exit(code=130) from None
+    failed = [r for r in res if r.status == "failed"]
+    console.print(f"finished: {sum(r.status == 'complete' for r in res)} trained, "
+                  f"{sum(r.status == 'skipped' for r in res)} skipped, {len(failed)} failed "
+                  f"-> {results / study}", highlight=False)
+    if failed:
+        raise typer.Exit(code=1)
+
+
+@app.command("list")
+def list_(what: str = typer.Argument(..., help="algos | envs")) -> None:
+    """List the registered algorithms or envs with one-line descriptions."""
+    table = Table(show_header=True, header_style="bold")
+    if what == "algos":
+        table.add_column("algo")
+        table.add_column("description")
+        for name, (_, _, desc) in sorted(ALGORITHMS.items()):
+            table.add_row(name, desc)
+    elif what == "envs":
+        table.add_column("env")
+        table.add_column("description")
+        for fam, spec in ENV_FAMILIES.items():
+            for task in spec["tasks"]:
+                table.add_row(f"{fam}:{task}", spec["description"])
+    else:
+        fail(f"unknown list {what!r}; valid: algos, envs")
+    console.print(table)
+
+
+def main() -> None:
+    """Console-script entry point."""
+    app(prog_name="marpo-bench")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

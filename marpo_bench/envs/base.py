@@ -1,0 +1,93 @@
+"""The env contract every algorithm sees: a cooperative, vectorised, auto-resetting multi-agent env.
+
+All tensors are torch tensors on the env's ``device``. Shapes use E = parallel envs, N = agents,
+A = discrete actions (padded to the largest action set across agents; unavailable ones masked).
+
+Conventions (see ``DESIGN.md`` and ``PITFALLS.md``):
+- ``reward`` is the *team* reward of the transition; how it is formed from per-agent rewards is
+  stated by ``EnvInfo.reward_scale`` (``"team_sum"``: summed over agents, MAPPO's convention).
+- ``terminated`` means a true terminal state (no bootstrapping); ``truncated`` means a time limit
+  (bootstrap through it using ``final_state``/``final_obs``).
+- Auto-reset happens inside ``step``: when env e finishes at this step, ``obs[e]``/``state[e]``/
+  ``avail_actions[e]``/``alive[e]`` already belong to the first step of the next episode, while
+  ``final_obs[e]``/``final_state[e]`` hold the last observation of the finished episode.
+- ``episode_return``/``episode_length``/``won`` are meaningful only where ``done = terminated |
+  truncated``; elsewhere they are NaN (return, won) or 0 (length). ``won`` is NaN for envs without a
+  notion of winning (MPE).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from typing import Protocol, runtime_checkable
+
+import torch
+
+
+@dataclass
+class TimeStep:
+    """One vectorised step (or reset) of E envs with N agents."""
+
+    obs: torch.Tensor  # [E, N, obs_dim] float32 (agent id one-hot appended if requested)
+    state: torch.Tensor  # [E, state_dim] float32, global state for centralised critics / mixers
+    avail_actions: torch.Tensor  # [E, N, A] bool
+    alive: torch.Tensor  # [E, N] bool, False for dead agents (death masking; all True on MPE)
+    reward: torch.Tensor  # [E] float32 team reward of the transition (0 after reset)
+    terminated: torch.Tensor  # [E] bool
+    truncated: torch.Tensor  # [E] bool
+    final_obs: torch.Tensor  # [E, N, obs_dim]: last obs of a finished episode, else == obs
+    final_state: torch.Tensor  # [E, state_dim]: last state of a finished episode, else == state
+    episode_return: torch.Tensor  # [E] float32, team return where done, NaN elsewhere
+    episode_length: torch.Tensor  # [E] int64, length where done, 0 elsewhere
+    won: torch.Tensor  # [E] float32, 1/0 where done on envs with winning, NaN elsewhere
+
+    @property
+    def done(self) -> torch.Tensor:
+        """[E] bool: the episode ended at this step (terminal or time limit)."""
+        return self.terminated | self.truncated
+
+    def to(self, device: torch.device | str) -> TimeStep:
+        """Copy every field to ``device``."""
+        return TimeStep(**{f.name: getattr(self, f.name).to(device) for f in fields(self)})
+
+
+@dataclass(frozen=True)
+class EnvInfo:
+    """Static facts about an env instance that algorithms and the store need."""
+
+    family: str  # "mpe", "jax_mpe", "smax", ...
+    task: str  # e.g. "simple_spread"
+    num_envs: int
+    num_agents: int
+    obs_dim: int
+    state_dim: int
+    num_actions: int
+    episode_limit: int  # time limit in agent steps (horizon)
+    reward_scale: str  # "team_sum" or "agent_mean": how the team reward is formed
+    has_won: bool  # whether ``won`` is meaningful
+
+
+@runtime_checkable
+class MultiAgentVecEnv(Protocol):
+    """What every env wrapper provides. Algorithms see only this."""
+
+    info: EnvInfo
+    device: torch.device
+
+    def reset(self, seed: int) -> TimeStep:
+        """Reset all E envs deterministically from ``seed``."""
+        ...
+
+    def step(self, actions: torch.Tensor) -> TimeStep:
+        """Apply ``actions`` ([E, N] int64, each available) and auto-reset finished envs."""
+        ...
+
+    def close(self) -> None:
+        """Release resources (processes, device buffers)."""
+        ...
+
+
+def agent_id_onehot(num_envs: int, num_agents: int, device: torch.device | str) -> torch.Tensor:
+    """[E, N, N] one-hot agent ids, appended to observations by wrappers (MAPPO convention)."""
+    eye = torch.eye(num_agents, device=device)
+    return eye.unsqueeze(0).expand(num_envs, num_agents, num_agents)

@@ -1,0 +1,269 @@
+"""MPE through JaxMARL: the same three tasks as ``mpe.py``, vmapped over E envs and jitted.
+
+One jitted call per ``step`` advances all E envs, auto-resets finished ones, tracks episode
+return/length in the carry and returns stacked, padded arrays; torch and JAX exchange them via
+DLPack (zero-copy on CPU). Spaces, action encoding, observation layout and the team reward
+(``team_sum``) are identical to the mpe2 backend (checked step by step in ``tests/test_envs.py``).
+
+Differences from calling JaxMARL directly, on purpose:
+- JaxMARL's own ``done`` fires when the *pre-step* counter reaches ``max_steps``, i.e. after
+  ``max_steps + 1`` steps (26 for 25). This wrapper truncates after exactly ``max_cycles`` steps,
+  like PettingZoo, and ignores JaxMARL's ``done``.
+- Random streams differ from mpe2 (JAX PRNG vs numpy), so the two backends agree in
+  distribution, not sample by sample. ``reset(seed)`` derives everything from
+  ``jax.random.PRNGKey(seed)``; the key lives in the jitted carry and is split every step.
+- Unavailable actions are not checked here (that would cost a device sync per step); passing
+  one is undefined behaviour, as the env contract says.
+
+JAX is imported by this module only (the registry imports it lazily). It defaults to the CPU
+platform and does not preallocate memory unless the user's environment says otherwise.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import sys
+from collections.abc import Callable, Iterator
+from typing import Any
+
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import torch  # noqa: E402
+
+from marpo_bench.envs.base import EnvInfo, TimeStep  # noqa: E402
+from marpo_bench.envs.mpe import DEFAULT_MAX_CYCLES, check_task  # noqa: E402
+
+# task -> (jaxmarl env id, kwargs); local_ratio matches mpe2's defaults used in mpe.py.
+_JAXMARL_TASKS: dict[str, tuple[str, dict[str, Any]]] = {
+    "simple_spread": (
+        "MPE_simple_spread_v3",
+        {"num_agents": 3, "num_landmarks": 3, "local_ratio": 0.5},
+    ),
+    "simple_reference": ("MPE_simple_reference_v3", {"local_ratio": 0.5}),
+    "simple_speaker_listener": ("MPE_simple_speaker_listener_v4", {}),
+}
+
+
+@contextlib.contextmanager
+def _silenced() -> Iterator[None]:
+    """Silence stdout/stderr at the file-descriptor level and restore ``sys.stdout``/``stderr``.
+
+    Needed for ``import jaxmarl``: it prints "Submoduled environments not found" and, importing
+    its brax module, sets ``sys.stdout = sys.__stdout__``, which defeats a plain
+    ``redirect_stdout`` and would silently undo any redirection the caller had installed.
+    """
+    saved = sys.stdout, sys.stderr
+    streams = (sys.stdout, sys.stderr, sys.__stdout__, sys.__stderr__)
+    for s in streams:
+        if s is not None:
+            s.flush()
+    try:
+        kept = [os.dup(1), os.dup(2)]
+    except OSError:  # no real fds (embedded interpreters): a Python-level redirect must do
+        kept = []
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        for fd in (1, 2) if kept else ():
+            os.dup2(devnull, fd)
+        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+            yield
+    finally:
+        for s in (sys.__stdout__, sys.__stderr__):
+            if s is not None:
+                s.flush()
+        for fd, k in zip((1, 2), kept, strict=False):  # kept is empty without real fds
+            os.dup2(k, fd)
+            os.close(k)
+        os.close(devnull)
+        sys.stdout, sys.stderr = saved
+
+
+def _import_jaxmarl() -> Any:
+    """Import jaxmarl without its import-time notices and side effects on ``sys.stdout``."""
+    with _silenced():
+        import jaxmarl
+    return jaxmarl
+
+
+def _to_torch(x: jax.Array, device: torch.device) -> torch.Tensor:
+    """JAX array -> torch tensor via DLPack (zero-copy on CPU), then moved to ``device``."""
+    t = torch.from_dlpack(x)
+    return t if device.type == "cpu" else t.to(device)
+
+
+class JaxMPEVecEnv:
+    """E JaxMARL MPE envs advanced by one jitted, vmapped call per step, behind ``MultiAgentVecEnv``."""
+
+    def __init__(
+        self,
+        task: str,
+        num_envs: int,
+        device: torch.device | str = "cpu",
+        agent_id: bool = True,
+        max_cycles: int = DEFAULT_MAX_CYCLES,
+    ) -> None:
+        check_task(task)
+        if num_envs < 1:
+            raise ValueError(f"num_envs must be >= 1, got {num_envs}")
+        env_id, kwargs = _JAXMARL_TASKS[task]
+        env = _import_jaxmarl().make(env_id, max_steps=max_cycles, **kwargs)
+        self._env = env
+        agents: list[str] = list(env.agents)
+        obs_sizes = [int(env.observation_space(a).shape[0]) for a in agents]
+        num_actions = [int(env.action_space(a).n) for a in agents]
+        E, N, D, A = num_envs, len(agents), max(obs_sizes), max(num_actions)
+
+        self.device = torch.device(device)
+        self._E, self._N = E, N
+        self.info = EnvInfo(
+            family="jax_mpe",
+            task=task,
+            num_envs=E,
+            num_agents=N,
+            obs_dim=D + (N if agent_id else 0),
+            state_dim=N * D,
+            num_actions=A,
+            episode_limit=max_cycles,
+            reward_scale="team_sum",
+            has_won=False,
+        )
+        avail = torch.zeros(N, A, dtype=torch.bool)
+        for i, n in enumerate(num_actions):
+            avail[i, :n] = True
+        self._avail = avail.to(self.device)
+
+        onehot = jnp.broadcast_to(jnp.eye(N, dtype=jnp.float32), (E, N, N))
+
+        def stack(obs: dict[str, jax.Array]) -> jax.Array:
+            """Per-agent obs dict ([E, d_i] each) -> zero-padded [E, N, D] float32."""
+            return jnp.stack(
+                [jnp.pad(obs[a].astype(jnp.float32), ((0, 0), (0, D - obs[a].shape[-1]))) for a in agents],
+                axis=1,
+            )
+
+        def with_id(obs: jax.Array) -> jax.Array:
+            return jnp.concatenate([obs, onehot], axis=-1) if agent_id else obs
+
+        def reset_all(key: jax.Array) -> tuple[jax.Array, Any]:
+            obs, states = jax.vmap(env.reset)(jax.random.split(key, E))
+            return stack(obs), states
+
+        def reset_fn(seed_key: jax.Array) -> tuple[tuple[Any, ...], tuple[jax.Array, ...]]:
+            key, k_reset = jax.random.split(seed_key)
+            obs, states = reset_all(k_reset)
+            carry = (key, states, jnp.zeros(E, jnp.float32), jnp.zeros(E, jnp.int32))
+            return carry, (with_id(obs), obs.reshape(E, N * D))
+
+        def step_fn(carry: tuple[Any, ...], actions: jax.Array) -> tuple[tuple[Any, ...], tuple[jax.Array, ...]]:
+            key, states, ep_ret, ep_len = carry
+            key, k_step, k_reset = jax.random.split(key, 3)
+            act = {a: actions[:, i] for i, a in enumerate(agents)}
+            obs_d, next_states, rew_d, _, _ = jax.vmap(env.step_env)(jax.random.split(k_step, E), states, act)
+            final_obs = stack(obs_d)
+            reward = sum(rew_d[a].astype(jnp.float32) for a in agents)
+            ep_ret = ep_ret + reward
+            ep_len = ep_len + 1
+            done = next_states.step >= max_cycles  # truncation only: MPE has no terminal states
+            # MPE envs run in lockstep (fixed horizon), so a reset is needed on 1 step in 25:
+            # compute it only then (a real branch outside the vmap), then select per env.
+            obs_re, states_re = jax.lax.cond(jnp.any(done), reset_all, lambda _: (final_obs, next_states), k_reset)
+
+            def select(new: jax.Array, old: jax.Array) -> jax.Array:
+                return jnp.where(done.reshape((E,) + (1,) * (old.ndim - 1)), new, old)
+
+            states = jax.tree.map(select, states_re, next_states)
+            obs = select(obs_re, final_obs)
+            out = (
+                with_id(obs),
+                obs.reshape(E, N * D),
+                reward,
+                done,
+                with_id(final_obs),
+                final_obs.reshape(E, N * D),
+                jnp.where(done, ep_ret, jnp.nan),
+                jnp.where(done, ep_len, 0),
+            )
+            carry = (key, states, jnp.where(done, 0.0, ep_ret), jnp.where(done, 0, ep_len))
+            return carry, out
+
+        self._reset_jit: Callable[..., Any] = jax.jit(reset_fn)
+        self._step_jit: Callable[..., Any] = jax.jit(step_fn)
+        self._carry: tuple[Any, ...] | None = None
+        self._warm = False
+
+    def _actions_to_jax(self, actions: torch.Tensor) -> jax.Array:
+        """[E, N] torch ints -> int32 JAX array via DLPack (the same input kind on every call)."""
+        if tuple(actions.shape) != (self._E, self._N):
+            raise ValueError(f"actions must have shape {(self._E, self._N)}, got {tuple(actions.shape)}")
+        a = actions.detach().to("cpu", torch.int32).contiguous()
+        return jax.dlpack.from_dlpack(a)
+
+    def reset(self, seed: int) -> TimeStep:
+        """Reset all E envs from ``jax.random.PRNGKey(seed)``; compiles ``step`` on first use."""
+        if seed < 0:
+            raise ValueError(f"seed must be non-negative, got {seed}")
+        # Commit the key to the device: jit outputs are then committed too, exactly like the
+        # outputs of step() (whose DLPack-imported actions are committed); otherwise the first
+        # step after reset and later steps would compile separate versions.
+        key = jax.device_put(jax.random.PRNGKey(seed), jax.devices("cpu")[0])
+        carry, (obs, state) = self._reset_jit(key)
+        if not self._warm:
+            # Compile step with a DLPack-imported action array, the kind step() passes, so the
+            # timed / real calls hit the cache (a jnp array would compile a second version).
+            zeros = torch.zeros(self._E, self._N, dtype=torch.int64)
+            jax.block_until_ready(self._step_jit(carry, self._actions_to_jax(zeros)))
+            self._warm = True
+        self._carry = carry
+        dev, E = self.device, self._E
+        o = _to_torch(obs, dev)
+        s = _to_torch(state, dev)
+        false = torch.zeros(E, dtype=torch.bool, device=dev)
+        return TimeStep(
+            obs=o,
+            state=s,
+            avail_actions=self._avail.expand(E, -1, -1).clone(),
+            alive=torch.ones(E, self._N, dtype=torch.bool, device=dev),
+            reward=torch.zeros(E, device=dev),
+            terminated=false,
+            truncated=false.clone(),
+            final_obs=o.clone(),
+            final_state=s.clone(),
+            episode_return=torch.full((E,), float("nan"), device=dev),
+            episode_length=torch.zeros(E, dtype=torch.int64, device=dev),
+            won=torch.full((E,), float("nan"), device=dev),
+        )
+
+    def step(self, actions: torch.Tensor) -> TimeStep:
+        """Step all E envs with ``actions`` [E, N] in one jitted call; auto-reset finished envs."""
+        if self._carry is None:
+            raise RuntimeError("call reset(seed) before step()")
+        self._carry, out = self._step_jit(self._carry, self._actions_to_jax(actions))
+        dev, E = self.device, self._E
+        obs, state, reward, truncated, final_obs, final_state, ep_ret, ep_len = (_to_torch(x, dev) for x in out)
+        return TimeStep(
+            obs=obs,
+            state=state,
+            avail_actions=self._avail.expand(E, -1, -1).clone(),
+            alive=torch.ones(E, self._N, dtype=torch.bool, device=dev),
+            reward=reward,
+            terminated=torch.zeros(E, dtype=torch.bool, device=dev),
+            truncated=truncated,
+            final_obs=final_obs,
+            final_state=final_state,
+            episode_return=ep_ret,
+            episode_length=ep_len.to(torch.int64),
+            won=torch.full((E,), float("nan"), device=dev),
+        )
+
+    def compiled_step_count(self) -> int:
+        """How many versions of the jitted step exist (1 after warm-up: no recompilation)."""
+        return int(self._step_jit._cache_size())  # type: ignore[attr-defined]
+
+    def close(self) -> None:
+        """Drop the device state (JAX frees the buffers once unreferenced)."""
+        self._carry = None

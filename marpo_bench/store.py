@@ -1,0 +1,542 @@
+"""The run store: where each run's results live on disk, in a versioned, crash-safe layout.
+
+Layout (see ``DESIGN.md``, "Stored results")::
+
+    <results>/<study>/runs/<run_id>/run.json         what ran, how, and its status
+    <results>/<study>/runs/<run_id>/metrics.parquet  one row per evaluation point
+    <results>/<study>/runs/<run_id>/checkpoint.pt    latest training state (for resuming)
+
+Every file carries ``SCHEMA_VERSION``: ``run.json`` as a ``schema_version`` field, the Parquet file
+in its key-value metadata, the checkpoint in a wrapper dict. Readers refuse other versions with a
+one-line :class:`StoreError` instead of guessing.
+
+Every write goes to a uniquely named temp file in the target directory, is fsynced, and is then
+renamed over the target with ``os.replace``, so a crash leaves the old file or the new one, never a
+half-written file. ``run.json`` with ``status == "complete"`` is the commit marker of a run: write
+the final metrics (and checkpoint) first, then ``run.json``. A complete run is never overwritten
+silently: :func:`write_run_json` and :func:`write_metrics` refuse unless ``overwrite=True``.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+import operator
+import os
+import pickle
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+SCHEMA_VERSION: int = 1
+
+RUN_JSON = "run.json"
+METRICS_PARQUET = "metrics.parquet"
+CHECKPOINT_PT = "checkpoint.pt"
+
+PARQUET_VERSION_KEY = b"marpo_bench_schema_version"
+CHECKPOINT_VERSION_KEY = "marpo_bench_schema_version"
+
+STATUSES = ("complete", "interrupted", "failed", "running")
+REQUIRED_RUN_FIELDS = ("run_id", "algo", "env", "task", "seed", "status")
+# Columns joined from run.json into the long metrics frame of a study.
+RUN_KEY_COLUMNS = ("run_id", "algo", "env", "task", "seed")
+
+_F64 = pa.float64()
+METRIC_COLUMNS: dict[str, pa.DataType] = {
+    "env_steps": pa.int64(),
+    "wall_seconds": _F64,
+    "eval_return_mean": _F64,
+    "eval_return_std": _F64,
+    "eval_win_rate": _F64,
+    "eval_episodes": pa.int64(),
+    "train_return_mean": _F64,
+    "policy_loss": _F64,
+    "value_loss": _F64,
+    "entropy": _F64,
+    "approx_kl": _F64,
+    "clip_fraction": _F64,
+    "grad_norm": _F64,
+    "reflection_term": _F64,
+    "clip_low_mean": _F64,
+    "clip_low_p5": _F64,
+    "clip_low_p95": _F64,
+    "clip_high_mean": _F64,
+    "clip_high_p5": _F64,
+    "clip_high_p95": _F64,
+    "kl_delta": _F64,
+    "epsilon": _F64,
+    "td_loss": _F64,
+    "q_mean": _F64,
+}
+"""The ``metrics.parquet`` schema in column order. ``env_steps`` is required in every row; any
+other column may be omitted from a row and is then stored as missing (NaN for floats, null for
+``eval_episodes``, which reads back as pandas' nullable ``Int64``)."""
+
+
+class StoreError(Exception):
+    """One-line, user-facing message naming the file, the problem and what to do."""
+
+
+# --------------------------------------------------------------------------------------------
+# paths and atomic writes
+
+
+def _show(path: Path) -> str:
+    """``path`` for messages: relative to the working directory when inside it, else as given."""
+    try:
+        return str(Path(path).absolute().relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)
+
+
+def _check_component(value: str, what: str) -> None:
+    if not value or value in (".", "..") or "/" in value or "\\" in value or "\0" in value:
+        raise ValueError(f"{what} {value!r} must be a non-empty single path component")
+
+
+def run_dir(results: Path, study: str, run_id: str) -> Path:
+    """Directory of one run, ``<results>/<study>/runs/<run_id>``; the one place that knows it."""
+    _check_component(study, "study name")
+    _check_component(run_id, "run id")
+    return Path(results) / study / "runs" / run_id
+
+
+def _fsync_dir(directory: Path) -> None:
+    """Make a rename durable (POSIX); a no-op where directories cannot be opened."""
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` so readers and crashes see the old file or the new one, never a
+    half file: unique temp file in the same directory, fsync, ``os.replace``. The temp file
+    (``.<name>.<random>.tmp``) is removed if anything fails, including KeyboardInterrupt."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    tmp = Path(tmp_name)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    _fsync_dir(path.parent)
+
+
+def _json_default(obj: Any) -> Any:
+    """Serialise the non-JSON types that commonly end up in configs and records."""
+    if isinstance(obj, Path):
+        return str(obj)
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    if isinstance(obj, (set, frozenset)):
+        return sorted(obj)
+    raise TypeError(f"object of type {type(obj).__name__} is not JSON serialisable: {obj!r}")
+
+
+def atomic_write_json(path: Path, obj: dict) -> None:
+    """Write ``obj`` as pretty JSON with sorted keys (stable diffs), atomically."""
+    text = json.dumps(obj, indent=2, sort_keys=True, default=_json_default) + "\n"
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def _version_problem(what: str, path: Path, version: int) -> StoreError:
+    if version > SCHEMA_VERSION:
+        todo = "upgrade marpo-bench or re-run the study into a new directory"
+    else:
+        todo = "re-run the study into a new directory"
+    return StoreError(
+        f"{what} {_show(path)} was written with schema version {version}, this marpo-bench reads "
+        f"version {SCHEMA_VERSION}; {todo}"
+    )
+
+
+def _parse_version(raw: Any) -> int | None:
+    """An integer schema version, or None when ``raw`` is not one."""
+    if isinstance(raw, bytes):
+        try:
+            raw = raw.decode("ascii")
+        except UnicodeDecodeError:
+            return None
+    if isinstance(raw, str):
+        raw = raw.strip()
+        return int(raw) if raw.isdigit() else None
+    if isinstance(raw, int) and not isinstance(raw, bool):
+        return raw
+    return None
+
+
+# --------------------------------------------------------------------------------------------
+# run.json
+
+
+def write_run_json(run_path: Path, record: dict, *, overwrite: bool = False) -> None:
+    """Write ``record`` as ``<run_path>/run.json`` with ``schema_version`` added, atomically.
+
+    Refuses (StoreError) to replace a run.json whose status is ``complete`` unless
+    ``overwrite=True``: the design forbids overwriting a complete run silently.
+    """
+    run_path = Path(run_path)
+    if not overwrite:
+        _refuse_if_complete(run_path, RUN_JSON)
+    atomic_write_json(run_path / RUN_JSON, {**record, "schema_version": SCHEMA_VERSION})
+
+
+def read_run_json(run_path: Path) -> dict:
+    """Read and validate ``<run_path>/run.json`` (schema version, required fields, status)."""
+    path = Path(run_path) / RUN_JSON
+    fix = "delete the run directory to re-run it"
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except FileNotFoundError:
+        raise StoreError(
+            f"run file {_show(path)} does not exist; check the path or re-run the study"
+        ) from None
+    except UnicodeDecodeError:
+        raise StoreError(f"run file {_show(path)} is not UTF-8 text (corrupt); {fix}") from None
+    try:
+        record = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise StoreError(f"run file {_show(path)} is not valid JSON ({exc}); {fix}") from None
+    if not isinstance(record, dict):
+        raise StoreError(f"run file {_show(path)} does not hold a JSON object (corrupt); {fix}")
+    if "schema_version" not in record:
+        raise StoreError(
+            f"run file {_show(path)} has no schema_version (not written by marpo-bench); "
+            f"{fix}, or move it out of the results directory"
+        )
+    version = _parse_version(record["schema_version"])
+    if version is None:
+        raise StoreError(
+            f"run file {_show(path)} has an invalid schema_version "
+            f"{record['schema_version']!r} (corrupt); {fix}"
+        )
+    if version != SCHEMA_VERSION:
+        raise _version_problem("run file", path, version)
+    missing = [k for k in REQUIRED_RUN_FIELDS if k not in record]
+    if missing:
+        raise StoreError(
+            f"run file {_show(path)} lacks required field(s) {', '.join(missing)} (corrupt); {fix}"
+        )
+    if record["status"] not in STATUSES:
+        raise StoreError(
+            f"run file {_show(path)} has unknown status {record['status']!r} (expected one of "
+            f"{', '.join(STATUSES)}); {fix}"
+        )
+    return record
+
+
+def run_status(run_path: Path) -> str | None:
+    """The run's status from run.json, or None when the run has no run.json (never started).
+
+    A corrupt or foreign run.json raises StoreError rather than reading as "not run", so a damaged
+    run is reported instead of being silently re-run over.
+    """
+    if not (Path(run_path) / RUN_JSON).exists():
+        return None
+    return read_run_json(run_path)["status"]
+
+
+def _refuse_if_complete(run_path: Path, filename: str) -> None:
+    if run_status(run_path) == "complete":
+        raise StoreError(
+            f"run {_show(run_path)} is complete; refusing to overwrite its {filename} "
+            f"(delete the run directory to re-run it)"
+        )
+
+
+# --------------------------------------------------------------------------------------------
+# metrics.parquet
+
+
+def _schema() -> pa.Schema:
+    fields = [pa.field(n, t, nullable=(n != "env_steps")) for n, t in METRIC_COLUMNS.items()]
+    return pa.schema(fields, metadata={PARQUET_VERSION_KEY: str(SCHEMA_VERSION).encode()})
+
+
+def _is_missing(value: Any) -> bool:
+    return value is None or (isinstance(value, float) and math.isnan(value))
+
+
+def _as_int(value: Any, column: str, row: int) -> int:
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    try:
+        return operator.index(value)
+    except TypeError:
+        pass
+    if isinstance(value, np.floating) and float(value).is_integer():
+        return int(value)
+    raise ValueError(f"metrics row {row}: {column}={value!r} is not an integer")
+
+
+def _as_float(value: Any, column: str, row: int) -> float:
+    if value is None:
+        return math.nan
+    if isinstance(value, (str, bytes)):
+        raise TypeError(f"metrics row {row}: {column}={value!r} is not a number")
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        raise TypeError(f"metrics row {row}: {column}={value!r} is not a number") from None
+
+
+def _metrics_table(rows: list[dict]) -> pa.Table:
+    unknown = sorted({k for r in rows for k in r} - METRIC_COLUMNS.keys())
+    if unknown:
+        raise ValueError(
+            f"unknown metric column(s) {', '.join(unknown)}; add them to "
+            f"marpo_bench.store.METRIC_COLUMNS (a schema change) or stop logging them"
+        )
+    arrays = []
+    for name, dtype in METRIC_COLUMNS.items():
+        if name == "env_steps":
+            values = []
+            for i, r in enumerate(rows):
+                if _is_missing(r.get(name)):
+                    raise ValueError(f"metrics row {i} has no env_steps (required in every row)")
+                values.append(_as_int(r[name], name, i))
+            arrays.append(pa.array(values, type=dtype))
+        elif dtype == pa.int64():
+            values = [None if _is_missing(r.get(name)) else _as_int(r[name], name, i)
+                      for i, r in enumerate(rows)]
+            arrays.append(pa.array(values, type=dtype))
+        else:
+            values = [_as_float(r.get(name), name, i) for i, r in enumerate(rows)]
+            # From a numpy array, NaN stays a NaN value (not a null).
+            arrays.append(pa.array(np.asarray(values, dtype=np.float64), type=dtype))
+    return pa.Table.from_arrays(arrays, schema=_schema())
+
+
+def write_metrics(run_path: Path, rows: list[dict], *, overwrite: bool = False) -> None:
+    """Write all evaluation rows of a run as ``<run_path>/metrics.parquet``, atomically.
+
+    Rows are dicts keyed by :data:`METRIC_COLUMNS`; omitted values and None become NaN (null for
+    ``eval_episodes``), never dropped rows. Unknown keys raise ValueError rather than vanishing.
+    Refuses (StoreError) to replace the metrics of a complete run unless ``overwrite=True``.
+    """
+    table = _metrics_table(list(rows))
+    run_path = Path(run_path)
+    if not overwrite:
+        _refuse_if_complete(run_path, METRICS_PARQUET)
+    sink = pa.BufferOutputStream()
+    pq.write_table(table, sink)
+    atomic_write_bytes(run_path / METRICS_PARQUET, sink.getvalue().to_pybytes())
+
+
+def read_metrics(run_path: Path) -> pd.DataFrame:
+    """Read ``<run_path>/metrics.parquet`` as a DataFrame with every METRIC_COLUMNS column.
+
+    ``env_steps`` is int64, ``eval_episodes`` nullable Int64, the rest float64 (NaN = missing).
+    Missing, corrupt, foreign or other-version files raise StoreError.
+    """
+    path = Path(run_path) / METRICS_PARQUET
+    fix = "delete the run directory to re-run it"
+    if not path.is_file():
+        raise StoreError(
+            f"metrics file {_show(path)} does not exist (the run stopped before writing metrics, "
+            f"or the file was removed); {fix}"
+        )
+    try:
+        with pq.ParquetFile(path) as pf:
+            metadata = pf.schema_arrow.metadata or {}
+            if PARQUET_VERSION_KEY not in metadata:
+                raise StoreError(
+                    f"metrics file {_show(path)} is a Parquet file without marpo-bench metadata "
+                    f"(not written by marpo-bench); {fix}, or move it out of the results directory"
+                )
+            version = _parse_version(metadata[PARQUET_VERSION_KEY])
+            if version is None:
+                raise StoreError(
+                    f"metrics file {_show(path)} has an invalid schema version "
+                    f"{metadata[PARQUET_VERSION_KEY]!r} (corrupt); {fix}"
+                )
+            if version != SCHEMA_VERSION:
+                raise _version_problem("metrics file", path, version)
+            if "env_steps" not in pf.schema_arrow.names:
+                raise StoreError(
+                    f"metrics file {_show(path)} has no env_steps column (not a marpo-bench "
+                    f"metrics file); {fix}"
+                )
+            table = pf.read()
+    except (pa.ArrowException, OSError, EOFError):
+        raise StoreError(
+            f"metrics file {_show(path)} is not a Parquet file (corrupt or truncated); {fix}"
+        ) from None
+    return _metrics_frame(table, path)
+
+
+def _metrics_frame(table: pa.Table, path: Path) -> pd.DataFrame:
+    """Cast a stored table to the current schema; add absent columns as missing."""
+    n = table.num_rows
+    columns: dict[str, Any] = {}
+    for name, dtype in METRIC_COLUMNS.items():
+        if name in table.column_names:
+            col = table.column(name)
+            if col.type != dtype:
+                try:
+                    col = col.cast(dtype)  # safe cast: raises rather than truncating
+                except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+                    raise StoreError(
+                        f"metrics file {_show(path)} stores column {name} as {col.type}, expected "
+                        f"{dtype} (corrupt or foreign); delete the run directory to re-run it"
+                    ) from None
+        else:
+            col = pa.nulls(n, type=dtype)
+        if name == "env_steps":
+            if col.null_count:
+                raise StoreError(
+                    f"metrics file {_show(path)} has rows without env_steps (corrupt); "
+                    f"delete the run directory to re-run it"
+                )
+            columns[name] = col.to_numpy().astype(np.int64)
+        elif dtype == pa.int64():
+            columns[name] = pd.array(col.to_pylist(), dtype="Int64")
+        else:
+            columns[name] = col.to_pandas().to_numpy(dtype=np.float64, na_value=np.nan)
+    extras = [c for c in table.column_names if c not in METRIC_COLUMNS]
+    clash = [c for c in extras if c in RUN_KEY_COLUMNS]
+    if clash:
+        raise StoreError(
+            f"metrics file {_show(path)} has column(s) {', '.join(clash)} that belong in run.json "
+            f"(not a marpo-bench metrics file); delete the run directory to re-run it"
+        )
+    for name in extras:  # kept, not dropped: a v1 file may carry more than this reader knows
+        columns[name] = table.column(name).to_pandas()
+    return pd.DataFrame(columns, index=pd.RangeIndex(n))
+
+
+# --------------------------------------------------------------------------------------------
+# a whole study
+
+
+def _empty_study_frame() -> pd.DataFrame:
+    frame = _metrics_frame(_schema().empty_table(), Path("."))
+    keys = pd.DataFrame({k: pd.Series(dtype=object) for k in RUN_KEY_COLUMNS})
+    return pd.concat([keys, frame], axis=1)
+
+
+def load_study(study_path: Path) -> tuple[list[dict], pd.DataFrame]:
+    """All run records of a study and one long metrics frame of all its runs.
+
+    Returns ``(records, metrics)``: every run.json (any status; the caller decides what to use),
+    sorted by run_id, and the metrics of every run that has a metrics file, with ``run_id, algo,
+    env, task, seed`` joined in as leading columns. A run marked complete must have metrics.
+    """
+    study_path = Path(study_path)
+    if not study_path.is_dir():
+        raise StoreError(
+            f"study directory {_show(study_path)} does not exist; check the path or run the study"
+        )
+    runs = study_path / "runs"
+    run_paths = sorted(
+        p for p in (runs.iterdir() if runs.is_dir() else [])
+        if p.is_dir() and not p.name.startswith(".") and (p / RUN_JSON).is_file()
+    )
+    if not run_paths:
+        raise StoreError(
+            f"study directory {_show(study_path)} has no runs (no runs/<run_id>/{RUN_JSON}); "
+            f"check the path or run the study"
+        )
+    records: list[dict] = []
+    frames: list[pd.DataFrame] = []
+    for path in run_paths:
+        record = read_run_json(path)
+        if record["run_id"] != path.name:
+            raise StoreError(
+                f"run file {_show(path / RUN_JSON)} says run_id {record['run_id']!r} but lives in "
+                f"directory {path.name!r}; move it to runs/{record['run_id']} or re-run it"
+            )
+        records.append(record)
+        if record["status"] == "complete" or (path / METRICS_PARQUET).exists():
+            frame = read_metrics(path)
+            if len(frame):
+                keys = pd.DataFrame(
+                    {k: [record[k]] * len(frame) for k in RUN_KEY_COLUMNS}, index=frame.index
+                )
+                frames.append(pd.concat([keys, frame], axis=1))
+    if not frames:
+        return records, _empty_study_frame()
+    metrics = pd.concat(frames, ignore_index=True)
+    return records, metrics
+
+
+# --------------------------------------------------------------------------------------------
+# checkpoints
+
+
+def save_checkpoint(run_path: Path, state: dict) -> None:
+    """Save the training state as ``<run_path>/checkpoint.pt`` (temp file, then os.replace).
+
+    ``state`` must load with ``torch.load(weights_only=True)``: tensors, state_dicts, Python
+    numbers/strings/lists/tuples/dicts (convert numpy arrays and RNG states to tensors or lists).
+    This is checked here, at save time, so a bad state fails now and not when resuming.
+    """
+    import torch
+
+    buf = io.BytesIO()
+    torch.save({CHECKPOINT_VERSION_KEY: SCHEMA_VERSION, "state": state}, buf)
+    data = buf.getvalue()
+    try:
+        torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        lines = [ln.strip() for ln in str(exc).splitlines() if "Unsupported global" in ln]
+        why = lines[0].split(" was not")[0] if lines else "unsupported object"
+        raise TypeError(
+            "checkpoint state would not load with torch.load(weights_only=True); use tensors and "
+            f"plain Python containers (numpy arrays -> tensors or lists) ({why})"
+        ) from None
+    atomic_write_bytes(Path(run_path) / CHECKPOINT_PT, data)
+
+
+# What torch.load raises on corrupt, truncated, empty or foreign files (measured on torch 2.13).
+_TORCH_LOAD_ERRORS = (
+    pickle.UnpicklingError, RuntimeError, EOFError, KeyError, OSError, ValueError, TypeError,
+    AttributeError, IndexError,
+)
+
+
+def load_checkpoint(run_path: Path) -> dict | None:
+    """The state saved by :func:`save_checkpoint` (tensors on CPU), or None when there is none."""
+    import torch
+
+    path = Path(run_path) / CHECKPOINT_PT
+    fix = "delete it to restart the run from scratch"
+    if not path.is_file():
+        return None
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except _TORCH_LOAD_ERRORS:
+        raise StoreError(
+            f"checkpoint {_show(path)} cannot be loaded (corrupt, truncated or not a marpo-bench "
+            f"checkpoint); {fix}"
+        ) from None
+    if not isinstance(obj, dict) or CHECKPOINT_VERSION_KEY not in obj or "state" not in obj:
+        raise StoreError(f"checkpoint {_show(path)} was not written by marpo-bench; {fix}")
+    version = _parse_version(obj[CHECKPOINT_VERSION_KEY])
+    if version != SCHEMA_VERSION:
+        if version is None:
+            raise StoreError(f"checkpoint {_show(path)} has an invalid schema version; {fix}")
+        raise _version_problem("checkpoint", path, version)
+    return obj["state"]

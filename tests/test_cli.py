@@ -1,0 +1,75 @@
+"""The command line: one-line errors with exit code 2 on bad input, a tiny run end to end, resume."""
+
+from __future__ import annotations
+
+import pytest
+from typer.testing import CliRunner
+
+from marpo_bench import store
+from marpo_bench.cli import app
+
+runner = CliRunner()
+TINY = ["--envs", "jax_mpe:simple_spread", "--seeds", "1", "--steps", "400",
+        "--set", "num_envs=8", "--set", "epochs=1", "--set", "eval_episodes=4"]
+
+
+@pytest.mark.parametrize(
+    "args,needle",
+    [
+        (["--algos", "nope"], "unknown algorithm 'nope'; valid: mappo, marpo"),
+        (["--envs", "atari:pong"], "unknown env family 'atari'"),
+        (["--envs", "jax_mpe:simple_tag"], "simple_spread"),
+        (["--steps", "12q"], "bad step count '12q'"),
+        (["--steps", "0"], "step count must be positive"),
+        (["--seeds", "0"], "--seeds must be a positive number"),
+        (["--set", "lr"], "use key=value"),
+        (["--set", "nonsense=1"], "unknown setting 'nonsense'"),
+        (["--set", "lr=fast"], "bad value 'fast' for mappo.lr"),
+        (["--set", "marpo.clip=wide"], "choose one of adaptive, symmetric"),
+        (["--set", "num_envs=-3"], "num_envs must be positive"),
+        (["--device", "cuda:0"] if not __import__("torch").cuda.is_available() else ["--device", "tpu"], "device"),
+    ],
+)
+def test_bad_input_gives_one_line_error_and_exit_code_2(tmp_path, args, needle):
+    res = runner.invoke(app, ["run", "--results", str(tmp_path), *args])
+    assert res.exit_code == 2, res.output
+    text = " ".join(res.output.split())
+    assert needle in text
+    assert "Traceback" not in res.output
+    assert not any(tmp_path.iterdir())  # nothing written before validation passed
+
+
+def test_list_shows_algorithms_and_envs():
+    algos = runner.invoke(app, ["list", "algos"])
+    envs = runner.invoke(app, ["list", "envs"])
+    assert algos.exit_code == 0 and "marpo" in algos.output and "mappo" in algos.output
+    assert envs.exit_code == 0 and "jax_mpe:simple_spread" in envs.output and "mpe:simple_reference" in envs.output
+    assert runner.invoke(app, ["list", "bogus"]).exit_code == 2
+
+
+def test_tiny_run_writes_metrics_and_rerun_skips_complete_runs(tmp_path):
+    res = runner.invoke(app, ["run", "--algos", "mappo,marpo", "--results", str(tmp_path), "--study", "s", *TINY])
+    assert res.exit_code == 0, res.output
+    records, metrics = store.load_study(tmp_path / "s")
+    assert sorted(r["algo"] for r in records) == ["mappo", "marpo"]
+    assert all(r["status"] == "complete" for r in records)
+    assert all(r["reward_scale"] == "team_sum" and r["episode_limit"] == 25 for r in records)
+    for _algo, df in metrics.groupby("algo"):
+        assert df["env_steps"].iloc[0] == 0 and df["env_steps"].iloc[-1] >= 400
+        assert df["eval_return_mean"].notna().all() and (df["eval_episodes"] == 4).all()
+        assert df["policy_loss"].iloc[1:].notna().all()
+    marpo = metrics[metrics.algo == "marpo"]
+    assert marpo["kl_delta"].iloc[1:].notna().all() and marpo["reflection_term"].iloc[1:].notna().all()
+    again = runner.invoke(app, ["run", "--algos", "mappo,marpo", "--results", str(tmp_path), "--study", "s", *TINY])
+    assert again.exit_code == 0
+    assert "2 skipped" in again.output
+
+
+def test_scoped_override_applies_to_one_algorithm_only(tmp_path):
+    from marpo_bench.cli import plan_grid
+    from marpo_bench.train import build_config
+
+    specs = plan_grid("mappo,marpo", "jax_mpe:simple_spread", 1, "1k", ["marpo.alpha=0.5", "lr=1e-3"], "cpu")
+    cfgs = {s.algo: build_config(s) for s in specs}
+    assert cfgs["marpo"].alpha == 0.5 and cfgs["marpo"].lr == 1e-3 and cfgs["mappo"].lr == 1e-3
+    assert not hasattr(cfgs["mappo"], "alpha")
