@@ -46,6 +46,10 @@ def plan_grid(algos: str, envs: str, seeds: int, steps: str, sets: list[str], de
     env_pairs = [parse_env(e.strip()) for e in envs.split(",") if e.strip()]
     if not env_pairs:
         raise ConfigError("no env given; e.g. --envs jax_mpe:simple_spread (see `marpo-bench list envs`)")
+    for fam in dict.fromkeys(f for f, _ in env_pairs):
+        check = ENV_FAMILIES[fam].get("check")
+        if check is not None:
+            check()  # a missing backend (e.g. StarCraft II) stops the grid before any run starts
     if seeds <= 0:
         raise ConfigError(f"--seeds must be a positive number of seeds, got {seeds}")
     budget = parse_steps(steps)

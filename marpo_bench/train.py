@@ -68,8 +68,10 @@ def evaluate(algo: Any, env: MultiAgentVecEnv, seed: int, deterministic: bool) -
     returns = torch.full((E,), math.nan)
     wins = torch.full((E,), math.nan)
     have = torch.zeros(E, dtype=torch.bool)
+    act_state = algo.initial_act_state(E)
     for _ in range(env.info.episode_limit + 1):
-        ts = env.step(algo.act(ts, deterministic=deterministic))
+        actions, act_state = algo.act(ts, act_state, deterministic=deterministic)
+        ts = env.step(actions)
         new = ts.done.cpu() & ~have
         returns[new] = ts.episode_return.cpu()[new].float()
         wins[new] = ts.won.cpu()[new].float()

@@ -64,7 +64,7 @@ def test_action_masking_never_samples_or_picks_unavailable_actions():
     avail[..., 3] |= ~avail.any(-1)  # at least one available action per agent
     for deterministic in (False, True):
         for _ in range(20):
-            a = algo.act(_ts(obs, avail), deterministic=deterministic)
+            a, _ = algo.act(_ts(obs, avail), None, deterministic=deterministic)
             assert bool(avail.gather(-1, a.unsqueeze(-1)).all())
 
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -220,12 +220,17 @@ class OnPolicyAlgorithm:
         """Masked log pi(.|o) for every action: [..., A]."""
         return torch.log_softmax(masked_logits(self.actor(obs), avail), dim=-1)
 
+    def initial_act_state(self, num_envs: int) -> Any:
+        """Per-env policy state for acting (recurrent hidden states); None for an MLP policy."""
+        return None
+
     @torch.no_grad()
-    def act(self, ts: TimeStep, deterministic: bool) -> torch.Tensor:
-        """Actions [E, N] for a TimeStep (greedy when ``deterministic``), on the env's device."""
+    def act(self, ts: TimeStep, act_state: Any, deterministic: bool) -> tuple[torch.Tensor, Any]:
+        """Actions [E, N] for a TimeStep (greedy when ``deterministic``) on the env's device, and
+        the next policy state (``ts.done`` marks envs whose episode restarted)."""
         logp = self.log_probs(ts.obs.to(self.device), ts.avail_actions.to(self.device))
         a = logp.argmax(-1) if deterministic else gumbel_max_sample(logp, self.gen)
-        return a.to(ts.obs.device)
+        return a.to(ts.obs.device), act_state
 
     def values(self, state: torch.Tensor) -> torch.Tensor:
         """Critic output [...]: normalised values when ``value_norm`` is on."""
