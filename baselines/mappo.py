@@ -28,8 +28,8 @@ class MAPPO(OnPolicyAlgorithm):
     name = "mappo"
     Config = MAPPOConfig
 
-    def policy_objective(self, mb: Rollout, logp_all: torch.Tensor, adv: torch.Tensor,
-                         progress: float) -> tuple[torch.Tensor, dict[str, float]]:
+    def policy_objective(self, mb: Rollout, logp_all: torch.Tensor, logp_next: torch.Tensor,
+                         adv: torch.Tensor, progress: float) -> tuple[torch.Tensor, dict[str, float]]:
         """PPO's clipped surrogate, averaged over alive agents."""
         logp = logp_all.gather(-1, mb.actions.unsqueeze(-1)).squeeze(-1)
         ratio = torch.exp(logp - mb.logp_old)

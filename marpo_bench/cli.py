@@ -133,6 +133,68 @@ def list_(what: str = typer.Argument(..., help="algos | envs")) -> None:
     console.print(table)
 
 
+@app.command()
+def bench(
+    algos: str = typer.Option("mappo,marpo", help="Algorithms to time in training ('' for none)."),
+    envs: str = typer.Option("jax_mpe:simple_spread,mpe:simple_spread", help="Comma-separated family:task."),
+    num_envs: str = typer.Option("", help="Comma-separated E for env-only rows (default per family); "
+                                        "training uses the algorithm's default E unless --train-num-envs."),
+    train_num_envs: int = typer.Option(0, help="Override E for training rows (0 = algorithm default)."),
+    seconds: float = typer.Option(5.0, help="Timed seconds per measurement (after warm-up)."),
+    threads: int = typer.Option(0, help="Torch threads per measurement (0 = all cores)."),
+    out: Path | None = typer.Option(None, help="Also write the table as Parquet."),
+) -> None:
+    """Env steps/s (random actions) and training steps/s per algorithm, with peak memory."""
+    import os
+
+    from marpo_bench.bench import run_isolated
+
+    try:
+        algo_names = [a for a in algos.split(",") if a]
+        for a in algo_names:
+            if a not in ALGORITHMS:
+                raise ConfigError(f"unknown algorithm {a!r}; valid: {', '.join(sorted(ALGORITHMS))}")
+        env_pairs = [parse_env(e.strip()) for e in envs.split(",") if e.strip()]
+        sizes = [int(x) for x in num_envs.split(",") if x.strip()]
+        if any(x <= 0 for x in sizes) or seconds <= 0 or threads < 0 or train_num_envs < 0:
+            raise ConfigError("--num-envs, --seconds must be positive and --threads, --train-num-envs >= 0")
+    except ValueError as exc:
+        fail(str(exc))
+    nthreads = threads or os.cpu_count() or 1
+    jobs: list[tuple[str, tuple]] = []
+    for fam, task in env_pairs:
+        for e in sizes or ([1, 8] if fam == "mpe" else [64, 1024]):
+            jobs.append(("env", (fam, task, e, seconds)))
+        for a in algo_names:
+            jobs.append(("train", (a, fam, task, train_num_envs or None, seconds)))
+    rows = []
+    from rich.progress import track
+
+    for kind, args in track(jobs, description="benchmarking", console=console):
+        try:
+            rows.append(run_isolated(kind, args, nthreads))
+        except RuntimeError as exc:
+            err_console.print(f"[red]{kind} {args}: {exc}[/red]")
+    table = Table(title=f"marpo-bench bench ({nthreads} torch threads)", header_style="bold")
+    for col in ("kind", "algo", "env", "E", "env steps/s", "collect ms", "update ms", "peak RSS MB"):
+        table.add_column(col, justify="right" if col not in ("kind", "algo", "env") else "left")
+    for r in rows:
+        fmt = (lambda v: "-" if v != v else f"{v:,.1f}")  # noqa: E731  (NaN -> "-")
+        table.add_row(r["kind"], r["algo"], r["env"], str(r["num_envs"]), f"{r['env_steps_per_s']:,.0f}",
+                      fmt(r["collect_ms"]), fmt(r["update_ms"]), f"{r['peak_rss_mb']:,.0f}")
+    console.print(table)
+    if out is not None:
+        import io
+
+        import pandas as pd
+
+        buf = io.BytesIO()
+        pd.DataFrame(rows).to_parquet(buf, index=False)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        store.atomic_write_bytes(out, buf.getvalue())
+        console.print(f"wrote {out}")
+
+
 def main() -> None:
     """Console-script entry point."""
     app(prog_name="marpo-bench")

@@ -64,3 +64,46 @@ def gumbel_max_sample(logits: torch.Tensor, generator: torch.Generator | None) -
     u = torch.rand(logits.shape, generator=generator, device=logits.device)
     u = u.clamp_(min=1e-20, max=1.0 - 1e-7)
     return torch.argmax(logits - torch.log(-torch.log(u)), dim=-1)
+
+
+class RecurrentActor(nn.Module):
+    """MAPPO's recurrent actor: ``MLP base -> GRU cell -> LayerNorm -> linear head``.
+
+    ``step`` advances one time step for acting; ``unroll`` replays a sequence from a given hidden
+    state, zeroing the hidden state where a new episode starts (``resets``)."""
+
+    def __init__(self, in_dim: int, out_dim: int, hidden: int = 64, layers: int = 1,
+                 activation: str = "relu", input_norm: bool = True) -> None:
+        super().__init__()
+        act = ACTIVATIONS[activation]
+        gain = math.sqrt(2.0) if activation == "relu" else 5.0 / 3.0
+        mods: list[nn.Module] = [nn.LayerNorm(in_dim)] if input_norm else []
+        width = in_dim
+        for _ in range(max(layers, 1)):
+            mods += [orthogonal_init(nn.Linear(width, hidden), gain), act(), nn.LayerNorm(hidden)]
+            width = hidden
+        self.base = nn.Sequential(*mods)
+        self.gru = nn.GRUCell(hidden, hidden)
+        for name, p in self.gru.named_parameters():
+            (nn.init.orthogonal_ if "weight" in name else nn.init.zeros_)(p)
+        self.norm = nn.LayerNorm(hidden)
+        self.head = orthogonal_init(nn.Linear(hidden, out_dim), 0.01)
+        self.hidden_size = hidden
+
+    def step(self, x: torch.Tensor, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """One step: x [..., in], h [..., H] -> (logits [..., out], new h)."""
+        shape = x.shape[:-1]
+        h_new = self.gru(self.base(x).reshape(-1, self.hidden_size), h.reshape(-1, self.hidden_size))
+        return self.head(self.norm(h_new)).reshape(*shape, -1), h_new.reshape(*shape, self.hidden_size)
+
+    def unroll(self, x: torch.Tensor, h0: torch.Tensor, resets: torch.Tensor) -> torch.Tensor:
+        """x [L, M, in], h0 [M, H], resets [L, M] bool (True: zero h before step j, j >= 1) ->
+        logits [L, M, out]."""
+        feats = self.base(x)
+        h, outs = h0, []
+        for j in range(x.shape[0]):
+            if j > 0:
+                h = h * (~resets[j]).unsqueeze(-1).to(h.dtype)
+            h = self.gru(feats[j], h)
+            outs.append(h)
+        return self.head(self.norm(torch.stack(outs)))

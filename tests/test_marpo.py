@@ -80,7 +80,7 @@ def test_reflection_term_matches_hand_computation_and_respects_episode_boundary(
     ratio = torch.exp(torch.tensor([1.1, 0.9, 1.3, 1.0]).log()).view(4, 1, 1)
     valid = reflection_valid(mb)
     assert valid.flatten().tolist() == [True, False, True]  # (1,2) crosses the boundary; no (3,4)
-    got = reflection_term(ratio, adv, valid, 0.8, 1.2)
+    got = reflection_term(ratio[:-1], ratio[1:], adv[1:], valid, 0.8, 1.2)
     # k=0: min(1.1*0.9*2, 1.1*0.9*2) = 1.98;  k=2: min(1.3*1.0*0.5, 1.2*1.0*0.5) = 0.6
     assert float(got) == pytest.approx((1.98 + 0.6) / 2, abs=1e-6)
 
@@ -89,7 +89,7 @@ def test_marpo_objective_is_l0_plus_alpha_l1_by_hand():
     info = fake_info(N=1, obs_dim=3, S=2, A=2)
     algo = MARPO(MARPOConfig(clip="symmetric", alpha=0.3), info, "cpu", seed=0)
     mb, logp_all, adv = _ratio_batch([1.1, 0.9, 1.3, 1.0], [1.0, 2.0, -1.0, 0.5], [False, True, False, False])
-    surrogate, logs = algo.policy_objective(mb, logp_all, adv, progress=0.0)
+    surrogate, logs = algo.policy_objective(mb, logp_all, logp_all[1:], adv, progress=0.0)
     # L0 with [0.8, 1.2]: min(1.1, 1.1)=1.1; min(1.8, 1.8)=1.8; min(-1.3, -1.2)=-1.3; min(.5,.5)=.5
     l0 = (1.1 + 1.8 - 1.3 + 0.5) / 4
     l1 = (1.98 + 0.6) / 2
@@ -104,7 +104,7 @@ def test_reflection_term_is_nonzero_on_a_random_batch():
     mb = random_rollout(policy=algo, seed=3)
     logp_all = algo.log_probs(mb.obs, mb.avail)
     adv = torch.randn(mb.logp_old.shape, generator=torch.Generator().manual_seed(0))
-    _, logs = algo.policy_objective(mb, logp_all, adv, progress=0.1)
+    _, logs = algo.policy_objective(mb, logp_all, logp_all[1:], adv, progress=0.1)
     assert abs(logs["reflection_term"]) > 1e-4
 
 
@@ -113,15 +113,15 @@ def test_reflection_gradient_vanishes_where_both_ratios_are_clipped():
     ratio.retain_grad()
     adv = torch.ones(4, 1, 1)
     valid = torch.tensor([True, False, False]).view(3, 1, 1)
-    reflection_term(ratio, adv, valid, 0.8, 1.2).backward()
+    reflection_term(ratio[:-1], ratio[1:], adv[1:], valid, 0.8, 1.2).backward()
     # only pair (0, 1) is valid and both ratios exceed the upper bound with A > 0: clipped, no gradient
     torch.testing.assert_close(ratio.grad.flatten(), torch.zeros(4))
 
 
 def _loss_and_grads(algo, mb, adv):
     algo.actor.zero_grad()
-    logp_all = algo.log_probs(mb.obs, mb.avail)
-    surrogate, _ = algo.policy_objective(mb, logp_all, adv, progress=0.3)
+    logp_all, logp_next = algo.policy_log_probs(mb)
+    surrogate, _ = algo.policy_objective(mb, logp_all, logp_next, adv, progress=0.3)
     surrogate.backward()
     return surrogate.detach(), [p.grad.clone() for p in algo.actor.parameters()]
 
@@ -189,7 +189,7 @@ def test_main_clip_ppo_keeps_fixed_bounds_in_l0():
     kl = float(marpo_mod.categorical_kl(mb.logits_old, logp_all).mean())
     x1, x2 = kl_clip_bounds(update_delta(0.01, kl, 0.0, MARPOConfig()))
     assert 1.0 < x2 < r < 1.2
-    s_paper, _ = algo_paper.policy_objective(mb, logp_all, adv, progress=0.0)
-    s_code, _ = algo_code.policy_objective(mb, logp_all, adv, progress=0.0)
+    s_paper, _ = algo_paper.policy_objective(mb, logp_all, logp_all[1:], adv, progress=0.0)
+    s_code, _ = algo_code.policy_objective(mb, logp_all, logp_all[1:], adv, progress=0.0)
     assert float(s_paper) == pytest.approx(x2 / 2, abs=1e-5)  # clipped at the adaptive bound
     assert float(s_code) == pytest.approx(r / 2, abs=1e-5)  # inside PPO's [0.8, 1.2]

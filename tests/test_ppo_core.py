@@ -77,3 +77,40 @@ def test_mappo_update_changes_policy_and_reports_finite_metrics():
     assert all(torch.isfinite(torch.tensor(v)) for v in logs.values())
     assert {"policy_loss", "value_loss", "entropy", "approx_kl", "clip_fraction", "grad_norm"} <= set(logs)
     assert any(not torch.equal(b, p) for b, p in zip(before, algo.actor.parameters(), strict=False))
+
+
+def test_recurrent_replay_reproduces_rollout_log_probs_across_chunks_and_episode_ends():
+    from marpo_bench.envs import make_env
+
+    env = make_env("jax_mpe", "simple_spread", 4)
+    cfg = MAPPOConfig(num_envs=4, rollout_len=30, chunk_len=10, recurrent=True)  # episodes end at t=24
+    algo = MAPPO(cfg, env.info, "cpu", seed=0)
+    ts = env.reset(0)
+    ro, ts, _ = algo.collect(env, ts)
+    ro, ts, _ = algo.collect(env, ts)  # second rollout: hidden state carried in, episode end at t=19
+    assert bool(ro.done.any())
+    with torch.no_grad():
+        logp_all, logp_next = algo.policy_log_probs(ro)
+    avail = ro.avail
+    torch.testing.assert_close(logp_all[avail], ro.logits_old[avail], atol=1e-5, rtol=1e-5)
+    # an unchanged policy continues each chunk's hidden state exactly as the rollout did
+    torch.testing.assert_close(logp_next[avail[1:]], ro.logits_old[1:][avail[1:]], atol=1e-5, rtol=1e-5)
+
+
+def test_recurrent_marpo_update_is_finite_and_eval_act_resets_memory_at_episode_start():
+    from marpo_bench.algos.marpo import MARPO, MARPOConfig
+    from marpo_bench.envs import make_env
+
+    env = make_env("jax_mpe", "simple_spread", 4)
+    cfg = MARPOConfig(num_envs=4, rollout_len=20, chunk_len=10, recurrent=True, epochs=2, minibatches=2)
+    algo = MARPO(cfg, env.info, "cpu", seed=0)
+    ro, ts, _ = algo.collect(env, env.reset(0))
+    logs = algo.update(ro, 0.1)
+    assert all(torch.isfinite(torch.tensor(v)) for v in logs.values())
+    assert logs["reflection_term"] != 0.0
+    h = torch.ones(4, env.info.num_agents, cfg.hidden)
+    ts.done[:] = torch.tensor([True, False, True, False])
+    _, h_next = algo._step_policy(ts, h)
+    _, h_fresh = algo._step_policy(ts, torch.zeros_like(h))
+    torch.testing.assert_close(h_next[ts.done], h_fresh[ts.done])
+    assert not torch.allclose(h_next[~ts.done], h_fresh[~ts.done])

@@ -89,16 +89,15 @@ def categorical_kl(logp_old: torch.Tensor, logp_new: torch.Tensor) -> torch.Tens
     return (p_old * (logp_old - logp_new)).sum(-1)
 
 
-def reflection_term(ratio: torch.Tensor, adv: torch.Tensor, valid: torch.Tensor, lo: float,
-                    hi: float) -> torch.Tensor:
-    """L1 of spec section 1 on time-major [T, ...] tensors.
-
-    ``valid`` [T-1, ...] says whether the pair (k, k+1) may be used (same episode, agents alive,
-    not across the rollout's end). Normalised by max(#valid, 1) as in the official code."""
-    rho_k, rho_next, adv_next = ratio[:-1], ratio[1:], adv[1:]
+def reflection_term(rho_k: torch.Tensor, rho_next: torch.Tensor, adv_next: torch.Tensor,
+                    valid: torch.Tensor, lo: float, hi: float) -> torch.Tensor:
+    """L1 of spec section 1 on time-major [T-1, ...] tensors: pair k uses step k's ratio and step
+    k+1's ratio and advantage. ``valid`` says whether the pair may be used (same episode, agent
+    alive at both steps; the rollout's last step has no pair). Normalised by max(#valid, 1) as in
+    the official code."""
     unclipped = rho_k * rho_next * adv_next
     clipped = rho_k.clamp(lo, hi) * rho_next.clamp(lo, hi) * adv_next
-    m = valid.to(ratio.dtype)
+    m = valid.to(rho_k.dtype)
     return (torch.min(unclipped, clipped) * m).sum() / m.sum().clamp(min=1.0)
 
 
@@ -120,8 +119,8 @@ class MARPO(OnPolicyAlgorithm):
         super().__init__(cfg, *args, **kwargs)
         self.delta = cfg.delta0
 
-    def policy_objective(self, mb: Rollout, logp_all: torch.Tensor, adv: torch.Tensor,
-                         progress: float) -> tuple[torch.Tensor, dict[str, float]]:
+    def policy_objective(self, mb: Rollout, logp_all: torch.Tensor, logp_next: torch.Tensor,
+                         adv: torch.Tensor, progress: float) -> tuple[torch.Tensor, dict[str, float]]:
         """L0 + alpha * L1 with the configured clipping (spec sections 1-2)."""
         cfg = self.cfg
         logp = logp_all.gather(-1, mb.actions.unsqueeze(-1)).squeeze(-1)
@@ -142,7 +141,11 @@ class MARPO(OnPolicyAlgorithm):
         refl = torch.zeros((), device=ratio.device)
         if cfg.reflection and cfg.alpha > 0:
             # L1: the next step's ratio and advantage reinforce step k (tensor shift along time).
-            refl = cfg.alpha * reflection_term(ratio, adv, reflection_valid(mb), lo1, hi1)
+            # Next step's ratio: same agent, step k+1 of the same env (a shift along time); with a
+            # recurrent actor it continues step k's hidden state (see policy_log_probs).
+            logp_k1 = logp_next.gather(-1, mb.actions[1:].unsqueeze(-1)).squeeze(-1)
+            rho_next = torch.exp(logp_k1 - mb.logp_old[1:])
+            refl = cfg.alpha * reflection_term(ratio[:-1], rho_next, adv[1:], reflection_valid(mb), lo1, hi1)
             surrogate = surrogate + refl
         with torch.no_grad():
             logs = {

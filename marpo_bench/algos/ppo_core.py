@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from marpo_bench.envs.base import EnvInfo, MultiAgentVecEnv, TimeStep
-from marpo_bench.nets import MLP, gumbel_max_sample, masked_logits
+from marpo_bench.nets import MLP, RecurrentActor, gumbel_max_sample, masked_logits
 
 
 @dataclass
@@ -57,6 +57,8 @@ class PPOConfig:
     layers: int = 2
     activation: Literal["relu", "tanh"] = "relu"
     agent_id: bool = True
+    recurrent: bool = False  # GRU actor (MAPPO's rMAPPO; required on SMAX/SMACv2)
+    chunk_len: int = 10  # BPTT chunk length of the recurrent actor (MAPPO's data_chunk_length)
     eval_interval: int = 0  # env steps between evaluations; 0 = budget / 20
     eval_episodes: int = 32
     eval_mode: Literal["greedy", "sample"] = "greedy"
@@ -68,6 +70,8 @@ class PPOConfig:
         for name in ("num_envs", "rollout_len", "epochs", "minibatches", "hidden", "layers", "eval_episodes"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be positive, got {getattr(self, name)}")
+        if self.recurrent and (self.chunk_len <= 0 or self.rollout_len % self.chunk_len):
+            raise ConfigError(f"rollout_len ({self.rollout_len}) must be a multiple of chunk_len ({self.chunk_len})")
         if self.minibatches > self.num_envs:
             raise ConfigError(f"minibatches ({self.minibatches}) cannot exceed num_envs ({self.num_envs})")
         if not 0.0 <= self.gamma <= 1.0 or not 0.0 <= self.gae_lambda <= 1.0:
@@ -167,10 +171,11 @@ class Rollout:
     done: torch.Tensor  # [T, E] bool
     advantages: torch.Tensor  # [T, E]
     returns: torch.Tensor  # [T, E] (denormalised)
+    hidden: torch.Tensor | None = None  # [T, E, N, H] recurrent actor state before step t (reset applied)
 
     def select_envs(self, idx: torch.Tensor) -> Rollout:
         """The sub-rollout of envs ``idx`` (all T steps, so (t, t+1) pairs stay together)."""
-        return Rollout(**{k: v[:, idx] for k, v in self.__dict__.items()})
+        return Rollout(**{k: (v[:, idx] if v is not None else None) for k, v in self.__dict__.items()})
 
 
 # ----------------------------------------------------------------------------------------------
@@ -203,8 +208,12 @@ class OnPolicyAlgorithm:
         self.seed = seed
         with torch.random.fork_rng(devices=[]):  # seeded init without touching global RNG state
             torch.manual_seed(seed)
-            self.actor = MLP(env_info.obs_dim, env_info.num_actions, cfg.hidden, cfg.layers,
-                             cfg.activation, out_gain=0.01).to(self.device)
+            if cfg.recurrent:
+                self.actor: nn.Module = RecurrentActor(env_info.obs_dim, env_info.num_actions, cfg.hidden,
+                                                       cfg.layers, cfg.activation).to(self.device)
+            else:
+                self.actor = MLP(env_info.obs_dim, env_info.num_actions, cfg.hidden, cfg.layers,
+                                 cfg.activation, out_gain=0.01).to(self.device)
             self.critic = MLP(env_info.state_dim, 1, cfg.hidden, cfg.layers, cfg.activation,
                               out_gain=1.0).to(self.device)
         self.value_norm = ValueNorm().to(self.device) if cfg.value_norm else None
@@ -213,24 +222,70 @@ class OnPolicyAlgorithm:
         self.gen = torch.Generator(device=self.device)
         self.gen.manual_seed(seed)
         self.np_rng = np.random.default_rng(seed)
+        self._rollout_h: torch.Tensor | None = None  # recurrent actor state carried across rollouts
 
     # -- acting -------------------------------------------------------------------------------
 
     def log_probs(self, obs: torch.Tensor, avail: torch.Tensor) -> torch.Tensor:
-        """Masked log pi(.|o) for every action: [..., A]."""
+        """Masked log pi(.|o) for every action: [..., A] (feed-forward actor)."""
         return torch.log_softmax(masked_logits(self.actor(obs), avail), dim=-1)
 
+    def _zero_hidden(self, num_envs: int) -> torch.Tensor:
+        return torch.zeros(num_envs, self.info.num_agents, self.cfg.hidden, device=self.device)
+
+    def _step_policy(self, ts: TimeStep, h: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Masked log pi(.|o_t) [E, N, A] and the next hidden state; the hidden state is zeroed
+        where ``ts.done`` says the observation starts a new episode."""
+        obs, avail = ts.obs.to(self.device), ts.avail_actions.to(self.device)
+        if h is None:
+            return self.log_probs(obs, avail), None
+        h = h * (~ts.done.to(self.device)).view(-1, 1, 1).to(h.dtype)
+        logits, h_next = self.actor.step(obs, h)
+        return torch.log_softmax(masked_logits(logits, avail), dim=-1), h_next
+
     def initial_act_state(self, num_envs: int) -> Any:
-        """Per-env policy state for acting (recurrent hidden states); None for an MLP policy."""
-        return None
+        """Per-env policy state for acting: the GRU hidden state, or None for an MLP policy."""
+        return self._zero_hidden(num_envs) if self.cfg.recurrent else None
 
     @torch.no_grad()
     def act(self, ts: TimeStep, act_state: Any, deterministic: bool) -> tuple[torch.Tensor, Any]:
         """Actions [E, N] for a TimeStep (greedy when ``deterministic``) on the env's device, and
         the next policy state (``ts.done`` marks envs whose episode restarted)."""
-        logp = self.log_probs(ts.obs.to(self.device), ts.avail_actions.to(self.device))
+        logp, act_state = self._step_policy(ts, act_state)
         a = logp.argmax(-1) if deterministic else gumbel_max_sample(logp, self.gen)
         return a.to(ts.obs.device), act_state
+
+    def policy_log_probs(self, mb: Rollout) -> tuple[torch.Tensor, torch.Tensor]:
+        """Current masked log pi(.|o) over a minibatch: ``(logp_all [T, B, N, A], logp_next
+        [T-1, B, N, A])`` where ``logp_next[k]`` is step k+1 as seen when reflecting on step k.
+
+        Feed-forward: ``logp_next = logp_all[1:]``. Recurrent: the rollout is cut into chunks of
+        ``chunk_len`` steps, each replayed from its stored hidden state over chunk_len + 1 steps
+        (spec section 1); the extra step gives step k+1 for the chunk's last k, continuing the same
+        hidden state (the official code restarts it from h_k: an off-by-one not copied here)."""
+        if not self.cfg.recurrent:
+            logp_all = self.log_probs(mb.obs, mb.avail)
+            return logp_all, logp_all[1:]
+        T, B, N = mb.actions.shape
+        L = self.cfg.chunk_len
+        C = T // L
+        idx = (torch.arange(C, device=self.device)[:, None] * L
+               + torch.arange(L + 1, device=self.device)[None, :]).clamp(max=T - 1)  # [C, L+1]
+        M = C * B * N
+
+        def seq(x: torch.Tensor) -> torch.Tensor:  # [T, B, N, ...] -> [L+1, C*B*N, ...]
+            y = x[idx]  # [C, L+1, B, N, ...]
+            return y.transpose(0, 1).reshape(L + 1, M, *x.shape[3:])
+
+        starts = torch.zeros(T, B, N, dtype=torch.bool, device=self.device)
+        starts[1:] = mb.done[:-1].unsqueeze(-1)  # step t opens a new episode when step t-1 ended one
+        h0 = mb.hidden[idx[:, 0]].reshape(M, -1)
+        logits = self.actor.unroll(seq(mb.obs), h0, seq(starts))  # [L+1, M, A]
+        logp = torch.log_softmax(masked_logits(logits, seq(mb.avail)), dim=-1)
+        logp = logp.reshape(L + 1, C, B, N, -1).transpose(0, 1)  # [C, L+1, B, N, A]
+        logp_all = logp[:, :L].reshape(T, B, N, -1)
+        logp_next = logp[:, 1:].reshape(T, B, N, -1)[:-1]
+        return logp_all, logp_next
 
     def values(self, state: torch.Tensor) -> torch.Tensor:
         """Critic output [...]: normalised values when ``value_norm`` is on."""
@@ -247,12 +302,18 @@ class OnPolicyAlgorithm:
         returns of the episodes that ended."""
         T, dev = self.cfg.rollout_len, self.device
         keys = ("obs", "state", "avail", "alive", "actions", "logp_old", "logits_old", "rewards",
-                "terminated", "done", "final_state")
+                "terminated", "done", "final_state", "hidden")
         buf: dict[str, list[torch.Tensor]] = {k: [] for k in keys}
         finished: list[float] = []
+        h = self._rollout_h
+        if self.cfg.recurrent and (h is None or h.shape[0] != ts.obs.shape[0]):
+            h = self._zero_hidden(ts.obs.shape[0])
         for _ in range(T):
             obs, avail = ts.obs.to(dev), ts.avail_actions.to(dev)
-            logp_all = self.log_probs(obs, avail)
+            if h is not None:
+                h = h * (~ts.done.to(dev)).view(-1, 1, 1).to(h.dtype)  # new episode: fresh memory
+                buf["hidden"].append(h)
+            logp_all, h = self._step_policy(ts, h) if h is not None else (self.log_probs(obs, avail), None)
             actions = gumbel_max_sample(logp_all, self.gen)
             buf["obs"].append(obs)
             buf["state"].append(ts.state.to(dev))
@@ -268,7 +329,8 @@ class OnPolicyAlgorithm:
             buf["final_state"].append(ts.final_state.to(dev))
             if bool(ts.done.any()):
                 finished.extend(ts.episode_return[ts.done].tolist())
-        data = {k: torch.stack(v) for k, v in buf.items()}
+        self._rollout_h = h
+        data = {k: torch.stack(v) for k, v in buf.items() if v}
         final_state = data.pop("final_state")
         values = self.values(data["state"])  # [T, E] one batched critic pass
         v_den = self.denorm(values)
@@ -283,10 +345,11 @@ class OnPolicyAlgorithm:
 
     # -- update ---------------------------------------------------------------------------------
 
-    def policy_objective(self, mb: Rollout, logp_all: torch.Tensor, adv: torch.Tensor,
-                         progress: float) -> tuple[torch.Tensor, dict[str, float]]:
+    def policy_objective(self, mb: Rollout, logp_all: torch.Tensor, logp_next: torch.Tensor,
+                         adv: torch.Tensor, progress: float) -> tuple[torch.Tensor, dict[str, float]]:
         """The surrogate to *maximise* on a minibatch (subclass hook). ``logp_all`` is the current
-        masked log pi(.|o) [T, Eb, N, A]; ``adv`` the normalised advantages [T, Eb, N]."""
+        masked log pi(.|o) [T, B, N, A]; ``logp_next`` [T-1, B, N, A] the next step's, as seen
+        from each step k (see ``policy_log_probs``); ``adv`` the normalised advantages [T, B, N]."""
         raise NotImplementedError
 
     def value_loss(self, mb: Rollout) -> torch.Tensor:
@@ -315,8 +378,8 @@ class OnPolicyAlgorithm:
             perm = torch.from_numpy(self.np_rng.permutation(E)).to(self.device)
             for idx in torch.chunk(perm, cfg.minibatches):
                 mb = ro.select_envs(idx)
-                logp_all = self.log_probs(mb.obs, mb.avail)
-                surrogate, pol_logs = self.policy_objective(mb, logp_all, adv[:, idx], progress)
+                logp_all, logp_next = self.policy_log_probs(mb)
+                surrogate, pol_logs = self.policy_objective(mb, logp_all, logp_next, adv[:, idx], progress)
                 entropy = masked_mean(-(logp_all.exp() * logp_all).sum(-1), mb.alive)
                 actor_loss = -surrogate - cfg.entropy_coef * entropy
                 v_loss = self.value_loss(mb)
@@ -344,6 +407,7 @@ class OnPolicyAlgorithm:
         """Train for ``total_steps`` env steps (E x T per iteration). ``on_iteration(env_steps,
         metrics)`` is called after every update; the runner evaluates and logs from there."""
         ts = env.reset(seed)
+        self._rollout_h = None
         steps = 0
         per_iter = self.cfg.num_envs * self.cfg.rollout_len
         while steps < total_steps:
@@ -362,6 +426,7 @@ class OnPolicyAlgorithm:
             "actor_opt": self.actor_opt.state_dict(), "critic_opt": self.critic_opt.state_dict(),
             "value_norm": self.value_norm.state_dict() if self.value_norm is not None else None,
             "gen": self.gen.get_state(), "np_rng": self.np_rng.bit_generator.state,
+            "rollout_h": self._rollout_h,
         }
 
     def load_state_dict(self, sd: dict) -> None:
@@ -373,6 +438,7 @@ class OnPolicyAlgorithm:
             self.value_norm.load_state_dict(sd["value_norm"])
         self.gen.set_state(sd["gen"])
         self.np_rng.bit_generator.state = sd["np_rng"]
+        self._rollout_h = sd.get("rollout_h")
 
 
 def ppo_clip_surrogate(ratio: torch.Tensor, adv: torch.Tensor, lo: float, hi: float) -> torch.Tensor:
