@@ -73,3 +73,37 @@ def test_scoped_override_applies_to_one_algorithm_only(tmp_path):
     cfgs = {s.algo: build_config(s) for s in specs}
     assert cfgs["marpo"].alpha == 0.5 and cfgs["marpo"].lr == 1e-3 and cfgs["mappo"].lr == 1e-3
     assert not hasattr(cfgs["mappo"], "alpha")
+
+
+def test_interrupted_run_keeps_its_metrics_and_is_marked_interrupted(tmp_path, monkeypatch):
+    from baselines.mappo import MAPPO
+    from marpo_bench.config import RunSpec
+    from marpo_bench.train import train_run
+
+    real_learn = MAPPO.learn
+
+    def learn_then_ctrl_c(self, env, total, seed, on_iteration):
+        def hook(steps, metrics):
+            on_iteration(steps, metrics)
+            if steps >= 400:
+                raise KeyboardInterrupt
+
+        real_learn(self, env, total, seed, hook)
+
+    monkeypatch.setattr(MAPPO, "learn", learn_then_ctrl_c)
+    spec = RunSpec("mappo", "jax_mpe", "simple_spread", 0, 2000,
+                   (("num_envs", "8"), ("epochs", "1"), ("eval_episodes", "4"), ("eval_interval", "200")))
+    with pytest.raises(KeyboardInterrupt):
+        train_run(spec, tmp_path, "s")
+    run_path = store.run_dir(tmp_path, "s", spec.run_id)
+    assert store.read_run_json(run_path)["status"] == "interrupted"
+    assert store.read_metrics(run_path)["env_steps"].tolist() == [0, 200, 400]
+
+
+def test_parallel_workers_train_the_grid(tmp_path):
+    res = runner.invoke(app, ["run", "--algos", "mappo", "--results", str(tmp_path), "--study", "p",
+                              "--workers", "2", *TINY[:2], "--seeds", "2", *TINY[4:]])
+    assert res.exit_code == 0, res.output
+    records, _ = store.load_study(tmp_path / "p")
+    assert sorted(r["seed"] for r in records) == [0, 1]
+    assert all(r["status"] == "complete" for r in records)
