@@ -29,7 +29,7 @@ DEFAULT_STEPS = "300k"
 
 def fail(message: str) -> None:
     """Print a one-line error and exit with code 2 (bad input)."""
-    err_console.print(f"[bold red]error:[/bold red] {message}", highlight=False)
+    err_console.print(f"[bold red]error:[/bold red] {message}", highlight=False, soft_wrap=True)
     raise typer.Exit(code=2)
 
 
@@ -193,6 +193,45 @@ def bench(
         out.parent.mkdir(parents=True, exist_ok=True)
         store.atomic_write_bytes(out, buf.getvalue())
         console.print(f"wrote {out}")
+
+
+@app.command()
+def report(
+    study: Path = typer.Argument(..., help="The study directory, RESULTS_DIR/STUDY."),
+    format_: str = typer.Option("html,pdf", "--format", help="Comma-separated: html, pdf."),
+    out: Path | None = typer.Option(None, help="Output directory (default: STUDY/report)."),
+    reps: int = typer.Option(50_000, help="Bootstrap resamples for every confidence interval."),
+    baseline: str = typer.Option("mappo", help="Algorithm the others are compared against first."),
+    last_k: int = typer.Option(3, help="Final score = mean of the last K evaluation points."),
+    seed: int = typer.Option(0, help="Seed of the bootstrap (the same seed gives the same CIs)."),
+    seed_traces: bool = typer.Option(False, "--seed-traces", help="Draw every seed's learning curve."),
+    engine: str = typer.Option("fast", help="fast (vectorised) or rliable (reference; minutes at 50k reps)."),
+) -> None:
+    """rliable statistics, learning curves and provenance of a study as HTML and PDF."""
+    import time
+
+    from marpo_bench.analysis import AnalysisError, analyse
+    from marpo_bench.report import FORMATS, ReportError, write_report
+
+    formats = tuple(dict.fromkeys(f.strip().lower() for f in format_.split(",") if f.strip()))
+    bad = [f for f in formats if f not in FORMATS]
+    if bad or not formats:
+        fail(f"unknown format {', '.join(bad) or '(none)'}; valid: {', '.join(FORMATS)}")
+    t0 = time.perf_counter()
+    try:
+        res = analyse(study, reps=reps, seed=seed, baseline=baseline, last_k=last_k, engine=engine)
+        t1 = time.perf_counter()
+        for note in res.notes:
+            console.print(f"note: {note}", highlight=False, soft_wrap=True)
+        paths = write_report(res, out if out is not None else study / "report", formats, seed_traces)
+    except (store.StoreError, AnalysisError, ReportError) as exc:
+        fail(str(exc))
+    t2 = time.perf_counter()
+    for kind, path in paths.items():
+        console.print(f"wrote {kind}: {path}", highlight=False, soft_wrap=True)
+    console.print(f"{len(res.data.algos)} algorithms x {len(res.data.tasks)} tasks, "
+                  f"{len(res.data.excluded)} runs not used; statistics {t1 - t0:.1f} s, "
+                  f"rendering {t2 - t1:.1f} s", highlight=False)
 
 
 def main() -> None:

@@ -13,6 +13,8 @@ import torch
 
 from marpo_bench.envs.base import EnvInfo, MultiAgentVecEnv, TimeStep, agent_id_onehot
 from marpo_bench.envs.mpe import MPE_TASKS
+from marpo_bench.envs.smacv2 import SMACV2_TASKS, check_smacv2
+from marpo_bench.envs.smax import SMAX_TASKS
 
 __all__ = [
     "ENV_FAMILIES",
@@ -40,6 +42,18 @@ def _make_jax_mpe(task: str, num_envs: int, device: torch.device | str, agent_id
     return JaxMPEVecEnv(task, num_envs, device=device, agent_id=agent_id)
 
 
+def _make_smax(task: str, num_envs: int, device: torch.device | str, agent_id: bool) -> MultiAgentVecEnv:
+    from marpo_bench.envs.smax import SMAXVecEnv
+
+    return SMAXVecEnv(task, num_envs, device=device, agent_id=agent_id)
+
+
+def _make_smacv2(task: str, num_envs: int, device: torch.device | str, agent_id: bool) -> MultiAgentVecEnv:
+    from marpo_bench.envs.smacv2 import SMACv2VecEnv
+
+    return SMACv2VecEnv(task, num_envs, device=device, agent_id=agent_id)
+
+
 ENV_FAMILIES: dict[str, dict[str, Any]] = {
     "mpe": {
         "tasks": MPE_TASKS,
@@ -50,6 +64,17 @@ ENV_FAMILIES: dict[str, dict[str, Any]] = {
         "tasks": MPE_TASKS,
         "description": "JaxMARL MPE, same tasks and spaces as mpe, vmapped and jitted (fast path)",
         "factory": _make_jax_mpe,
+    },
+    "smax": {
+        "tasks": SMAX_TASKS,
+        "description": "JaxMARL SMAX vs its heuristic enemy: SMAC-like StarCraft micro without SC2 (not SMAC numbers)",
+        "factory": _make_smax,
+    },
+    "smacv2": {
+        "tasks": SMACV2_TASKS,
+        "description": "real SMACv2 (StarCraft II, one process per env); needs smacv2 and SC2PATH",
+        "factory": _make_smacv2,
+        "check": check_smacv2,
     },
 }
 

@@ -5,7 +5,9 @@ A = discrete actions (padded to the largest action set across agents; unavailabl
 
 Conventions (see ``DESIGN.md`` and ``PITFALLS.md``):
 - ``reward`` is the *team* reward of the transition; how it is formed from per-agent rewards is
-  stated by ``EnvInfo.reward_scale`` (``"team_sum"``: summed over agents, MAPPO's convention).
+  stated by ``EnvInfo.reward_scale``: ``"team_sum"`` (summed over agents, MAPPO's MPE
+  convention) or ``"team_shared"`` (one shared team reward, e.g. SMAX). Never compare returns
+  of different scales.
 - ``terminated`` means a true terminal state (no bootstrapping); ``truncated`` means a time limit
   (bootstrap through it using ``final_state``/``final_obs``).
 - Auto-reset happens inside ``step``: when env e finishes at this step, ``obs[e]``/``state[e]``/
@@ -63,7 +65,7 @@ class EnvInfo:
     state_dim: int
     num_actions: int
     episode_limit: int  # time limit in agent steps (horizon)
-    reward_scale: str  # "team_sum" or "agent_mean": how the team reward is formed
+    reward_scale: str  # "team_sum", "team_shared" or "agent_mean": how the team reward is formed
     has_won: bool  # whether ``won`` is meaningful
 
 
