@@ -201,7 +201,8 @@ def report(
     format_: str = typer.Option("html,pdf", "--format", help="Comma-separated: html, pdf."),
     out: Path | None = typer.Option(None, help="Output directory (default: STUDY/report)."),
     reps: int = typer.Option(50_000, help="Bootstrap resamples for every confidence interval."),
-    baseline: str = typer.Option("mappo", help="Algorithm the others are compared against first."),
+    baseline: str | None = typer.Option(None, help="Algorithm the others are compared against first "
+                                                   "(default: mappo when the study has it)."),
     last_k: int = typer.Option(3, help="Final score = mean of the last K evaluation points."),
     seed: int = typer.Option(0, help="Seed of the bootstrap (the same seed gives the same CIs)."),
     seed_traces: bool = typer.Option(False, "--seed-traces", help="Draw every seed's learning curve."),

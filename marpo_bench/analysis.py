@@ -1,0 +1,938 @@
+"""Analysis of a study: per-task normalised scores and rliable-style statistics with bootstrap CIs.
+
+The pipeline (``DESIGN.md``, "Statistics"; ``PITFALLS.md``, "Statistics" and "Returns and scales")::
+
+    store.load_study -> load_scores: complete runs only (the rest are listed, never dropped silently),
+                        one task = (env family, task), common budget, final score = mean of the
+                        last K evaluation points, scores normalised with NORMALISATION
+                     -> analyse: IQM / mean / median / optimality gap with stratified-bootstrap CIs,
+                        probability of improvement, performance profiles, sample-efficiency curves
+
+Statistics have two implementations with one small API each, shaped like rliable's:
+
+- the fast path (:func:`aggregate_estimates`, :func:`probability_of_improvement`,
+  :func:`performance_profiles`, :func:`iqm_curves`) draws every bootstrap resample at once as a
+  matrix of resampling *counts* (reps x runs, stratified by task) from its own
+  ``numpy.random.Generator``, and evaluates each statistic for all resamples with a few array
+  operations: the IQM as a count-weighted trimmed mean over the sorted scores, the probability of
+  improvement as the Mann-Whitney statistic ``w_x^T C w_y`` with ``C[i, k] = [x_i > y_k] +
+  [x_i == y_k] / 2``. Same estimators, same percentile intervals as rliable, ~1000x faster.
+- the reference path (:func:`rliable_aggregate_estimates`, :func:`rliable_probability_of_improvement`)
+  calls rliable 1.2.0 itself. rliable ignores ``random_state`` (its stratified bootstrap draws from
+  the global ``np.random``), so these functions seed the global generator and restore its state
+  afterwards (:func:`seeded_global_numpy`). The tests check that both paths agree within
+  Monte-Carlo error.
+
+Scores are given per algorithm either as a ``(runs, tasks)`` array (rliable's layout) or as a list
+of one 1-D array per task (tasks may then have different numbers of runs; the fast path only).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import json
+import math
+import time
+import zlib
+from collections import Counter, defaultdict
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from marpo_bench import store
+
+# --------------------------------------------------------------------------------------------
+# score normalisation
+
+
+@dataclass(frozen=True)
+class TaskBounds:
+    """How to map a task's raw final return to a [0, 1] score: ``(x - random) / (reference - random)``.
+
+    ``scale`` and ``episode_limit`` are those of the numbers (``run.json`` fields ``reward_scale`` and
+    ``episode_limit``); runs on another scale are never normalised with them (PITFALLS.md).
+    """
+
+    random: float
+    reference: float
+    scale: str
+    episode_limit: int
+    random_source: str
+    reference_source: str
+
+
+WIN_RATE_FAMILIES: tuple[str, ...] = ("smax", "smacv2")
+"""Env families scored by evaluation win rate, already in [0, 1]: no normalisation needed."""
+
+MEASUREMENT = (
+    "Each MPE row is measured by marpo_bench.analysis.measure_bounds(env, task): train.evaluate on "
+    "make_env(env, task, 512), i.e. one 25-step episode in each of 512 parallel envs with eval seed 123, for the "
+    "uniform-random policy (UniformRandomPolicy, sampled actions) and for a scripted oracle (MPEOracle, "
+    "deterministic) that reads goals and positions from the observations and steers with a one-step look-ahead. "
+    "The oracle is a strong, reproducible reference on exactly this scale, not an optimum: learned policies may "
+    "exceed it (scores above 1 are clipped for aggregation and listed). ± is the standard error over the episodes."
+)
+"""How the numbers of :data:`NORMALISATION` were obtained (printed above the table in the report)."""
+
+_HOW = {
+    "simple_spread": "agents take the landmark assignment with the least total distance",
+    "simple_reference": "each agent says the other's goal, then moves to the goal it hears",
+    "simple_speaker_listener": "the speaker says the goal, the listener moves to the goal it hears",
+}
+# Measured with measure_bounds() (see MEASUREMENT) when the table was added; MPE on the suite's
+# team_sum scale, 25-step episodes. tests/test_analysis.py re-measures them (slow test).
+_MEASURED: dict[tuple[str, str], tuple[float, float, float, float]] = {  # random, sem, reference, sem
+    ("jax_mpe", "simple_spread"): (-80.54, 1.03, -22.24, 0.40),
+    ("jax_mpe", "simple_reference"): (-57.85, 0.81, -15.56, 0.32),
+    ("jax_mpe", "simple_speaker_listener"): (-81.51, 2.70, -15.35, 0.68),
+    ("mpe", "simple_spread"): (-77.00, 0.97, -21.37, 0.41),
+    ("mpe", "simple_reference"): (-55.68, 0.86, -14.62, 0.33),
+    ("mpe", "simple_speaker_listener"): (-79.06, 3.02, -14.43, 0.69),
+}
+
+NORMALISATION: dict[tuple[str, str], TaskBounds] = {
+    key: TaskBounds(
+        random=rnd, reference=ref, scale="team_sum", episode_limit=25,
+        random_source=f"uniform-random policy over available actions (± {rnd_se:.2f})",
+        reference_source=f"scripted oracle: {_HOW[key[1]]} (± {ref_se:.2f})",
+    )
+    for key, (rnd, rnd_se, ref, ref_se) in _MEASURED.items()
+}
+"""Per-task bounds for return-scored tasks, keyed by ``(env family, task)``. Families ``mpe`` (mpe2,
+reference dynamics) and ``jax_mpe`` (JaxMARL) are measured separately: a task is identified by its
+family too, and mpe2 scores 1-6% higher than JaxMARL in all six measurements (0.6-2.5 standard
+errors each; a small systematic difference between the two implementations)."""
+
+
+def score_kind(env: str) -> str:
+    """``"win_rate"`` for families scored by evaluation win rate, else ``"return"``."""
+    return "win_rate" if env in WIN_RATE_FAMILIES else "return"
+
+
+def normalise(values: np.ndarray | float, env: str, task: str) -> np.ndarray:
+    """Raw final values -> normalised scores (unclipped). Win rates pass through; a return task
+    without bounds in :data:`NORMALISATION` gives NaN (the task is then left out of aggregates)."""
+    v = np.asarray(values, dtype=np.float64)
+    if score_kind(env) == "win_rate":
+        return v.copy()
+    b = NORMALISATION.get((env, task))
+    if b is None:
+        return np.full_like(v, np.nan)
+    return (v - b.random) / (b.reference - b.random)
+
+
+# --------------------------------------------------------------------------------------------
+# the policies behind the table (measurement only; torch and the envs are imported lazily)
+
+
+class UniformRandomPolicy:
+    """Uniform over each agent's available actions: the table's random-policy score."""
+
+    def __init__(self, seed: int) -> None:
+        import torch
+
+        self.gen = torch.Generator().manual_seed(seed)
+
+    def initial_act_state(self, num_envs: int) -> None:
+        return None
+
+    def act(self, ts: Any, act_state: Any, deterministic: bool) -> tuple[Any, Any]:
+        import torch
+
+        u = torch.rand(ts.avail_actions.shape, generator=self.gen).masked_fill(~ts.avail_actions, -1.0)
+        return u.argmax(-1), act_state
+
+
+# MPE's discrete moves: 0 no-op, 1 -x, 2 +x, 3 -y, 4 +y (PettingZoo's and JaxMARL's encoding).
+_MOVES = np.array([[0, 0], [-1, 0], [1, 0], [0, -1], [0, 1]], dtype=np.float64)
+
+
+def _steer(vel: np.ndarray, rel: np.ndarray, coast: float = 0.15) -> np.ndarray:
+    """The move whose predicted stopping point is nearest the target (``rel`` = target - position).
+
+    MPE dynamics: ``v' = 0.75 v + 0.5 u`` (damping 0.25, accel 5, dt 0.1); the stopping point is
+    approximated by ``0.1 v + coast * v'``; ``coast = 0.15`` was the best of {0, 0.05, ..., 0.6}.
+    """
+    v1 = vel[..., None, :] * 0.75 + 0.5 * _MOVES
+    stop = vel[..., None, :] * 0.1 + coast * v1
+    return np.linalg.norm(stop - rel[..., None, :], axis=-1).argmin(-1)
+
+
+class MPEOracle:
+    """A scripted MPE policy that reads everything it needs from the agents' observations (layouts
+    of mpe2 / JaxMARL, identical here): the table's reference score. Centralised: it sees all
+    agents' observations at once, so the spread assignment is the same for every agent."""
+
+    def __init__(self, task: str) -> None:
+        if task not in _HOW:
+            raise ValueError(f"no oracle for MPE task {task!r}; valid: {', '.join(_HOW)}")
+        self.task = task
+
+    def initial_act_state(self, num_envs: int) -> None:
+        return None
+
+    def act(self, ts: Any, act_state: Any, deterministic: bool) -> tuple[Any, Any]:
+        import torch
+
+        o = ts.obs.cpu().numpy().astype(np.float64)
+        E, N = o.shape[:2]
+        rows = np.arange(E)
+        if self.task == "simple_spread":  # [vel 2, pos 2, landmarks rel 3x2, others rel 2x2, comm]
+            vel, pos = o[:, :, 0:2], o[:, :, 2:4]
+            landmarks = o[:, 0, 4:10].reshape(E, 3, 2) + pos[:, 0:1]
+            dist = np.linalg.norm(pos[:, :, None] - landmarks[:, None], axis=-1)  # [E, agent, landmark]
+            perms = np.array(list(itertools.permutations(range(3))))
+            best = perms[dist[:, np.arange(3)[None], perms].sum(-1).argmin(-1)]  # [E, agent] -> landmark
+            target = np.take_along_axis(landmarks, best[..., None], 1)
+            actions = _steer(vel, target - pos)
+        elif self.task == "simple_speaker_listener":  # speaker [goal colour 3]; listener [vel, lm 3x2, comm 3]
+            actions = np.zeros((E, N), dtype=np.int64)
+            actions[:, 0] = o[:, 0, 0:3].argmax(-1)
+            vel, landmarks, comm = o[:, 1, 0:2], o[:, 1, 2:8].reshape(E, 3, 2), o[:, 1, 8:11]
+            heard = comm.max(-1) > 0.5
+            target = np.where(heard[:, None], landmarks[rows, comm.argmax(-1)], landmarks.mean(1))
+            actions[:, 1] = _steer(vel, target)
+        else:  # simple_reference: [vel 2, landmarks rel 3x2, other's goal colour 3, other's comm 10]
+            vel, landmarks = o[:, :, 0:2], o[:, :, 2:8].reshape(E, N, 3, 2)
+            say, comm = o[:, :, 8:11].argmax(-1), o[:, :, 11:21]
+            heard = comm.max(-1) > 0.5
+            goal = comm.argmax(-1).clip(0, 2)
+            target = np.where(heard[..., None], landmarks[rows[:, None], np.arange(N)[None], goal],
+                              landmarks.mean(2))
+            actions = 5 * say + _steer(vel, target)
+        return torch.as_tensor(actions, dtype=torch.long), act_state
+
+
+def measure_bounds(env: str, task: str, episodes: int = 512, seed: int = 123) -> dict[str, float]:
+    """Re-measure a row of :data:`NORMALISATION` with the suite's own evaluation: the uniform-random
+    policy (sampled) and the scripted oracle (deterministic), one episode per parallel env.
+    Returns mean and standard error of both. Needs the env backend (slow: seconds per task)."""
+    from marpo_bench.envs import make_env
+    from marpo_bench.train import evaluate
+
+    vec = make_env(env, task, episodes)
+    out: dict[str, float] = {}
+    for name, policy, det in (("random", UniformRandomPolicy(0), False), ("reference", MPEOracle(task), True)):
+        res = evaluate(policy, vec, seed=seed, deterministic=det)
+        out[name] = res["eval_return_mean"]
+        out[f"{name}_sem"] = res["eval_return_std"] / math.sqrt(res["eval_episodes"])
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# statistics: shared helpers
+
+METRIC_NAMES: tuple[str, ...] = ("IQM", "Median", "Mean", "Optimality gap")
+"""Aggregate metrics, in rliable's order of presentation."""
+
+Scores = np.ndarray | Sequence[np.ndarray]
+"""One algorithm's scores: ``(runs, tasks)`` array, or one 1-D array of runs per task."""
+
+
+@dataclass(frozen=True)
+class Estimate:
+    """A point estimate with its bootstrap confidence interval ``[lo, hi]``."""
+
+    point: float
+    lo: float
+    hi: float
+
+    def __str__(self) -> str:
+        return f"{self.point:.3f} [{self.lo:.3f}, {self.hi:.3f}]"
+
+
+@dataclass(frozen=True)
+class Band:
+    """A curve (one value per x) with pointwise bootstrap confidence bands."""
+
+    x: np.ndarray
+    point: np.ndarray
+    lo: np.ndarray
+    hi: np.ndarray
+
+
+def _tasks(scores: Scores) -> list[np.ndarray]:
+    """Scores in either layout -> list of per-task 1-D float arrays (each non-empty, finite)."""
+    if isinstance(scores, np.ndarray):
+        if scores.ndim != 2:
+            raise ValueError(f"scores must be a (runs, tasks) array, got shape {scores.shape}")
+        cols = [scores[:, j] for j in range(scores.shape[1])]
+    else:
+        cols = [np.asarray(s, dtype=np.float64).ravel() for s in scores]
+    cols = [np.asarray(c, dtype=np.float64) for c in cols]
+    if not cols or any(c.size == 0 for c in cols):
+        raise ValueError("scores need at least one task with at least one run each")
+    if any(not np.isfinite(c).all() for c in cols):
+        raise ValueError("scores must be finite (drop or fix NaN runs first)")
+    return cols
+
+
+def _rng(seed: int, *keys: str) -> np.random.Generator:
+    """A generator for one statistic of one algorithm (or pair): reproducible, and independent of
+    which other algorithms are in the study (keys are names, not positions)."""
+    return np.random.default_rng(np.random.SeedSequence([seed, *(zlib.crc32(k.encode()) for k in keys)]))
+
+
+def stratified_counts(rng: np.random.Generator, sizes: Sequence[int], reps: int) -> np.ndarray:
+    """``(reps, sum(sizes))`` resampling counts: for each task independently, how often each of its
+    runs is drawn when its ``n`` runs are resampled ``n`` times with replacement (rliable's
+    stratified bootstrap over runs). Float64, so it feeds straight into matrix products."""
+    blocks = []
+    for n in sizes:
+        idx = rng.integers(0, n, size=(reps, n)) + (np.arange(reps)[:, None] * n)
+        blocks.append(np.bincount(idx.ravel(), minlength=reps * n).reshape(reps, n))
+    return np.concatenate(blocks, axis=1).astype(np.float64)
+
+
+def _percentile_ci(boot: np.ndarray, confidence: float) -> tuple[np.ndarray, np.ndarray]:
+    """Percentile interval over axis 0, as arch's ``conf_int(method="percentile")`` (rliable)."""
+    alpha = 100.0 * (1.0 - confidence) / 2.0
+    lo, hi = np.percentile(boot, [alpha, 100.0 - alpha], axis=0)
+    return lo, hi
+
+
+def _weighted_trimmed_mean(x: np.ndarray, weights: np.ndarray, cut: float = 0.25,
+                           dtype: type = np.float64, budget: int = 2_000_000) -> np.ndarray:
+    """scipy's ``trim_mean(sample, cut, axis=None)`` of every resample at once.
+
+    ``x`` is ``(n,)`` or ``(n, G)`` (G curves' points, each trimmed separately); row ``r`` of
+    ``weights`` (``(reps, n)``, rows summing to ``n``) counts how often each of the ``n`` elements
+    appears in resample ``r``. Sorted once per column; each element keeps the part of its run of
+    copies that falls inside the kept sorted positions ``[int(cut * n), n - int(cut * n))``.
+    Works in row chunks of about ``budget`` elements (cache-sized); ``dtype=np.float32`` halves the
+    memory traffic for bootstrap resamples (error ~1e-7), point estimates use float64.
+    Returns ``(reps,)`` or ``(reps, G)``.
+    """
+    x2 = np.asarray(x, dtype=np.float64)
+    x2 = x2[:, None] if x2.ndim == 1 else x2
+    n, g = x2.shape
+    lo = int(cut * n)
+    hi = n - lo
+    order = np.argsort(x2, axis=0, kind="stable")
+    xs = np.take_along_axis(x2, order, 0).astype(dtype)
+    w_all = weights.astype(dtype, copy=False)
+    out = np.empty((weights.shape[0], g))
+    chunk = max(1, budget // (n * g))
+    for s in range(0, weights.shape[0], chunk):
+        w = w_all[s:s + chunk][:, order]  # (rows, n, G)
+        end = np.cumsum(w, axis=1)
+        start = end - w
+        np.minimum(end, hi, out=end)
+        np.maximum(start, lo, out=start)
+        end -= start
+        np.maximum(end, 0, out=end)
+        out[s:s + chunk] = np.einsum("rng,ng->rg", end, xs)
+    out /= hi - lo
+    return out[:, 0] if np.ndim(x) == 1 else out
+
+
+def _aggregates(x: np.ndarray, sizes: Sequence[int], weights: np.ndarray) -> np.ndarray:
+    """``(rows, 4)`` IQM, median, mean, optimality gap for each row of resampling counts over the
+    concatenated per-task runs ``x``: rliable's definitions (median and mean of per-task means;
+    IQM and optimality gap over all runs pooled; gap threshold 1)."""
+    starts = np.concatenate([[0], np.cumsum(sizes)[:-1]])
+    task_means = np.add.reduceat(weights * x, starts, axis=1) / np.asarray(sizes, dtype=np.float64)
+    return np.stack([
+        _weighted_trimmed_mean(x, weights, dtype=np.float64 if weights.shape[0] == 1 else np.float32),
+        np.median(task_means, axis=1),
+        task_means.mean(axis=1),
+        1.0 - weights @ np.minimum(x, 1.0) / x.size,
+    ], axis=1)
+
+
+# --------------------------------------------------------------------------------------------
+# statistics: the fast path
+
+
+def aggregate_estimates(
+    score_dict: Mapping[str, Scores], reps: int = 50_000, confidence: float = 0.95, seed: int = 0,
+) -> dict[str, dict[str, Estimate]]:
+    """IQM, median, mean and optimality gap of each algorithm with stratified-bootstrap percentile
+    CIs: rliable's ``get_interval_estimates`` with those four metrics, vectorised."""
+    out: dict[str, dict[str, Estimate]] = {}
+    for name, scores in score_dict.items():
+        tasks = _tasks(scores)
+        sizes = [t.size for t in tasks]
+        x = np.concatenate(tasks)
+        point = _aggregates(x, sizes, np.ones((1, x.size)))[0]
+        boot = _aggregates(x, sizes, stratified_counts(_rng(seed, "aggregate", name), sizes, reps))
+        lo, hi = _percentile_ci(boot, confidence)
+        out[name] = {m: Estimate(float(point[i]), float(lo[i]), float(hi[i])) for i, m in enumerate(METRIC_NAMES)}
+    return out
+
+
+def _poi_terms(xt: list[np.ndarray], yt: list[np.ndarray]) -> list[np.ndarray]:
+    """Per task, ``C[i, k] = [x_i > y_k] + [x_i == y_k] / 2`` (Mann-Whitney U kernel)."""
+    if len(xt) != len(yt):
+        raise ValueError(f"probability of improvement needs the same tasks: {len(xt)} vs {len(yt)}")
+    return [(x[:, None] > y[None, :]) + 0.5 * (x[:, None] == y[None, :]) for x, y in zip(xt, yt, strict=True)]
+
+
+def probability_of_improvement(
+    scores_x: Scores, scores_y: Scores, reps: int = 50_000, confidence: float = 0.95, seed: int = 0,
+    key: str = "",
+) -> Estimate:
+    """P(X > Y): the probability that a run of X beats a run of Y on a task, averaged over tasks,
+    with stratified independent bootstrap CIs (rliable's ``probability_of_improvement`` metric).
+    ``key`` (e.g. ``"marpo>mappo"``) selects the random stream."""
+    xt, yt = _tasks(scores_x), _tasks(scores_y)
+    kernels = _poi_terms(xt, yt)
+    point = float(np.mean([c.mean() for c in kernels]))
+    wx = stratified_counts(_rng(seed, "poi-x", key), [x.size for x in xt], reps)
+    wy = stratified_counts(_rng(seed, "poi-y", key), [y.size for y in yt], reps)
+    boot = np.zeros(reps)
+    i = j = 0
+    for c in kernels:
+        n, m = c.shape
+        boot += np.einsum("ri,ri->r", wx[:, i:i + n] @ c, wy[:, j:j + m]) / (n * m)
+        i, j = i + n, j + m
+    boot /= len(kernels)
+    lo, hi = _percentile_ci(boot, confidence)
+    return Estimate(point, float(lo), float(hi))
+
+
+def pairwise_poi(
+    score_dict: Mapping[str, Scores], pairs: Sequence[tuple[str, str]], reps: int = 50_000,
+    confidence: float = 0.95, seed: int = 0,
+) -> dict[tuple[str, str], Estimate]:
+    """:func:`probability_of_improvement` for each ``(x, y)`` in ``pairs``."""
+    return {(a, b): probability_of_improvement(score_dict[a], score_dict[b], reps, confidence, seed, f"{a}>{b}")
+            for a, b in pairs}
+
+
+def performance_profiles(
+    score_dict: Mapping[str, Scores], taus: np.ndarray, reps: int = 50_000, confidence: float = 0.95,
+    seed: int = 0,
+) -> dict[str, Band]:
+    """Score distributions: the fraction of all runs (pooled over tasks) scoring above each
+    threshold tau, with stratified-bootstrap bands (rliable's ``create_performance_profile``)."""
+    taus = np.asarray(taus, dtype=np.float64)
+    out: dict[str, Band] = {}
+    for name, scores in score_dict.items():
+        tasks = _tasks(scores)
+        x = np.concatenate(tasks)
+        above = (x[:, None] > taus[None, :]).astype(np.float64)
+        w = stratified_counts(_rng(seed, "profile", name), [t.size for t in tasks], reps)
+        lo, hi = _percentile_ci(w @ above / x.size, confidence)
+        out[name] = Band(taus, above.mean(axis=0), lo, hi)
+    return out
+
+
+def iqm_curves(
+    curve_dict: Mapping[str, Sequence[np.ndarray]], x: np.ndarray, reps: int = 50_000,
+    confidence: float = 0.95, seed: int = 0, key: str = "",
+) -> dict[str, Band]:
+    """Sample-efficiency curves: IQM over all runs of all tasks at each x (env steps), with
+    pointwise stratified-bootstrap bands. ``curve_dict[algo]`` holds one ``(runs, len(x))`` array
+    per task. One resample of runs is used for the whole curve, so the bands are consistent."""
+    out: dict[str, Band] = {}
+    for name, per_task in curve_dict.items():
+        arrs = [np.asarray(a, dtype=np.float64) for a in per_task]
+        sizes = [a.shape[0] for a in arrs]
+        allruns = np.concatenate(arrs, axis=0)  # (N, G)
+        if not np.isfinite(allruns).all():
+            raise ValueError(f"curves of {name} contain NaN")
+        w = stratified_counts(_rng(seed, "curve", key, name), sizes, reps)
+        point = _weighted_trimmed_mean(allruns, np.ones((1, allruns.shape[0])))[0]
+        boot = _weighted_trimmed_mean(allruns, w, dtype=np.float32)
+        lo, hi = _percentile_ci(boot, confidence)
+        out[name] = Band(np.asarray(x), point, lo, hi)
+    return out
+
+
+def mean_band(values: np.ndarray, x: np.ndarray, reps: int, confidence: float, rng: np.random.Generator) -> Band:
+    """Mean over runs (rows of ``values``, one column per x) with bootstrap percentile bands."""
+    values = np.asarray(values, dtype=np.float64)
+    w = stratified_counts(rng, [values.shape[0]], reps)
+    lo, hi = _percentile_ci(w @ values / values.shape[0], confidence)
+    return Band(np.asarray(x), values.mean(axis=0), lo, hi)
+
+
+# --------------------------------------------------------------------------------------------
+# statistics: the reference path (rliable itself)
+
+
+@contextlib.contextmanager
+def seeded_global_numpy(seed: int) -> Iterator[None]:
+    """Seed the global ``np.random`` for the duration, then restore its previous state: rliable's
+    bootstrap draws from the global generator whatever ``random_state`` says (PITFALLS.md)."""
+    state = np.random.get_state()
+    np.random.seed(seed)
+    try:
+        yield
+    finally:
+        np.random.set_state(state)
+
+
+def _rliable_all_metrics(scores: np.ndarray) -> np.ndarray:
+    from rliable import metrics
+
+    return np.array([metrics.aggregate_iqm(scores), metrics.aggregate_median(scores),
+                     metrics.aggregate_mean(scores), metrics.aggregate_optimality_gap(scores)])
+
+
+def rliable_aggregate_estimates(
+    score_dict: Mapping[str, np.ndarray], reps: int = 50_000, confidence: float = 0.95, seed: int = 0,
+) -> dict[str, dict[str, Estimate]]:
+    """:func:`aggregate_estimates` computed by rliable's ``get_interval_estimates`` (slow; the
+    reference). Scores must be ``(runs, tasks)`` arrays."""
+    from rliable import library
+
+    with seeded_global_numpy(seed):
+        points, cis = library.get_interval_estimates(
+            {k: np.asarray(v, dtype=np.float64) for k, v in score_dict.items()}, _rliable_all_metrics,
+            reps=reps, confidence_interval_size=confidence)
+    return {k: {m: Estimate(float(points[k][i]), float(cis[k][0, i]), float(cis[k][1, i]))
+                for i, m in enumerate(METRIC_NAMES)} for k in points}
+
+
+def rliable_probability_of_improvement(
+    scores_x: np.ndarray, scores_y: np.ndarray, reps: int = 50_000, confidence: float = 0.95, seed: int = 0,
+) -> Estimate:
+    """:func:`probability_of_improvement` computed by rliable (about 4 s per 2,000 reps here)."""
+    from rliable import library, metrics
+
+    with seeded_global_numpy(seed):
+        points, cis = library.get_interval_estimates(
+            {"pair": [np.asarray(scores_x, np.float64), np.asarray(scores_y, np.float64)]},
+            metrics.probability_of_improvement, reps=reps, confidence_interval_size=confidence)
+    return Estimate(float(points["pair"]), float(np.ravel(cis["pair"])[0]), float(np.ravel(cis["pair"])[1]))
+
+
+# --------------------------------------------------------------------------------------------
+# loading a study
+
+
+class AnalysisError(ValueError):
+    """A one-line, user-facing reason why a study cannot be analysed."""
+
+
+@dataclass
+class RunScore:
+    """One complete run as the statistics see it."""
+
+    run_id: str
+    algo: str  # the label (algo, or algo[overrides] when one task mixes override sets)
+    env: str
+    task: str
+    seed: int
+    final_raw: float  # mean of the last K eval points at the common budget (return or win rate)
+    final_score: float  # normalised, unclipped (NaN when the task has no bounds)
+    final_steps: int  # env steps of the last point used
+    wall_seconds: float
+    steps: np.ndarray  # env steps of the points kept (common prefix)
+    raw: np.ndarray  # values at those points
+
+
+@dataclass
+class Excluded:
+    """A run the statistics do not use, and why (shown in the report, never dropped silently)."""
+
+    run_id: str
+    algo: str
+    env: str
+    task: str
+    seed: Any
+    status: str
+    reason: str
+    env_steps: Any = None
+
+
+@dataclass
+class TaskData:
+    """All used runs of one task, ``(env family, task)``."""
+
+    env: str
+    task: str
+    kind: str  # "return" | "win_rate"
+    bounds: TaskBounds | None
+    budget: int  # common budget: the smallest budget of its runs
+    budgets: list[int]  # distinct budgets of its runs
+    runs: dict[str, list[RunScore]]  # algo -> runs sorted by seed
+
+    @property
+    def key(self) -> str:
+        return f"{self.env}:{self.task}"
+
+    @property
+    def normalisable(self) -> bool:
+        return self.kind == "win_rate" or self.bounds is not None
+
+
+@dataclass
+class StudyScores:
+    """What :func:`load_scores` extracts from a study."""
+
+    study: str
+    path: Path
+    records: list[dict]
+    tasks: list[TaskData]
+    algos: list[str]  # display order
+    excluded: list[Excluded]
+    notes: list[str]
+    last_k: int
+    agg_tasks: list[str]  # task keys in the aggregates (normalisable, every algorithm present)
+
+    def task(self, key: str) -> TaskData:
+        return next(t for t in self.tasks if t.key == key)
+
+    def final_scores(self, clip: bool = True) -> dict[str, list[np.ndarray]]:
+        """Per algorithm, one array of normalised final scores per aggregate task."""
+        out: dict[str, list[np.ndarray]] = {}
+        for a in self.algos:
+            arrs = [np.array([r.final_score for r in self.task(k).runs[a]]) for k in self.agg_tasks]
+            out[a] = [np.clip(v, 0.0, 1.0) for v in arrs] if clip else arrs
+        return out
+
+    def clipped(self) -> list[RunScore]:
+        """Used runs whose normalised final score lies outside [0, 1] (clipped for aggregation)."""
+        return [r for t in self.tasks for rs in t.runs.values() for r in rs
+                if math.isfinite(r.final_score) and not 0.0 <= r.final_score <= 1.0]
+
+
+BUDGET_SLACK = 0.05
+"""A run with a larger budget than the common one keeps its points up to ``(1 + slack) x`` the
+common budget (evaluation points fall on rollout boundaries, not exactly on the budget)."""
+
+
+def _display_order(algos: set[str], baseline: str | None) -> list[str]:
+    """MARPO (the suite's subject) first, the baseline last, the others alphabetically between."""
+    rest = sorted(a for a in algos if a not in ("marpo", baseline))
+    return [a for a in ("marpo",) if a in algos] + rest + ([baseline] if baseline in algos and baseline != "marpo"
+                                                            else [])
+
+
+def _labels(records: list[dict]) -> dict[str, str]:
+    """run_id -> algorithm label. Runs of one algorithm on one task with different ``--set``
+    overrides are different variants: they get ``algo[k=v,...]`` labels instead of being pooled."""
+    sets: dict[tuple[str, str, str], set[str]] = defaultdict(set)
+    ov = {r["run_id"]: ",".join(f"{k}={v}" for k, v in (r.get("overrides") or [])) for r in records}
+    for r in records:
+        sets[(r["algo"], r["env"], r["task"])].add(ov[r["run_id"]])
+    split = {a for (a, _, _), s in sets.items() if len(s) > 1}
+    return {r["run_id"]: (f"{r['algo']}[{ov[r['run_id']]}]" if r["algo"] in split and ov[r["run_id"]] else r["algo"])
+            for r in records}
+
+
+def load_scores(study_path: Path, last_k: int = 3, baseline: str | None = None) -> StudyScores:
+    """Read a study and extract the final score and learning curve of every complete run.
+
+    Runs that are not complete, complete without usable evaluations, duplicated seeds, or on a
+    different reward scale / horizon than the task's normalisation table are listed in
+    ``excluded`` with the reason. Raises :class:`store.StoreError` for unreadable stores (missing,
+    empty, other schema versions) and :class:`AnalysisError` when nothing complete is left.
+    """
+    if last_k < 1:
+        raise AnalysisError(f"--last-k must be at least 1, got {last_k}")
+    study_path = Path(study_path)
+    records, metrics = store.load_study(study_path)
+    labels = _labels(records)
+    excluded: list[Excluded] = []
+    notes: list[str] = []
+    by_run = {rid: df.sort_values("env_steps") for rid, df in metrics.groupby("run_id", sort=False)}
+
+    def exclude(r: dict, reason: str) -> None:
+        excluded.append(Excluded(r["run_id"], labels[r["run_id"]], r["env"], r["task"], r.get("seed"),
+                                 r["status"], reason, r.get("env_steps")))
+
+    # 1. complete runs with evaluations, grouped by task; others are listed
+    groups: dict[tuple[str, str], list[dict]] = defaultdict(list)
+    for r in records:
+        if r["status"] != "complete":
+            exclude(r, r.get("message") or f"run is {r['status']}")
+            continue
+        df = by_run.get(r["run_id"])
+        col = "eval_win_rate" if score_kind(r["env"]) == "win_rate" else "eval_return_mean"
+        if df is None or not np.isfinite(df[col].to_numpy()).any():
+            exclude(r, f"complete, but no finite {col} in its metrics")
+            continue
+        groups[(r["env"], r["task"])].append(r)
+    if not groups:
+        counts = Counter(r["status"] for r in records)
+        raise AnalysisError(f"study {study_path.name} has no complete runs with evaluations "
+                            f"({', '.join(f'{n} {s}' for s, n in sorted(counts.items()))}); nothing to report")
+
+    # 2. per task: scale / horizon checks, duplicate seeds, common budget, final scores
+    tasks: list[TaskData] = []
+    for (env, task), runs in sorted(groups.items()):
+        kind = score_kind(env)
+        bounds = NORMALISATION.get((env, task)) if kind == "return" else None
+        if kind == "return":
+            want_scale = bounds.scale if bounds else Counter(r.get("reward_scale") for r in runs).most_common(1)[0][0]
+            want_limit = bounds.episode_limit if bounds else Counter(
+                r.get("episode_limit") for r in runs).most_common(1)[0][0]
+            kept = []
+            for r in runs:
+                if r.get("reward_scale") not in (None, want_scale):
+                    exclude(r, f"reward scale {r['reward_scale']} differs from {want_scale} (never mixed)")
+                elif r.get("episode_limit") not in (None, want_limit):
+                    exclude(r, f"episode limit {r['episode_limit']} differs from {want_limit} (never mixed)")
+                else:
+                    kept.append(r)
+            if any(r.get("reward_scale") is None for r in kept):
+                notes.append(f"{env}:{task}: some runs do not record their reward scale; assumed {want_scale}")
+            runs = kept
+        seen: dict[tuple[str, Any], dict] = {}
+        for r in sorted(runs, key=lambda r: (-int(by_run[r["run_id"]]["env_steps"].max()), r["run_id"])):
+            k = (labels[r["run_id"]], r["seed"])
+            if k in seen:
+                exclude(r, f"duplicate of seed {r['seed']} (run {seen[k]['run_id']} is used)")
+            else:
+                seen[k] = r
+        runs = list(seen.values())
+        if not runs:
+            continue
+        ends = {r["run_id"]: int(by_run[r["run_id"]]["env_steps"].max()) for r in runs}
+        budget_of = {r["run_id"]: int(r.get("budget") or ends[r["run_id"]]) for r in runs}
+        budgets = sorted(set(budget_of.values()))
+        common = budgets[0]
+        if len(budgets) > 1:
+            notes.append(f"{env}:{task}: runs have different budgets ({', '.join(f'{b:,}' for b in budgets)} env "
+                         f"steps); statistics use the common prefix up to {common:,} env steps")
+        per_algo: dict[str, list[RunScore]] = defaultdict(list)
+        col = "eval_win_rate" if kind == "win_rate" else "eval_return_mean"
+        for r in runs:
+            df = by_run[r["run_id"]]
+            steps = df["env_steps"].to_numpy(np.int64)
+            vals = df[col].to_numpy(np.float64)
+            keep = np.isfinite(vals)
+            if budget_of[r["run_id"]] > common:
+                keep &= steps <= common * (1 + BUDGET_SLACK)
+            steps, vals = steps[keep], vals[keep]
+            if steps.size == 0:
+                exclude(r, f"no finite evaluation within the common budget {common:,}")
+                continue
+            final_raw = float(vals[-last_k:].mean())
+            per_algo[labels[r["run_id"]]].append(RunScore(
+                r["run_id"], labels[r["run_id"]], env, task, r["seed"], final_raw,
+                float(normalise(final_raw, env, task)), int(steps[-1]),
+                float(r.get("wall_seconds") or df["wall_seconds"].max()), steps, vals))
+        if per_algo:
+            tasks.append(TaskData(env, task, kind, bounds, common, budgets,
+                                  {a: sorted(v, key=lambda s: s.seed) for a, v in per_algo.items()}))
+    if not tasks:
+        raise AnalysisError(f"study {study_path.name}: no run is usable (see the excluded runs)")
+
+    algos = _display_order({a for t in tasks for a in t.runs}, baseline)
+    agg = [t.key for t in tasks if t.normalisable and all(a in t.runs for a in algos)]
+    left = [t.key for t in tasks if t.key not in agg]
+    for t in tasks:
+        if t.key in left:
+            why = ("no normalisation bounds for its returns" if not t.normalisable else
+                   "not run by " + ", ".join(a for a in algos if a not in t.runs))
+            notes.append(f"{t.key} is left out of the aggregate statistics ({why}); see its own table and curves")
+    fams = {t.env for t in tasks}
+    if {"smax", "smacv2"} <= fams:
+        notes.append("SMAX (JaxMARL) and SMACv2 (StarCraft II) tasks are different games; their win rates "
+                     "are not comparable across families")
+    if not agg:
+        notes.append("no task is run by every algorithm with a normalised score: aggregate statistics skipped")
+    for t in tasks:
+        for a, rs in t.runs.items():
+            if len(rs) < 3:
+                notes.append(f"{t.key}: {a} has {len(rs)} seed(s); its confidence intervals are unreliable")
+    return StudyScores(study_path.name, study_path, records, tasks, algos, excluded, notes, last_k, agg)
+
+
+# --------------------------------------------------------------------------------------------
+# the whole analysis of a study
+
+
+@dataclass
+class SummaryRow:
+    """One line of the per-task summary table."""
+
+    task: str
+    algo: str
+    kind: str
+    mean: Estimate  # final return / win rate over seeds, bootstrap CI of the mean
+    score: float  # mean normalised score (clipped), NaN without bounds
+    seeds: list[int]
+    budget: int
+    final_steps: float  # mean env steps of the last point used
+    wall_mean: float
+    wall_min: float
+    wall_max: float
+    eval_modes: list[str]
+
+
+@dataclass
+class Analysis:
+    """Every number the report shows, computed by :func:`analyse`."""
+
+    data: StudyScores
+    reps: int
+    seed: int
+    confidence: float
+    baseline: str | None
+    engine: str
+    aggregates: dict[str, dict[str, Estimate]] = field(default_factory=dict)
+    poi: dict[tuple[str, str], Estimate] = field(default_factory=dict)
+    poi_pairs: list[tuple[str, str]] = field(default_factory=list)
+    profiles: dict[str, Band] = field(default_factory=dict)
+    curve: dict[str, Band] = field(default_factory=dict)  # aggregate IQM vs env steps
+    task_curves: dict[str, dict[str, Band]] = field(default_factory=dict)  # task -> algo -> IQM band
+    raw_curves: dict[str, dict[str, tuple[Band, np.ndarray]]] = field(default_factory=dict)  # mean band, per seed
+    summary: list[SummaryRow] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+def poi_pairs(algos: Sequence[str], baseline: str | None) -> list[tuple[str, str]]:
+    """The ``(x, y)`` pairs shown: every algorithm against the baseline first, then every other
+    pair once, oriented by display order (MARPO first). P(y > x) is ``1 - P(x > y)``."""
+    pairs = [(a, baseline) for a in algos if baseline in algos and a != baseline]
+    rest = [a for a in algos if a != baseline]
+    pairs += [(a, b) for i, a in enumerate(rest) for b in rest[i + 1:]]
+    return pairs
+
+
+def _interp(run: RunScore, x: np.ndarray, values: np.ndarray) -> np.ndarray:
+    return np.interp(x, run.steps.astype(np.float64), values)
+
+
+DEFAULT_BASELINE = "mappo"
+
+
+def analyse(
+    study_path: Path, *, reps: int = 50_000, seed: int = 0, baseline: str | None = None, last_k: int = 3,
+    confidence: float = 0.95, grid_points: int = 21, engine: str = "fast",
+) -> Analysis:
+    """Load a study and compute everything the report shows.
+
+    ``baseline=None`` picks MAPPO when the study has it; a named baseline must be in the study
+    (unless the study has a single algorithm). ``engine="fast"`` uses the vectorised statistics;
+    ``"rliable"`` computes the aggregate metrics and probabilities of improvement with rliable
+    itself (minutes at 50,000 reps; needs the same number of seeds on every task). Curves and
+    profiles always use the fast path.
+    """
+    if reps < 1:
+        raise AnalysisError(f"--reps must be positive, got {reps}")
+    if engine not in ("fast", "rliable"):
+        raise AnalysisError(f"unknown engine {engine!r}; valid: fast, rliable")
+    t0 = time.perf_counter()
+    data = load_scores(study_path, last_k, baseline or DEFAULT_BASELINE)
+    if baseline is None:  # automatic: MAPPO when the study has it, else no baseline
+        baseline = DEFAULT_BASELINE if DEFAULT_BASELINE in data.algos else None
+    elif baseline not in data.algos:
+        if len(data.algos) > 1:
+            raise AnalysisError(f"baseline {baseline!r} is not in study {data.study}; algorithms: "
+                                f"{', '.join(data.algos)}")
+        baseline = None
+    res = Analysis(data, reps, seed, confidence, baseline, engine, notes=list(data.notes))
+    res.timings["load"] = time.perf_counter() - t0
+
+    # summary table and per-task raw curves
+    t = time.perf_counter()
+    for td in data.tasks:
+        grid = np.linspace(0, td.budget, grid_points)
+        res.raw_curves[td.key] = {}
+        for a in data.algos:
+            rs = td.runs.get(a)
+            if not rs:
+                continue
+            raw = np.array([r.final_raw for r in rs])
+            band = mean_band(raw[:, None], np.zeros(1), reps, confidence, _rng(seed, "summary", td.key, a))
+            modes = sorted({str(next((rec.get("eval_mode") for rec in data.records if rec["run_id"] == r.run_id),
+                                     None)) for r in rs})
+            walls = np.array([r.wall_seconds for r in rs])
+            scores = np.array([r.final_score for r in rs])
+            res.summary.append(SummaryRow(
+                td.key, a, td.kind, Estimate(float(raw.mean()), float(band.lo[0]), float(band.hi[0])),
+                float(np.clip(scores, 0, 1).mean()) if np.isfinite(scores).all() else math.nan,
+                [int(r.seed) for r in rs], td.budget, float(np.mean([r.final_steps for r in rs])),
+                float(walls.mean()), float(walls.min()), float(walls.max()), modes))
+            per_seed = np.stack([_interp(r, grid, r.raw) for r in rs])
+            res.raw_curves[td.key][a] = (
+                mean_band(per_seed, grid, reps, confidence, _rng(seed, "raw-curve", td.key, a)), per_seed)
+    res.timings["summary"] = time.perf_counter() - t
+
+    if not data.agg_tasks:
+        return res
+    scores = data.final_scores(clip=True)
+    t = time.perf_counter()
+    if engine == "rliable":
+        sizes = {len(v) for arrs in scores.values() for v in arrs}
+        if len(sizes) != 1:
+            raise AnalysisError("engine rliable needs the same number of seeds for every algorithm and task; "
+                                "use the fast engine")
+        rect = {a: np.stack(v, axis=1) for a, v in scores.items()}
+        res.aggregates = rliable_aggregate_estimates(rect, reps, confidence, seed)
+    else:
+        res.aggregates = aggregate_estimates(scores, reps, confidence, seed)
+    res.timings["aggregates"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    if len(data.algos) >= 2:
+        res.poi_pairs = poi_pairs(data.algos, baseline)
+        if engine == "rliable":
+            res.poi = {(a, b): rliable_probability_of_improvement(np.stack(scores[a], 1), np.stack(scores[b], 1),
+                                                                   reps, confidence, seed) for a, b in res.poi_pairs}
+        else:
+            res.poi = pairwise_poi(scores, res.poi_pairs, reps, confidence, seed)
+    else:
+        res.notes.append(f"only one algorithm ({data.algos[0]}) in the study: probability of improvement and other "
+                         f"pairwise statistics are skipped")
+    res.timings["poi"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    res.profiles = performance_profiles(scores, np.linspace(0.0, 1.0, 101), reps, confidence, seed)
+    res.timings["profiles"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    common = min(data.task(k).budget for k in data.agg_tasks)
+    if len({data.task(k).budget for k in data.agg_tasks}) > 1:
+        res.notes.append(f"tasks have different budgets: the aggregate sample-efficiency curve stops at "
+                         f"{common:,} env steps, the smallest; per-task curves go to each task's budget")
+    grid = np.linspace(0, common, grid_points)
+    curves: dict[str, list[np.ndarray]] = {}
+    for a in data.algos:
+        curves[a] = []
+        for k in data.agg_tasks:
+            td = data.task(k)
+            curves[a].append(np.stack([np.clip(normalise(_interp(r, grid, r.raw), td.env, td.task), 0, 1)
+                                       for r in td.runs[a]]))
+    res.curve = iqm_curves(curves, grid, reps, confidence, seed, key="aggregate")
+    for k in data.agg_tasks:
+        td = data.task(k)
+        tgrid = np.linspace(0, td.budget, grid_points)
+        per = {a: [np.stack([np.clip(normalise(_interp(r, tgrid, r.raw), td.env, td.task), 0, 1)
+                             for r in td.runs[a]])] for a in data.algos}
+        res.task_curves[k] = iqm_curves(per, tgrid, reps, confidence, seed, key=k)
+    res.timings["curves"] = time.perf_counter() - t
+    return res
+
+
+def to_jsonable(res: Analysis) -> dict[str, Any]:
+    """The headline numbers as plain JSON (for scripts and regressions)."""
+    def est(e: Estimate) -> list[float]:
+        return [e.point, e.lo, e.hi]
+
+    return {
+        "study": res.data.study, "reps": res.reps, "seed": res.seed, "confidence": res.confidence,
+        "engine": res.engine, "last_k": res.data.last_k, "tasks": res.data.agg_tasks, "algos": res.data.algos,
+        "aggregates": {a: {m: est(e) for m, e in d.items()} for a, d in res.aggregates.items()},
+        "probability_of_improvement": {f"{a}>{b}": est(e) for (a, b), e in res.poi.items()},
+        "summary": [{"task": s.task, "algo": s.algo, "final": est(s.mean), "score": s.score, "seeds": s.seeds,
+                     "budget": s.budget} for s in res.summary],
+        "excluded": [e.__dict__ for e in res.data.excluded],
+        "notes": res.notes,
+    }
+
+
+def dumps(res: Analysis) -> str:
+    """:func:`to_jsonable` as text (NaN written as null)."""
+    def clean(o: Any) -> Any:
+        if isinstance(o, float) and not math.isfinite(o):
+            return None
+        if isinstance(o, dict):
+            return {k: clean(v) for k, v in o.items()}
+        if isinstance(o, list | tuple):
+            return [clean(v) for v in o]
+        return o
+
+    return json.dumps(clean(to_jsonable(res)), indent=2, default=str) + "\n"

@@ -1,0 +1,268 @@
+"""Render an :class:`~marpo_bench.analysis.Analysis` as one self-contained HTML file and a PDF.
+
+The HTML comes from the jinja2 template ``templates/report.html.j2``; figures are SVG embedded as
+``data:`` URIs, styles inline, no script and no network access needed to view it. The PDF is the
+same HTML laid out by WeasyPrint (print styles in the template: each section on a new page, A4),
+so both formats always show the same content and the figures stay vector graphics.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+import math
+import platform
+from collections import Counter, defaultdict
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import jinja2
+
+from marpo_bench import store
+from marpo_bench.analysis import MEASUREMENT, METRIC_NAMES, NORMALISATION, WIN_RATE_FAMILIES, Analysis
+from marpo_bench.report import plots
+
+FORMATS = ("html", "pdf")
+
+
+class ReportError(ValueError):
+    """A one-line, user-facing reason why a report could not be written."""
+
+
+# --------------------------------------------------------------------------------------------
+# formatting helpers (also jinja2 filters)
+
+
+def fmt(x: Any, digits: int = 3) -> str:
+    """A number with ``digits`` decimals; NaN/None as an en dash."""
+    if x is None or (isinstance(x, float) and not math.isfinite(x)):
+        return "–"
+    return f"{x:.{digits}f}"
+
+
+def steps(x: Any) -> str:
+    """Env steps compactly: 200k, 1.5M."""
+    if x is None or (isinstance(x, float) and not math.isfinite(x)):
+        return "–"
+    x = float(x)
+    for div, suffix in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if abs(x) >= div:
+            return f"{x / div:.3g}{suffix}"
+    return f"{x:.0f}"
+
+
+def secs(x: Any) -> str:
+    """Seconds as 42 s, 3.5 min or 1.2 h."""
+    if x is None or (isinstance(x, float) and not math.isfinite(x)):
+        return "–"
+    x = float(x)
+    if x < 120:
+        return f"{x:.0f} s"
+    if x < 7200:
+        return f"{x / 60:.1f} min"
+    return f"{x / 3600:.1f} h"
+
+
+def svg_uri(svg: str) -> str:
+    """SVG text as a base64 ``data:`` URI (works in <img> in browsers and in WeasyPrint)."""
+    return "data:image/svg+xml;base64," + base64.b64encode(svg.encode("utf-8")).decode("ascii")
+
+
+def _version(pkg: str) -> str:
+    try:
+        return metadata.version(pkg)
+    except metadata.PackageNotFoundError:
+        return "not installed"
+
+
+# --------------------------------------------------------------------------------------------
+# what the template shows
+
+
+@dataclass
+class Figure:
+    """One embedded figure."""
+
+    id: str
+    title: str
+    uri: str
+    alt: str
+
+
+def _provenance(res: Analysis) -> dict[str, Any]:
+    """Versions, commits, hosts, budgets, seeds and configs of the runs used (and of all runs)."""
+    used = {r.run_id for t in res.data.tasks for rs in t.runs.values() for r in rs}
+    recs = [r for r in res.data.records if r["run_id"] in used]
+    versions: dict[str, Counter] = defaultdict(Counter)
+    for r in recs:
+        for pkg, v in (r.get("versions") or {}).items():
+            versions[pkg][str(v)] += 1
+    version_rows = [{"package": p, "values": sorted(c.items()), "mixed": len(c) > 1,
+                     "missing": len(recs) - sum(c.values())} for p, c in sorted(versions.items())]
+    commits = Counter(str(r.get("git_commit") or "unknown") for r in recs)
+    hosts = Counter(json.dumps(r.get("host") or {}, sort_keys=True) for r in recs)
+    host_rows = [{"host": ", ".join(f"{k}={v}" for k, v in json.loads(h).items()) or "unknown", "runs": n}
+                 for h, n in hosts.most_common()]
+    threads = Counter(str(r.get("torch_threads", "–")) for r in recs)
+    # budgets and seeds per (algo, task)
+    grid = []
+    for t in res.data.tasks:
+        for a in res.data.algos:
+            rs = t.runs.get(a, [])
+            if rs:
+                rids = {r.run_id for r in rs}
+                budgets = sorted({int(x.get("budget") or 0) for x in recs if x["run_id"] in rids})
+                grid.append({"task": t.key, "algo": a, "seeds": ", ".join(str(r.seed) for r in rs),
+                             "budgets": ", ".join(steps(b) for b in budgets), "common": steps(t.budget),
+                             "final": steps(max(r.final_steps for r in rs))})
+    # distinct configs per algorithm label
+    labels = {r.run_id: r.algo for t in res.data.tasks for rs in t.runs.values() for r in rs}
+    configs: dict[str, dict[str, list[str]]] = defaultdict(lambda: defaultdict(list))
+    for r in recs:
+        text = json.dumps({"config": r.get("config"), "overrides": r.get("overrides") or [],
+                           "eval_mode": r.get("eval_mode"), "eval_episodes": r.get("eval_episodes")},
+                          indent=2, sort_keys=True, default=str)
+        configs[labels[r["run_id"]]][text].append(f"{r['env']}:{r['task']}")
+    config_rows = []
+    for a in res.data.algos:
+        for text, where in configs.get(a, {}).items():
+            tasks = sorted(set(where))
+            config_rows.append({"algo": a, "tasks": ", ".join(tasks), "runs": len(where), "text": text,
+                                "distinct": len(configs[a])})
+    return {"versions": version_rows, "commits": commits.most_common(), "hosts": host_rows,
+            "threads": sorted(threads.items()), "grid": grid, "configs": config_rows, "runs_used": len(recs)}
+
+
+def _normalisation_rows(res: Analysis) -> list[dict[str, Any]]:
+    present = {t.key for t in res.data.tasks}
+    rows = []
+    for (env, task), b in NORMALISATION.items():
+        rows.append({"task": f"{env}:{task}", "kind": "return", "random": fmt(b.random, 2),
+                     "reference": fmt(b.reference, 2), "scale": f"{b.scale}, {b.episode_limit}-step episodes",
+                     "random_source": b.random_source, "reference_source": b.reference_source,
+                     "used": f"{env}:{task}" in present})
+    for t in res.data.tasks:
+        if t.kind == "win_rate":
+            rows.append({"task": t.key, "kind": "win rate", "random": "0", "reference": "1", "scale": "win rate",
+                         "random_source": "none needed: the evaluation win rate is already in [0, 1]",
+                         "reference_source": "", "used": True})
+    return rows
+
+
+def context(res: Analysis, seed_traces: bool = False) -> dict[str, Any]:
+    """Everything the template needs, figures included (drawn here)."""
+    d = res.data
+    figures: dict[str, Figure] = {}
+
+    def add(fid: str, title: str, svg: str, alt: str) -> None:
+        figures[fid] = Figure(fid, title, svg_uri(svg), alt)
+
+    if res.aggregates:
+        add("aggregates", "Aggregate metrics", plots.aggregates_figure(res),
+            "IQM, median, mean and optimality gap per algorithm with 95% CIs")
+        add("profiles", "Performance profiles", plots.profiles_figure(res),
+            "fraction of runs above each normalised score, per algorithm")
+        add("curve", "Sample efficiency", plots.curve_figure(res), "IQM normalised score against env steps")
+        if res.task_curves:
+            add("task_curves", "Sample efficiency per task", plots.task_curves_figure(res),
+                "per-task IQM normalised score against env steps")
+    if res.poi:
+        add("poi", "Probability of improvement", plots.poi_figure(res), "probability of improvement per pair")
+    add("raw_curves", "Evaluation return / win rate per task", plots.raw_curves_figure(res, seed_traces),
+        "evaluation return or win rate against env steps per task")
+
+    statuses = Counter(r["status"] for r in d.records)
+    used = sum(len(rs) for t in d.tasks for rs in t.runs.values())
+    seeds = sorted({r.seed for t in d.tasks for rs in t.runs.values() for r in rs})
+    summary_by_task: dict[str, list[Any]] = defaultdict(list)
+    for s in res.summary:
+        summary_by_task[s.task].append(s)
+    poi_matrix = None
+    if res.poi:
+        full = dict(res.poi)
+        for (a, b), e in res.poi.items():
+            full[(b, a)] = type(e)(1 - e.point, 1 - e.hi, 1 - e.lo)
+        poi_matrix = {"algos": d.algos, "cell": {f"{a}>{b}": full.get((a, b)) for a in d.algos for b in d.algos}}
+    families = sorted({t.env for t in d.tasks})
+    return {
+        "res": res, "d": d, "figures": figures, "metric_names": METRIC_NAMES,
+        "generated": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        "tool_versions": {p: _version(p) for p in ("marpo-bench", "rliable", "numpy", "scipy", "matplotlib",
+                                                  "weasyprint")} | {"python": platform.python_version()},
+        "statuses": sorted(statuses.items()), "runs_used": used, "runs_total": len(d.records), "seeds": seeds,
+        "summary_by_task": summary_by_task, "poi_matrix": poi_matrix, "normalisation": _normalisation_rows(res),
+        "clipped": sorted(d.clipped(), key=lambda r: (r.env, r.task, r.algo, r.seed)),
+        "prov": _provenance(res), "seed_traces": seed_traces, "families": families,
+        "win_rate_families": WIN_RATE_FAMILIES, "measurement": MEASUREMENT, "ci": round(100 * res.confidence),
+        "timings": res.timings, "colours": plots.colours(d.algos),
+        "agg_runs": {a: sum(len(d.task(k).runs[a]) for k in d.agg_tasks) for a in d.algos},
+    }
+
+
+def _environment() -> jinja2.Environment:
+    env = jinja2.Environment(
+        loader=jinja2.PackageLoader("marpo_bench.report", "templates"),
+        autoescape=jinja2.select_autoescape(["html", "j2"]),
+        undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True,
+    )
+    env.filters.update(fmt=fmt, steps=steps, secs=secs)
+    return env
+
+
+def render_html(res: Analysis, seed_traces: bool = False) -> str:
+    """The report as one self-contained HTML document."""
+    return _environment().get_template("report.html.j2").render(**context(res, seed_traces))
+
+
+def html_to_pdf(html: str, path: Path) -> None:
+    """Lay out the report HTML as a PDF with WeasyPrint (needs Debian's pango libraries)."""
+    try:
+        import weasyprint
+    except (ImportError, OSError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ReportError(
+            f"PDF output needs weasyprint and the pango libraries ({first}); install them with `make install` "
+            f"(apt-get install libpango-1.0-0 libpangoft2-1.0-0) or use --format html"
+        ) from None
+    for name in ("weasyprint", "fontTools"):  # CSS it ignores and font subsetting chatter
+        logging.getLogger(name).setLevel(logging.ERROR)
+    _write(path, weasyprint.HTML(string=html).write_pdf())
+
+
+def _write(path: Path, data: bytes) -> None:
+    """Atomic write (store.atomic_write_bytes), then the usual permissions: the temp file it renames
+    is created 0600, but a report is meant to be shared (read by a web server, a colleague)."""
+    import os
+
+    store.atomic_write_bytes(path, data)
+    mask = os.umask(0)
+    os.umask(mask)
+    os.chmod(path, 0o666 & ~mask)
+
+
+def write_report(
+    res: Analysis, out_dir: Path, formats: tuple[str, ...] = FORMATS, seed_traces: bool = False,
+) -> dict[str, Path]:
+    """Write ``report.html`` / ``report.pdf`` (and ``analysis.json``, the headline numbers) into
+    ``out_dir``, atomically; returns the paths written by format."""
+    from marpo_bench.analysis import dumps
+
+    bad = [f for f in formats if f not in FORMATS]
+    if bad or not formats:
+        raise ReportError(f"unknown format {', '.join(bad) or '(none)'}; valid: {', '.join(FORMATS)}")
+    out_dir = Path(out_dir)
+    html = render_html(res, seed_traces)
+    written: dict[str, Path] = {}
+    if "html" in formats:
+        _write(out_dir / "report.html", html.encode("utf-8"))
+        written["html"] = out_dir / "report.html"
+    _write(out_dir / "analysis.json", dumps(res).encode("utf-8"))
+    written["json"] = out_dir / "analysis.json"
+    if "pdf" in formats:
+        html_to_pdf(html, out_dir / "report.pdf")
+        written["pdf"] = out_dir / "report.pdf"
+    return written

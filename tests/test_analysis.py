@@ -1,0 +1,214 @@
+"""Statistics with known answers, the fast path against rliable, normalisation and study loading."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import scipy.stats
+
+from marpo_bench import analysis as A
+from marpo_bench import store
+from marpo_bench.config import RunSpec
+from tests.test_report import _record, _rows, write_synthetic_study
+
+# --------------------------------------------------------------------------------------------
+# known answers
+
+
+def test_iqm_mean_median_gap_of_known_arrays():
+    est = A.aggregate_estimates({"a": [np.arange(1.0, 9.0)]}, reps=200)["a"]  # one task, 8 runs
+    assert est["IQM"].point == pytest.approx(4.5)  # drops 1, 2 and 7, 8: mean of 3..6
+    assert est["Mean"].point == pytest.approx(4.5)
+    assert est["Median"].point == pytest.approx(4.5)
+    assert est["Optimality gap"].point == pytest.approx(1 - 1.0)  # every score >= 1
+    scores = np.array([[0.0, 0.1], [0.2, 0.9], [0.3, 0.4], [1.0, 0.5]])  # 4 runs x 2 tasks
+    est = A.aggregate_estimates({"b": scores}, reps=200)["b"]
+    assert est["IQM"].point == pytest.approx(np.mean([0.2, 0.3, 0.4, 0.5]))
+    assert est["Mean"].point == pytest.approx(scores.mean())
+    assert est["Median"].point == pytest.approx(np.median(scores.mean(axis=0)))
+    assert est["Optimality gap"].point == pytest.approx(1 - scores.mean())
+    for e in est.values():
+        assert e.lo <= e.point <= e.hi
+
+
+def test_probability_of_improvement_separated_identical_and_reversed():
+    rng = np.random.default_rng(0)
+    low = rng.uniform(0.0, 0.4, size=(10, 3))
+    high = rng.uniform(0.6, 1.0, size=(10, 3))
+    better = A.probability_of_improvement(high, low, reps=2000)
+    assert better.point == 1.0 and better.lo == 1.0 and better.hi == 1.0
+    assert A.probability_of_improvement(low, high, reps=2000).point == 0.0
+    same = A.probability_of_improvement(low, low.copy(), reps=2000)
+    assert same.point == pytest.approx(0.5) and same.lo < 0.5 < same.hi
+    ties = A.probability_of_improvement(np.full((5, 2), 0.3), np.full((5, 2), 0.3), reps=500)
+    assert (ties.point, ties.lo, ties.hi) == (0.5, 0.5, 0.5)  # ties count half
+
+
+def test_weighted_trimmed_mean_equals_scipy_on_explicit_resamples():
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=13)
+    idx = rng.integers(0, 13, size=(50, 13))
+    counts = np.stack([np.bincount(i, minlength=13) for i in idx]).astype(float)
+    want = [scipy.stats.trim_mean(x[i], 0.25) for i in idx]
+    np.testing.assert_allclose(A._weighted_trimmed_mean(x, counts), want, rtol=1e-12)
+    np.testing.assert_allclose(A._weighted_trimmed_mean(x, counts, dtype=np.float32), want, atol=1e-5)
+    curves = rng.normal(size=(13, 4))  # several columns at once
+    got = A._weighted_trimmed_mean(curves, counts)
+    for g in range(4):
+        np.testing.assert_allclose(got[:, g], [scipy.stats.trim_mean(curves[i, g], 0.25) for i in idx])
+
+
+def test_stratified_counts_resample_within_tasks_reproducibly():
+    w = A.stratified_counts(A._rng(0, "k"), [3, 5], 1000)
+    assert w.shape == (1000, 8)
+    assert (w[:, :3].sum(1) == 3).all() and (w[:, 3:].sum(1) == 5).all()
+    np.testing.assert_array_equal(w, A.stratified_counts(A._rng(0, "k"), [3, 5], 1000))
+    assert not np.array_equal(w, A.stratified_counts(A._rng(0, "other"), [3, 5], 1000))
+    assert abs(w.mean() - 1.0) < 0.05  # each run drawn once per resample on average
+
+
+def test_performance_profile_and_iqm_curve_points():
+    x = np.array([[0.1, 0.5], [0.3, 0.7], [0.9, 0.2]])
+    taus = np.array([0.0, 0.25, 0.6, 1.0])
+    prof = A.performance_profiles({"a": x}, taus, reps=300)["a"]
+    np.testing.assert_allclose(prof.point, [1.0, 4 / 6, 2 / 6, 0.0])
+    assert (prof.lo <= prof.point + 1e-12).all() and (prof.point <= prof.hi + 1e-12).all()
+    curves = [np.random.default_rng(2).uniform(size=(6, 5)), np.random.default_rng(3).uniform(size=(4, 5))]
+    band = A.iqm_curves({"a": curves}, np.arange(5), reps=300)["a"]
+    pooled = np.concatenate(curves)
+    np.testing.assert_allclose(band.point, scipy.stats.trim_mean(pooled, 0.25, axis=0))
+    assert (band.lo <= band.point + 1e-9).all() and (band.point <= band.hi + 1e-9).all()
+
+
+def test_bad_scores_are_rejected():
+    with pytest.raises(ValueError, match="finite"):
+        A.aggregate_estimates({"a": np.array([[np.nan, 1.0]])}, reps=10)
+    with pytest.raises(ValueError, match="same tasks"):
+        A.probability_of_improvement(np.ones((3, 2)), np.ones((3, 3)), reps=10)
+
+
+# --------------------------------------------------------------------------------------------
+# the fast path against rliable (the reference implementation)
+
+
+def _close(fast: A.Estimate, ref: A.Estimate, what: str) -> None:
+    """Points identical; CI ends within Monte-Carlo error of the reference's (few) reps."""
+    assert fast.point == pytest.approx(ref.point, abs=1e-6), what
+    tol = 0.15 * max(ref.hi - ref.lo, 1e-3) + 0.005
+    assert abs(fast.lo - ref.lo) < tol and abs(fast.hi - ref.hi) < tol, (what, fast, ref)
+
+
+def test_fast_aggregates_match_rliable():
+    rng = np.random.default_rng(4)
+    scores = {"marpo": rng.beta(5, 2, size=(8, 4)), "mappo": rng.beta(2, 2, size=(8, 4))}
+    ref = A.rliable_aggregate_estimates(scores, reps=2000, seed=1)
+    fast = A.aggregate_estimates(scores, reps=20_000, seed=1)
+    for algo in scores:
+        for m in A.METRIC_NAMES:
+            _close(fast[algo][m], ref[algo][m], f"{algo} {m}")
+
+
+def test_fast_probability_of_improvement_matches_rliable():
+    rng = np.random.default_rng(5)
+    x, y = rng.beta(4, 3, size=(6, 3)), rng.beta(3, 3, size=(6, 3))
+    ref = A.rliable_probability_of_improvement(x, y, reps=600, seed=2)
+    fast = A.probability_of_improvement(x, y, reps=20_000, seed=2)
+    _close(fast, ref, "P(x > y)")
+    from rliable import metrics
+
+    assert fast.point == pytest.approx(metrics.probability_of_improvement(x, y))
+
+
+def test_rliable_path_is_reproducible_and_leaves_global_random_state_alone():
+    scores = {"a": np.random.default_rng(6).uniform(size=(5, 2))}
+    np.random.seed(123)
+    before = np.random.get_state()[1].copy()
+    one = A.rliable_aggregate_estimates(scores, reps=200, seed=7)
+    two = A.rliable_aggregate_estimates(scores, reps=200, seed=7)
+    assert one == two
+    np.testing.assert_array_equal(np.random.get_state()[1], before)
+    assert A.aggregate_estimates(scores, reps=500, seed=7) == A.aggregate_estimates(scores, reps=500, seed=7)
+
+
+# --------------------------------------------------------------------------------------------
+# normalisation
+
+
+def test_normalisation_table_maps_random_to_0_and_reference_to_1():
+    for (env, task), b in A.NORMALISATION.items():
+        assert b.reference > b.random and b.scale == "team_sum" and b.episode_limit == 25
+        np.testing.assert_allclose(A.normalise([b.random, b.reference], env, task), [0.0, 1.0])
+        assert b.random_source and b.reference_source
+    assert -95 < A.NORMALISATION[("jax_mpe", "simple_spread")].random < -65  # PITFALLS: random ~ -80
+    np.testing.assert_array_equal(A.normalise([0.25, 1.0], "smax", "3m"), [0.25, 1.0])  # win rate as is
+    assert math.isnan(float(A.normalise(-10.0, "jax_mpe", "no_such_task")))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("task", ["simple_spread", "simple_reference", "simple_speaker_listener"])
+def test_normalisation_table_is_what_measure_bounds_measures(task):
+    got = A.measure_bounds("jax_mpe", task)
+    b = A.NORMALISATION[("jax_mpe", task)]
+    assert abs(got["random"] - b.random) < 3 * got["random_sem"] + 0.05, got
+    assert abs(got["reference"] - b.reference) < 3 * got["reference_sem"] + 0.05, got
+
+
+# --------------------------------------------------------------------------------------------
+# loading a study
+
+
+def test_load_scores_lists_every_unused_run_with_a_reason(tmp_path):
+    study = tmp_path / "s"
+    write_synthetic_study(study, ["marpo", "mappo"], [("jax_mpe", "simple_spread"), ("smax", "3m")], seeds=3)
+    # a run on another reward scale, and a duplicate seed with a shorter budget
+    for spec, extra in ((RunSpec("mappo", "jax_mpe", "simple_spread", 7, 200_000), {"reward_scale": "agent_mean"}),
+                        (RunSpec("mappo", "jax_mpe", "simple_spread", 0, 100_000), {})):
+        path = store.run_dir(tmp_path, "s", spec.run_id)
+        store.write_metrics(path, _rows(spec, np.random.default_rng(0)))
+        store.write_run_json(path, _record(spec, **extra))
+    data = A.load_scores(study, last_k=2)
+    reasons = {(e.algo, e.seed, e.status): e.reason for e in data.excluded}
+    assert "reward scale agent_mean differs from team_sum" in reasons[("mappo", 7, "complete")]
+    assert "duplicate of seed 0" in reasons[("mappo", 0, "complete")]
+    assert any(s == "failed" for _, _, s in reasons) and any(s == "interrupted" for _, _, s in reasons)
+    assert data.algos == ["marpo", "mappo"] and data.agg_tasks == ["jax_mpe:simple_spread", "smax:3m"]
+    spread = data.task("jax_mpe:simple_spread")
+    assert [r.seed for r in spread.runs["mappo"]] == [0, 1, 2] and spread.budget == 200_000
+    r = spread.runs["mappo"][1]
+    assert r.final_raw == pytest.approx(r.raw[-2:].mean())  # last K = 2 evaluation points
+    assert len(data.clipped()) == 1 and data.clipped()[0].final_score > 1
+    assert all(0 <= v <= 1 for arrs in data.final_scores().values() for a in arrs for v in a)
+
+
+def test_runs_with_different_overrides_on_one_task_are_separate_variants(tmp_path):
+    study = tmp_path / "s"
+    write_synthetic_study(study, ["marpo"], [("jax_mpe", "simple_spread")], seeds=2, incomplete=False)
+    spec = RunSpec("marpo", "jax_mpe", "simple_spread", 0, 200_000, (("clip", "0.1"),))
+    path = store.run_dir(tmp_path, "s", spec.run_id)
+    store.write_metrics(path, _rows(spec, np.random.default_rng(0)))
+    store.write_run_json(path, _record(spec, overrides=[["clip", "0.1"]]))
+    data = A.load_scores(study)
+    assert data.algos == ["marpo", "marpo[clip=0.1]"]
+    assert not data.excluded
+
+
+def test_analyse_end_to_end_small(tmp_path):
+    study = tmp_path / "s"
+    write_synthetic_study(study, ["marpo", "mappo", "qmix"], [("jax_mpe", "simple_spread"), ("smax", "3m")], seeds=4)
+    res = A.analyse(study, reps=500, baseline="mappo")
+    assert res.data.algos == ["marpo", "qmix", "mappo"]
+    assert res.poi_pairs == [("marpo", "mappo"), ("qmix", "mappo"), ("marpo", "qmix")]
+    assert res.aggregates["marpo"]["IQM"].point > res.aggregates["qmix"]["IQM"].point  # synthetic skills
+    assert res.poi[("marpo", "qmix")].point > 0.5
+    assert set(res.task_curves) == {"jax_mpe:simple_spread", "smax:3m"}
+    assert res.curve["marpo"].point.shape == (21,) and res.curve["marpo"].x[-1] == 200_000
+    assert len(res.summary) == 6 and all(len(s.seeds) == 4 for s in res.summary)
+    again = A.analyse(study, reps=500, baseline="mappo")
+    assert again.aggregates == res.aggregates and again.poi == res.poi  # same seed, same CIs
+    ref = A.analyse(study, reps=50, baseline="mappo", engine="rliable")  # rliable itself: same points
+    for a in res.data.algos:
+        for m in A.METRIC_NAMES:
+            assert ref.aggregates[a][m].point == pytest.approx(res.aggregates[a][m].point)
+    assert {k: v.point for k, v in ref.poi.items()} == pytest.approx({k: v.point for k, v in res.poi.items()})
