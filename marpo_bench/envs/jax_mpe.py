@@ -22,6 +22,7 @@ platform and does not preallocate memory unless the user's environment says othe
 from __future__ import annotations
 
 import contextlib
+import functools
 import io
 import os
 import sys
@@ -96,46 +97,20 @@ def _to_torch(x: jax.Array, device: torch.device) -> torch.Tensor:
     return t if device.type == "cpu" else t.to(device)
 
 
-class JaxMPEVecEnv:
-    """E JaxMARL MPE envs advanced by one jitted, vmapped call per step, behind ``MultiAgentVecEnv``."""
+class _Compiled:
+    """The jitted reset/step of one configuration (task, E, agent_id, horizon) and its static
+    facts. Shared by every ``JaxMPEVecEnv`` of that configuration in the process (``_compiled``
+    caches it), so train and eval envs, and successive runs in one worker, compile once."""
 
-    def __init__(
-        self,
-        task: str,
-        num_envs: int,
-        device: torch.device | str = "cpu",
-        agent_id: bool = True,
-        max_cycles: int = DEFAULT_MAX_CYCLES,
-    ) -> None:
-        check_task(task)
-        if num_envs < 1:
-            raise ValueError(f"num_envs must be >= 1, got {num_envs}")
+    def __init__(self, task: str, num_envs: int, agent_id: bool, max_cycles: int) -> None:
         env_id, kwargs = _JAXMARL_TASKS[task]
         env = _import_jaxmarl().make(env_id, max_steps=max_cycles, **kwargs)
-        self._env = env
         agents: list[str] = list(env.agents)
         obs_sizes = [int(env.observation_space(a).shape[0]) for a in agents]
-        num_actions = [int(env.action_space(a).n) for a in agents]
-        E, N, D, A = num_envs, len(agents), max(obs_sizes), max(num_actions)
-
-        self.device = torch.device(device)
-        self._E, self._N = E, N
-        self.info = EnvInfo(
-            family="jax_mpe",
-            task=task,
-            num_envs=E,
-            num_agents=N,
-            obs_dim=D + (N if agent_id else 0),
-            state_dim=N * D,
-            num_actions=A,
-            episode_limit=max_cycles,
-            reward_scale="team_sum",
-            has_won=False,
-        )
-        avail = torch.zeros(N, A, dtype=torch.bool)
-        for i, n in enumerate(num_actions):
-            avail[i, :n] = True
-        self._avail = avail.to(self.device)
+        self.num_actions = [int(env.action_space(a).n) for a in agents]
+        E, N, D, A = num_envs, len(agents), max(obs_sizes), max(self.num_actions)
+        self.E, self.N, self.D, self.A = E, N, D, A
+        self.warm = False
 
         onehot = jnp.broadcast_to(jnp.eye(N, dtype=jnp.float32), (E, N, N))
 
@@ -191,10 +166,53 @@ class JaxMPEVecEnv:
             carry = (key, states, jnp.where(done, 0.0, ep_ret), jnp.where(done, 0, ep_len))
             return carry, out
 
-        self._reset_jit: Callable[..., Any] = jax.jit(reset_fn)
-        self._step_jit: Callable[..., Any] = jax.jit(step_fn)
+        self.reset: Callable[..., Any] = jax.jit(reset_fn)
+        self.step: Callable[..., Any] = jax.jit(step_fn)
+
+
+@functools.lru_cache(maxsize=16)
+def _compiled(task: str, num_envs: int, agent_id: bool, max_cycles: int) -> _Compiled:
+    return _Compiled(task, num_envs, agent_id, max_cycles)
+
+
+class JaxMPEVecEnv:
+    """E JaxMARL MPE envs advanced by one jitted, vmapped call per step, behind ``MultiAgentVecEnv``."""
+
+    def __init__(
+        self,
+        task: str,
+        num_envs: int,
+        device: torch.device | str = "cpu",
+        agent_id: bool = True,
+        max_cycles: int = DEFAULT_MAX_CYCLES,
+    ) -> None:
+        check_task(task)
+        if num_envs < 1:
+            raise ValueError(f"num_envs must be >= 1, got {num_envs}")
+        fn = _compiled(task, num_envs, bool(agent_id), max_cycles)
+        self._fn = fn
+        E, N, D, A = fn.E, fn.N, fn.D, fn.A
+        self.device = torch.device(device)
+        self._E, self._N = E, N
+        self.info = EnvInfo(
+            family="jax_mpe",
+            task=task,
+            num_envs=E,
+            num_agents=N,
+            obs_dim=D + (N if agent_id else 0),
+            state_dim=N * D,
+            num_actions=A,
+            episode_limit=max_cycles,
+            reward_scale="team_sum",
+            has_won=False,
+        )
+        avail = torch.zeros(N, A, dtype=torch.bool)
+        for i, n in enumerate(fn.num_actions):
+            avail[i, :n] = True
+        self._avail = avail.to(self.device)
+        self._reset_jit = fn.reset
+        self._step_jit = fn.step
         self._carry: tuple[Any, ...] | None = None
-        self._warm = False
 
     def _actions_to_jax(self, actions: torch.Tensor) -> jax.Array:
         """[E, N] torch ints -> int32 JAX array via DLPack (the same input kind on every call)."""
@@ -212,12 +230,12 @@ class JaxMPEVecEnv:
         # step after reset and later steps would compile separate versions.
         key = jax.device_put(jax.random.PRNGKey(seed), jax.devices("cpu")[0])
         carry, (obs, state) = self._reset_jit(key)
-        if not self._warm:
+        if not self._fn.warm:
             # Compile step with a DLPack-imported action array, the kind step() passes, so the
             # timed / real calls hit the cache (a jnp array would compile a second version).
             zeros = torch.zeros(self._E, self._N, dtype=torch.int64)
             jax.block_until_ready(self._step_jit(carry, self._actions_to_jax(zeros)))
-            self._warm = True
+            self._fn.warm = True
         self._carry = carry
         dev, E = self.device, self._E
         o = _to_torch(obs, dev)
