@@ -388,9 +388,10 @@ class OnPolicyAlgorithm:
         for _ in range(cfg.epochs):
             perm = torch.from_numpy(self.np_rng.permutation(E)).to(self.device)
             for idx in torch.chunk(perm, cfg.minibatches):
-                mb = ro.select_envs(idx)
+                # One minibatch = the whole rollout: the losses are means, so skip the copy.
+                mb, mb_adv = (ro, adv) if cfg.minibatches == 1 else (ro.select_envs(idx), adv[:, idx])
                 logp_all, logp_next = self.policy_log_probs(mb)
-                surrogate, pol_logs = self.policy_objective(mb, logp_all, logp_next, adv[:, idx], progress)
+                surrogate, pol_logs = self.policy_objective(mb, logp_all, logp_next, mb_adv, progress)
                 entropy = masked_mean(-(logp_all.exp() * logp_all).sum(-1), mb.alive)
                 actor_loss = -surrogate - cfg.entropy_coef * entropy
                 v_loss = self.value_loss(mb)
@@ -414,12 +415,15 @@ class OnPolicyAlgorithm:
     # -- training loop --------------------------------------------------------------------------
 
     def learn(self, env: MultiAgentVecEnv, total_steps: int, seed: int,
-              on_iteration: Callable[[int, dict[str, float]], None]) -> None:
+              on_iteration: Callable[[int, dict[str, float]], None], start_steps: int = 0) -> None:
         """Train for ``total_steps`` env steps (E x T per iteration). ``on_iteration(env_steps,
-        metrics)`` is called after every update; the runner evaluates and logs from there."""
+        metrics)`` is called after every update; the runner evaluates and logs from there.
+        ``start_steps`` > 0 continues a resumed run: the env steps already done, with the loaded
+        state's recurrent state kept (the runner's env then returns its saved state on reset)."""
         ts = env.reset(seed)
-        self._rollout_h = None
-        steps = 0
+        if not start_steps:
+            self._rollout_h = None
+        steps = start_steps
         per_iter = self.cfg.num_envs * self.cfg.rollout_len
         while steps < total_steps:
             ro, ts, finished = self.collect(env, ts)
