@@ -13,6 +13,8 @@ ALGORITHMS: dict[str, tuple[str, str, str]] = {
     "mappo": ("baselines.mappo", "MAPPO", "MAPPO (Yu et al. 2022): PPO with a centralised critic, GAE, ValueNorm"),
     "marpo": ("marpo_bench.algos.marpo", "MARPO",
               "MARPO (Wu et al. 2025): MAPPO + reflection term + KL-derived asymmetric clipping"),
+    "qmix": ("baselines.qmix", "QMix",
+             "QMix (Rashid et al. 2018): recurrent per-agent Q, monotonic hypernetwork mixer"),
 }
 
 

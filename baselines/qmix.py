@@ -1,0 +1,639 @@
+"""QMix (Rashid et al., "QMIX: Monotonic Value Function Factorisation for Deep Multi-Agent
+Reinforcement Learning", ICML 2018), following the pymarl / pymarl2 code bases.
+
+Structure
+- Agent: one recurrent Q-network shared by all agents (pymarl's ``RNNAgent``): ``Linear -> ReLU ->
+  GRU -> Linear`` over the input ``[obs (with the agent-id one-hot the env appends when
+  agent_id=True), last action one-hot]``; the id is not added a second time here.
+- Mixer: pymarl's ``QMixer``: Q_tot = w_f(s)^T ELU(W_1(s)^T q + b_1(s)) + V(s), where W_1 and w_f are
+  the absolute values of hypernetwork outputs (so dQ_tot/dQ_i >= 0), b_1 is linear in s and V(s) is
+  a small ReLU MLP (the state-dependent bias).
+- Learner: double-Q (argmax of the online network over *available* actions, evaluated by the target
+  network), one-step or TD(lambda) targets (pymarl2), masked squared TD error over the valid steps of
+  whole episodes, gradient-norm clipping, hard target updates every N episodes or soft updates.
+- Acting: epsilon-greedy over available actions; epsilon anneals linearly over env steps (every step
+  of every parallel env counts). ``act(deterministic=True)`` is greedy (epsilon 0), the evaluation
+  protocol of pymarl/EPyMARL for QMix (PITFALLS.md); ``deterministic=False`` uses the current epsilon.
+
+Lineage (PITFALLS.md): ``lineage`` names the code base whose defaults fill every setting left at
+``None`` (see ``LINEAGE_DEFAULTS``):
+- ``pymarl``  (oxwhirl/pymarl ``qmix.yaml`` + ``default.yaml``): RMSprop lr 5e-4 (alpha 0.99, eps
+  1e-5), batch 32 episodes, epsilon 1 -> 0.05 over 50k steps, one-step targets.
+- ``pymarl2`` (hijkzzz/pymarl2 ``qmix.yaml``): Adam lr 1e-3, batch 128 episodes, epsilon over 100k
+  steps, TD(lambda = 0.6).
+Shared by both: gamma 0.99, buffer 5,000 episodes, target update every 200 episodes, double-Q,
+grad-norm clip 10, GRU hidden 64, mixing embed 32, 2-layer hypernets of width 64.
+
+The default lineage is ``pymarl``. Measured on ``jax_mpe:simple_spread`` (one torch thread, E = 8,
+greedy eval over 32 episodes; random policy about -80): both lineages reach about -55 to -60 by
+50-100k env steps, but ``pymarl2``'s Adam 1e-3 + TD(0.6) diverged (Q_tot blowing up, returns back
+to about random) after about 100-150k steps with raw and with standardised rewards, while
+``pymarl`` stayed at -58 to -67 up to the suite's default 300k steps with standardised rewards
+(MPE's family default); it also costs a third of the compute per update (batch 32 vs 128): about
+1,600 env steps/s including training vs about 650. Residual caveat: on one seed of two, pymarl's
+Q_tot kept creeping up after about 240k steps (TD loss rising, returns unchanged at 300k); soft
+target updates (``target_update=soft, tau=0.005``) slowed that creep, at the price of slower early
+learning.
+
+Replay (vectorised, whole episodes; pymarl's ``EpisodeBatch``/``ReplayBuffer``)
+- Episodes are padded to ``T = episode_limit`` transitions plus one bootstrap slot (``T + 1`` obs /
+  state / avail slots) and stored with their length; ``filled[t] = t < length`` masks the rest.
+- With auto-reset and E parallel envs, each env's running episode is assembled in a per-env staging
+  tensor ``[E, T + 1, ...]`` at the env's own time index (one indexed write per field per step, no
+  per-env Python loop). When envs finish, their rows are scattered into the ring buffer in one
+  indexed copy, with the bootstrap slot ``t = length`` holding ``final_obs`` / ``final_state``
+  (the env's last observation of the finished episode; ``obs`` already belongs to the next one).
+  The env gives no avail mask for that final observation, so the bootstrap slot reuses the mask of
+  the episode's last step (exact on MPE; on SMAX, an agent dying on the very last step keeps its
+  last mask there).
+- Terminated episodes never bootstrap (the target is the reward); truncated ones (time limit)
+  bootstrap from Q_tot(final obs, final state).
+- Death masking follows pymarl: dead agents stay in the mixer and act through their avail mask
+  (no-op only); a step is masked from the loss only when the whole team is dead.
+- Partially collected episodes at the end of ``learn`` are dropped (pymarl stores complete
+  episodes only). The buffer is not checkpointed (it would be tens of MB); a resumed run refills it.
+
+Training ratio: an iteration collects ``rollout_len`` steps (default: the episode limit, i.e. one
+episode per env on fixed-horizon tasks) in all E envs, then performs one gradient update per
+``episodes_per_update`` episodes finished, once the buffer holds a batch (pymarl: one update per
+episode batch collected, i.e. 1 with its episode runner and ``batch_size_run`` with the parallel
+one). Default 2 (4 updates per iteration of 8 episodes): on simple_spread, 8 (pymarl's parallel
+ratio at E = 8) learned clearly slower per env step (about -70 at 90k vs -60), 1 was no better than
+2 at twice the compute.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from marpo_bench.envs.base import EnvInfo, MultiAgentVecEnv, TimeStep
+
+LINEAGE_DEFAULTS: dict[str, dict[str, Any]] = {
+    # oxwhirl/pymarl src/config/algs/qmix.yaml + src/config/default.yaml
+    "pymarl": {"optimizer": "rmsprop", "lr": 5e-4, "batch_size": 32, "epsilon_anneal_steps": 50_000,
+               "td_lambda": 0.0},
+    # hijkzzz/pymarl2 src/config/algs/qmix.yaml (nq_learner)
+    "pymarl2": {"optimizer": "adam", "lr": 1e-3, "batch_size": 128, "epsilon_anneal_steps": 100_000,
+                "td_lambda": 0.6},
+}
+
+
+@dataclass
+class QMixConfig:
+    """QMix settings. ``None`` means "the lineage's default" (``LINEAGE_DEFAULTS``)."""
+
+    lineage: Literal["pymarl", "pymarl2"] = "pymarl"  # which code base fills the None settings
+    # -- runner / evaluation (marpo-bench) --
+    num_envs: int = 8  # E parallel envs for collection (marpo-bench; pymarl batch_size_run 1-32, pymarl2 4)
+    rollout_len: int = 0  # env steps per iteration per env; 0 = the env's episode_limit
+    episodes_per_update: float = 2.0  # finished episodes per gradient update (pymarl: batch_size_run; see above)
+    agent_id: bool = True  # env appends the agent-id one-hot to obs (pymarl obs_agent_id: True)
+    eval_interval: int = 0  # env steps between evaluations; 0 = budget / 20
+    eval_episodes: int = 32
+    eval_mode: Literal["greedy", "sample"] = "greedy"  # pymarl test_greedy: True
+    # -- optimisation --
+    optimizer: Literal["rmsprop", "adam"] | None = None  # pymarl rmsprop | pymarl2 adam
+    lr: float | None = None  # pymarl 5e-4 | pymarl2 1e-3
+    optim_alpha: float = 0.99  # RMSprop alpha (pymarl default.yaml)
+    optim_eps: float = 1e-5  # RMSprop eps (pymarl default.yaml); Adam keeps torch's 1e-8 (pymarl2)
+    grad_norm_clip: float = 10.0  # pymarl default.yaml
+    gamma: float = 0.99  # pymarl default.yaml
+    standardise_rewards: bool = False  # pymarl/pymarl2: none; EPyMARL qmix.yaml True (set for MPE below)
+    td_lambda: float | None = None  # pymarl 0 (one-step targets) | pymarl2 0.6
+    double_q: bool = True  # pymarl qmix.yaml double_q: True (pymarl2 nq_learner always double-Q)
+    batch_size: int | None = None  # episodes per batch: pymarl 32 | pymarl2 128
+    buffer_size: int = 5000  # episodes (pymarl and pymarl2 qmix.yaml)
+    target_update: Literal["hard", "soft"] = "hard"  # pymarl: hard copies
+    target_update_interval: int = 200  # episodes between hard copies (pymarl qmix.yaml)
+    tau: float = 0.01  # soft-update rate (EPyMARL target_update_interval_or_tau < 1)
+    # -- exploration --
+    epsilon_start: float = 1.0  # pymarl qmix.yaml
+    epsilon_finish: float = 0.05  # pymarl qmix.yaml
+    epsilon_anneal_steps: int | None = None  # env steps: pymarl 50k | pymarl2 100k
+    # -- networks --
+    rnn_hidden_dim: int = 64  # pymarl default.yaml
+    obs_last_action: bool = True  # pymarl default.yaml
+    mixing_embed_dim: int = 32  # pymarl qmix.yaml
+    hypernet_layers: int = 2  # pymarl qmix.yaml (1 or 2)
+    hypernet_embed: int = 64  # pymarl qmix.yaml
+
+    def resolved(self) -> QMixConfig:
+        """A copy with every ``None`` setting filled from the lineage (``LINEAGE_DEFAULTS``)."""
+        fill = {k: v for k, v in LINEAGE_DEFAULTS[self.lineage].items() if getattr(self, k) is None}
+        return dataclasses.replace(self, **fill)
+
+    def validate(self) -> None:
+        """Reject values that cannot work, naming the setting (one-line ConfigError)."""
+        from marpo_bench.config import ConfigError
+
+        if self.lineage not in LINEAGE_DEFAULTS:
+            raise ConfigError(f"lineage must be one of {', '.join(LINEAGE_DEFAULTS)}, got {self.lineage!r}")
+        c = self.resolved()
+        for name in ("num_envs", "batch_size", "buffer_size", "target_update_interval", "rnn_hidden_dim",
+                     "mixing_embed_dim", "hypernet_embed", "eval_episodes"):
+            if getattr(c, name) <= 0:
+                raise ConfigError(f"{name} must be positive, got {getattr(c, name)}")
+        for name in ("rollout_len", "eval_interval", "epsilon_anneal_steps"):
+            if getattr(c, name) < 0:
+                raise ConfigError(f"{name} must be >= 0, got {getattr(c, name)}")
+        if c.batch_size > c.buffer_size:
+            raise ConfigError(f"batch_size ({c.batch_size}) cannot exceed buffer_size ({c.buffer_size})")
+        if c.episodes_per_update <= 0 or c.lr <= 0 or c.grad_norm_clip <= 0 or c.optim_eps <= 0:
+            raise ConfigError("episodes_per_update, lr, grad_norm_clip and optim_eps must be positive")
+        if not 0.0 <= c.gamma <= 1.0 or not 0.0 <= c.td_lambda <= 1.0 or not 0.0 < c.tau <= 1.0:
+            raise ConfigError("gamma and td_lambda must lie in [0, 1], tau in (0, 1]")
+        if not 0.0 <= c.epsilon_finish <= 1.0 or not 0.0 <= c.epsilon_start <= 1.0 or not 0 <= c.optim_alpha < 1:
+            raise ConfigError("epsilon_start and epsilon_finish must lie in [0, 1], optim_alpha in [0, 1)")
+        if c.hypernet_layers not in (1, 2):
+            raise ConfigError(f"hypernet_layers must be 1 or 2 (as in pymarl), got {c.hypernet_layers}")
+
+
+# ----------------------------------------------------------------------------------------------
+# Networks
+# ----------------------------------------------------------------------------------------------
+
+
+class RNNAgent(nn.Module):
+    """pymarl's RNNAgent: ``fc1 -> ReLU -> GRU -> fc2`` (PyTorch default init, as in pymarl)."""
+
+    def __init__(self, in_dim: int, hidden: int, num_actions: int) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(in_dim, hidden)
+        self.rnn = nn.GRU(hidden, hidden)
+        self.fc2 = nn.Linear(hidden, num_actions)
+
+    def forward(self, x: torch.Tensor, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``x`` [L, M, in] (time-major), ``h`` [M, H] -> Q [L, M, A] and the last hidden [M, H]."""
+        out, hn = self.rnn(F.relu(self.fc1(x)), h.unsqueeze(0))
+        return self.fc2(out), hn[0]
+
+
+class QMixer(nn.Module):
+    """pymarl's QMixer: monotonic mixing with hypernetwork weights on the global state."""
+
+    def __init__(self, num_agents: int, state_dim: int, embed_dim: int = 32, hypernet_layers: int = 2,
+                 hypernet_embed: int = 64) -> None:
+        super().__init__()
+        self.n, self.embed = num_agents, embed_dim
+
+        def hyper(out: int) -> nn.Module:
+            if hypernet_layers == 1:
+                return nn.Linear(state_dim, out)
+            return nn.Sequential(nn.Linear(state_dim, hypernet_embed), nn.ReLU(), nn.Linear(hypernet_embed, out))
+
+        self.hyper_w_1 = hyper(embed_dim * num_agents)
+        self.hyper_w_final = hyper(embed_dim)
+        self.hyper_b_1 = nn.Linear(state_dim, embed_dim)
+        self.V = nn.Sequential(nn.Linear(state_dim, embed_dim), nn.ReLU(), nn.Linear(embed_dim, 1))
+
+    def forward(self, agent_qs: torch.Tensor, states: torch.Tensor) -> torch.Tensor:
+        """``agent_qs`` [..., N], ``states`` [..., S] -> Q_tot [...]."""
+        lead = agent_qs.shape[:-1]
+        s = states.reshape(-1, states.shape[-1])
+        q = agent_qs.reshape(-1, 1, self.n)
+        w1 = torch.abs(self.hyper_w_1(s)).view(-1, self.n, self.embed)
+        b1 = self.hyper_b_1(s).view(-1, 1, self.embed)
+        hidden = F.elu(torch.bmm(q, w1) + b1)
+        w_final = torch.abs(self.hyper_w_final(s)).view(-1, self.embed, 1)
+        v = self.V(s).view(-1, 1, 1)
+        return (torch.bmm(hidden, w_final) + v).view(lead)
+
+
+# ----------------------------------------------------------------------------------------------
+# Targets
+# ----------------------------------------------------------------------------------------------
+
+
+def td_lambda_targets(rewards: torch.Tensor, terminated: torch.Tensor, filled: torch.Tensor,
+                      next_q: torch.Tensor, gamma: float, lam: float) -> torch.Tensor:
+    """TD(lambda) targets [B, T] for padded episodes (lambda = 0: pymarl's one-step targets).
+
+    ``next_q[:, t]`` is the target Q_tot at slot t + 1 (the next state, or the final state of an
+    episode that ended at t); ``filled[:, t]`` marks the valid transitions. A terminated step does
+    not bootstrap; a truncated (time-limit) step does. The recursion never crosses the end of an
+    episode (c = whether step t + 1 is in the episode)::
+
+        G_t = r_t + gamma (1 - term_t) [ (1 - lam c_{t+1}) Q_{t+1} + lam c_{t+1} G_{t+1} ]
+
+    This equals pymarl2's ``build_td_lambda_targets`` where its assumptions hold (episodes end by
+    termination or at the padded length) and also handles episodes truncated before it.
+    Entries outside ``filled`` are meaningless (masked by the caller)."""
+    not_term = 1.0 - terminated.float()
+    if lam == 0.0:
+        return rewards + gamma * not_term * next_q
+    T = rewards.shape[1]
+    out = torch.zeros_like(rewards)
+    g = torch.zeros_like(rewards[:, 0])
+    cont = torch.cat([filled[:, 1:].float(), torch.zeros_like(filled[:, :1], dtype=rewards.dtype)], dim=1)
+    for t in reversed(range(T)):
+        c = lam * cont[:, t]
+        g = rewards[:, t] + gamma * not_term[:, t] * ((1.0 - c) * next_q[:, t] + c * g)
+        out[:, t] = g
+    return out
+
+
+# ----------------------------------------------------------------------------------------------
+# Episode storage
+# ----------------------------------------------------------------------------------------------
+
+
+class RunningMeanStd(nn.Module):
+    """Running mean / variance of a scalar stream (parallel update; EPyMARL's reward standardiser)."""
+
+    def __init__(self, eps: float = 1e-4) -> None:
+        super().__init__()
+        self.register_buffer("mean", torch.zeros((), dtype=torch.float64))
+        self.register_buffer("var", torch.ones((), dtype=torch.float64))
+        self.register_buffer("count", torch.tensor(eps, dtype=torch.float64))
+
+    @torch.no_grad()
+    def update(self, x: torch.Tensor) -> None:
+        x = x.detach().double().flatten()
+        if x.numel() == 0:
+            return
+        n, m, v = x.numel(), x.mean(), x.var(unbiased=False)
+        delta, tot = m - self.mean, self.count + n
+        self.var.copy_((self.var * self.count + v * n + delta**2 * self.count * n / tot) / tot)
+        self.mean.add_(delta * n / tot)
+        self.count.copy_(tot)
+
+    def normalize(self, x: torch.Tensor) -> torch.Tensor:
+        return ((x.double() - self.mean) / self.var.clamp(min=1e-8).sqrt()).to(x.dtype)
+
+
+@dataclass
+class EpisodeBatch:
+    """Whole episodes padded to T transitions (T + 1 observation slots), batch-major."""
+
+    obs: torch.Tensor  # [B, T+1, N, O] float32 (slot `length` = final obs of the episode)
+    state: torch.Tensor  # [B, T+1, S] float32
+    avail: torch.Tensor  # [B, T+1, N, A] bool
+    alive: torch.Tensor  # [B, T+1, N] bool
+    actions: torch.Tensor  # [B, T, N] int64
+    reward: torch.Tensor  # [B, T] float32
+    terminated: torch.Tensor  # [B, T] bool (only at the last step of a terminated episode)
+    length: torch.Tensor  # [B] int64 transitions in the episode
+
+    @property
+    def filled(self) -> torch.Tensor:
+        """[B, T] bool: valid transitions (t < length)."""
+        T = self.reward.shape[1]
+        return torch.arange(T, device=self.length.device).unsqueeze(0) < self.length.unsqueeze(1)
+
+    def index(self, idx: torch.Tensor) -> EpisodeBatch:
+        return EpisodeBatch(**{f.name: getattr(self, f.name)[idx] for f in dataclasses.fields(self)})
+
+    def truncate(self, t_max: int) -> EpisodeBatch:
+        """Keep only the first ``t_max`` transitions (and t_max + 1 observation slots)."""
+        return EpisodeBatch(
+            obs=self.obs[:, : t_max + 1], state=self.state[:, : t_max + 1], avail=self.avail[:, : t_max + 1],
+            alive=self.alive[:, : t_max + 1], actions=self.actions[:, :t_max], reward=self.reward[:, :t_max],
+            terminated=self.terminated[:, :t_max], length=self.length,
+        )
+
+
+def _empty_batch(n: int, info: EnvInfo, device: torch.device) -> EpisodeBatch:
+    T, N, D, S, A = info.episode_limit, info.num_agents, info.obs_dim, info.state_dim, info.num_actions
+    return EpisodeBatch(
+        obs=torch.zeros(n, T + 1, N, D, device=device), state=torch.zeros(n, T + 1, S, device=device),
+        avail=torch.zeros(n, T + 1, N, A, dtype=torch.bool, device=device),
+        alive=torch.zeros(n, T + 1, N, dtype=torch.bool, device=device),
+        actions=torch.zeros(n, T, N, dtype=torch.int64, device=device), reward=torch.zeros(n, T, device=device),
+        terminated=torch.zeros(n, T, dtype=torch.bool, device=device),
+        length=torch.zeros(n, dtype=torch.int64, device=device),
+    )
+
+
+class EpisodeReplay:
+    """Ring buffer of whole episodes, filled from auto-resetting vectorised envs.
+
+    ``stage`` holds each env's running episode ([E, T + 1, ...], written at the env's own time
+    index ``t``); finished episodes are copied into ``data`` ([C, T + 1, ...]) with one indexed copy
+    per field. Uniform sampling without replacement (pymarl's ``ReplayBuffer.sample``)."""
+
+    def __init__(self, capacity: int, num_envs: int, info: EnvInfo, device: torch.device) -> None:
+        self.capacity, self.E, self.T = capacity, num_envs, info.episode_limit
+        self.device = device
+        self.data = _empty_batch(capacity, info, device)
+        self.stage = _empty_batch(num_envs, info, device)
+        self.t = torch.zeros(num_envs, dtype=torch.int64, device=device)
+        self.rows = torch.arange(num_envs, device=device)
+        self.ptr = 0
+        self.size = 0
+        self.episodes = 0  # episodes ever inserted
+
+    def __len__(self) -> int:
+        return self.size
+
+    def add_obs(self, ts: TimeStep) -> None:
+        """Record the observation slot ``t`` of every env (before acting)."""
+        st, r, t = self.stage, self.rows, self.t
+        st.obs[r, t] = ts.obs.to(self.device)
+        st.state[r, t] = ts.state.to(self.device)
+        st.avail[r, t] = ts.avail_actions.to(self.device)
+        st.alive[r, t] = ts.alive.to(self.device)
+
+    def add_step(self, actions: torch.Tensor, nxt: TimeStep) -> torch.Tensor:
+        """Record the transition taken at slot ``t`` and its outcome ``nxt``; move finished episodes
+        to the buffer. Returns the indices of the envs whose episode ended."""
+        st, r, t = self.stage, self.rows, self.t
+        st.actions[r, t] = actions
+        st.reward[r, t] = nxt.reward.to(self.device)
+        st.terminated[r, t] = nxt.terminated.to(self.device)
+        done = nxt.done.to(self.device)
+        self.t = t = t + 1
+        if not bool(done.any()):
+            if bool((t >= self.T).any()):
+                raise RuntimeError(f"an episode ran past the env's episode_limit ({self.T}) without ending")
+            return done.nonzero().squeeze(1)
+        idx = done.nonzero().squeeze(1)
+        tl = t[idx]  # = episode lengths
+        # Bootstrap slot: the final obs/state of the finished episode; no avail mask is given for
+        # it, so it reuses the last step's (see the module docstring).
+        st.obs[idx, tl] = nxt.final_obs.to(self.device)[idx]
+        st.state[idx, tl] = nxt.final_state.to(self.device)[idx]
+        st.avail[idx, tl] = st.avail[idx, tl - 1]
+        st.alive[idx, tl] = st.alive[idx, tl - 1]
+        st.length[idx] = tl
+        k = idx.numel()
+        slots = (self.ptr + torch.arange(k, device=self.device)) % self.capacity
+        for f in dataclasses.fields(EpisodeBatch):
+            getattr(self.data, f.name)[slots] = getattr(st, f.name)[idx]
+            getattr(st, f.name)[idx] = 0  # the staging row starts the next episode clean (zero padding)
+        self.ptr = (self.ptr + k) % self.capacity
+        self.size = min(self.size + k, self.capacity)
+        self.episodes += k
+        t[idx] = 0
+        if bool((t >= self.T).any()):
+            raise RuntimeError(f"an episode ran past the env's episode_limit ({self.T}) without ending")
+        return idx
+
+    def sample(self, batch_size: int, rng: np.random.Generator) -> EpisodeBatch:
+        """``batch_size`` distinct stored episodes, truncated to the longest one."""
+        idx = torch.from_numpy(rng.choice(self.size, batch_size, replace=False)).to(self.device)
+        batch = self.data.index(idx)
+        return batch.truncate(int(batch.length.max()))
+
+
+# ----------------------------------------------------------------------------------------------
+# The algorithm
+# ----------------------------------------------------------------------------------------------
+
+
+def _onehot_last(actions: torch.Tensor, num_actions: int) -> torch.Tensor:
+    """[B, T, N] actions -> [B, T+1, N, A] one-hot of the previous action (zeros at t = 0)."""
+    B, T, N = actions.shape
+    out = torch.zeros(B, T + 1, N, num_actions, device=actions.device)
+    out[:, 1:].scatter_(-1, actions.unsqueeze(-1), 1.0)
+    return out
+
+
+class QMix:
+    """QMix with a recurrent shared agent network, hypernetwork mixer and episode replay."""
+
+    name = "qmix"
+    Config = QMixConfig
+    # MPE: EPyMARL's reward standardisation (its qmix.yaml default). MPE rewards are negative and
+    # bootstrapped through the 25-step time limit, so raw Q_tot heads to about -150 (r / (1 - gamma));
+    # there the mixer's ELU saturates and pymarl's recipe diverged (Q_tot -> +600) near 200k steps on
+    # jax_mpe:simple_spread; standardised, it stayed stable to 300k. MPE never terminates, so
+    # centring the reward leaves the optimal policy unchanged (on terminating envs it would not:
+    # hence not a global default).
+    DEFAULTS_BY_FAMILY: dict[str, dict[str, object]] = {
+        "mpe": {"standardise_rewards": True},
+        "jax_mpe": {"standardise_rewards": True},
+    }
+
+    def __init__(self, cfg: QMixConfig, env_info: EnvInfo, device: torch.device | str, seed: int) -> None:
+        cfg.validate()
+        self.cfg = cfg = cfg.resolved()
+        self.info = env_info
+        self.device = torch.device(device)
+        self.seed = seed
+        N, A = env_info.num_agents, env_info.num_actions
+        self.in_dim = env_info.obs_dim + (A if cfg.obs_last_action else 0)
+        with torch.random.fork_rng(devices=[]):  # seeded init without touching global RNG state
+            torch.manual_seed(seed)
+            self.agent = RNNAgent(self.in_dim, cfg.rnn_hidden_dim, A).to(self.device)
+            self.mixer = QMixer(N, env_info.state_dim, cfg.mixing_embed_dim, cfg.hypernet_layers,
+                                cfg.hypernet_embed).to(self.device)
+        self.target_agent = copy.deepcopy(self.agent)
+        self.target_mixer = copy.deepcopy(self.mixer)
+        for p in (*self.target_agent.parameters(), *self.target_mixer.parameters()):
+            p.requires_grad_(False)
+        self.params = [*self.agent.parameters(), *self.mixer.parameters()]
+        if cfg.optimizer == "adam":
+            self.opt: torch.optim.Optimizer = torch.optim.Adam(self.params, lr=cfg.lr)
+        else:
+            self.opt = torch.optim.RMSprop(self.params, lr=cfg.lr, alpha=cfg.optim_alpha, eps=cfg.optim_eps)
+        self.reward_ms = RunningMeanStd().to(self.device)
+        self.gen = torch.Generator(device=self.device)
+        self.gen.manual_seed(seed)
+        self.np_rng = np.random.default_rng(seed)
+        self.t_env = 0  # env steps trained on: the epsilon schedule position
+        self.episodes = 0  # episodes collected
+        self.updates = 0
+        self.last_target_update_episode = 0
+        self.update_credit = 0.0
+
+    # -- acting -------------------------------------------------------------------------------
+
+    def epsilon(self) -> float:
+        """pymarl's linear DecayThenFlatSchedule over env steps."""
+        c = self.cfg
+        if c.epsilon_anneal_steps == 0:
+            return c.epsilon_finish
+        frac = min(self.t_env / c.epsilon_anneal_steps, 1.0)
+        return c.epsilon_start + frac * (c.epsilon_finish - c.epsilon_start)
+
+    def initial_act_state(self, num_envs: int) -> Any:
+        """(GRU hidden [E, N, H], last action one-hot [E, N, A]), zeros at episode start."""
+        N, A, H = self.info.num_agents, self.info.num_actions, self.cfg.rnn_hidden_dim
+        return (torch.zeros(num_envs, N, H, device=self.device), torch.zeros(num_envs, N, A, device=self.device))
+
+    def _inputs(self, obs: torch.Tensor, last_onehot: torch.Tensor) -> torch.Tensor:
+        return torch.cat([obs, last_onehot], dim=-1) if self.cfg.obs_last_action else obs
+
+    def _select(self, q: torch.Tensor, avail: torch.Tensor, eps: float) -> torch.Tensor:
+        """Epsilon-greedy over available actions: argmax of masked Q, or uniform over available."""
+        greedy = q.masked_fill(~avail, -math.inf).argmax(-1)
+        if eps <= 0.0:
+            return greedy
+        u = torch.rand(avail.shape, generator=self.gen, device=avail.device).masked_fill(~avail, -1.0)
+        explore = torch.rand(greedy.shape, generator=self.gen, device=avail.device) < eps
+        return torch.where(explore, u.argmax(-1), greedy)
+
+    @torch.no_grad()
+    def _act(self, obs: torch.Tensor, avail: torch.Tensor, done: torch.Tensor, act_state: Any,
+             eps: float) -> tuple[torch.Tensor, Any]:
+        h, last = act_state
+        if bool(done.any()):  # the obs of these envs starts a new episode
+            keep = (~done).float().view(-1, 1, 1)
+            h, last = h * keep, last * keep
+        E, N = obs.shape[:2]
+        q, h_new = self.agent(self._inputs(obs, last).reshape(1, E * N, -1), h.reshape(E * N, -1))
+        actions = self._select(q.view(E, N, -1), avail, eps)
+        onehot = F.one_hot(actions, self.info.num_actions).float()
+        return actions, (h_new.view(E, N, -1), onehot)
+
+    @torch.no_grad()
+    def act(self, ts: TimeStep, act_state: Any, deterministic: bool) -> tuple[torch.Tensor, Any]:
+        """Actions [E, N] on the env's device: greedy when ``deterministic``, else epsilon-greedy at
+        the current schedule epsilon. Resets the recurrent state where ``ts.done``."""
+        eps = 0.0 if deterministic else self.epsilon()
+        a, st = self._act(ts.obs.to(self.device), ts.avail_actions.to(self.device), ts.done.to(self.device),
+                          act_state, eps)
+        return a.to(ts.obs.device), st
+
+    # -- learning -------------------------------------------------------------------------------
+
+    def _q_all(self, agent: RNNAgent, batch: EpisodeBatch) -> torch.Tensor:
+        """Per-agent Q for every slot: [B, T+1, N, A] (one GRU pass over whole episodes)."""
+        B, L, N, _ = batch.obs.shape
+        x = self._inputs(batch.obs, _onehot_last(batch.actions, self.info.num_actions))
+        x = x.permute(1, 0, 2, 3).reshape(L, B * N, -1)
+        h0 = torch.zeros(B * N, self.cfg.rnn_hidden_dim, device=x.device)
+        q, _ = agent(x, h0)
+        return q.view(L, B, N, -1).permute(1, 0, 2, 3)
+
+    def targets(self, batch: EpisodeBatch, q_online: torch.Tensor | None = None) -> torch.Tensor:
+        """TD(lambda) targets [B, T] from the target networks (double-Q: argmax of the online
+        network over available actions). ``q_online``: the online [B, T+1, N, A] if computed."""
+        with torch.no_grad():
+            q_tgt = self._q_all(self.target_agent, batch)[:, 1:]
+            avail_next = batch.avail[:, 1:]
+            if self.cfg.double_q:
+                q_on = (q_online if q_online is not None else self._q_all(self.agent, batch)).detach()[:, 1:]
+                a_star = q_on.masked_fill(~avail_next, -math.inf).argmax(-1, keepdim=True)
+                q_next = q_tgt.gather(-1, a_star).squeeze(-1)
+            else:
+                q_next = q_tgt.masked_fill(~avail_next, -math.inf).max(-1).values
+            # Padded slots have no available action: keep their (masked-out) values finite.
+            q_next = torch.where(avail_next.any(-1), q_next, torch.zeros_like(q_next))
+            q_tot_next = self.target_mixer(q_next, batch.state[:, 1:])
+            reward = self.reward_ms.normalize(batch.reward) if self.cfg.standardise_rewards else batch.reward
+            return td_lambda_targets(reward, batch.terminated, batch.filled, q_tot_next,
+                                     self.cfg.gamma, self.cfg.td_lambda)
+
+    def loss(self, batch: EpisodeBatch) -> tuple[torch.Tensor, dict[str, float]]:
+        """pymarl's masked squared TD error of Q_tot over valid steps (team not all dead)."""
+        q = self._q_all(self.agent, batch)
+        chosen = q[:, :-1].gather(-1, batch.actions.unsqueeze(-1)).squeeze(-1)
+        q_tot = self.mixer(chosen, batch.state[:, :-1])
+        y = self.targets(batch, q)
+        mask = batch.filled & batch.alive[:, :-1].any(-1)
+        n = mask.sum().clamp(min=1)
+        zero = torch.zeros((), device=q_tot.device)
+        loss = torch.where(mask, (q_tot - y) ** 2, zero).sum() / n  # where: padding can't leak NaN/inf
+        q_mean = torch.where(mask, q_tot.detach(), zero).sum() / n
+        return loss, {"td_loss": float(loss.detach()), "q_mean": float(q_mean)}
+
+    def update(self, batch: EpisodeBatch) -> dict[str, float]:
+        """One gradient step; then the target update when due."""
+        if self.cfg.standardise_rewards:
+            self.reward_ms.update(batch.reward[batch.filled])
+        loss, logs = self.loss(batch)
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        logs["grad_norm"] = float(nn.utils.clip_grad_norm_(self.params, self.cfg.grad_norm_clip))
+        self.opt.step()
+        self.updates += 1
+        if self.cfg.target_update == "soft":
+            with torch.no_grad():
+                for tgt, src in ((self.target_agent, self.agent), (self.target_mixer, self.mixer)):
+                    for pt, ps in zip(tgt.parameters(), src.parameters(), strict=True):
+                        pt.lerp_(ps, self.cfg.tau)
+        elif (self.episodes - self.last_target_update_episode) / self.cfg.target_update_interval >= 1.0:
+            self.update_targets()
+            self.last_target_update_episode = self.episodes
+        return logs
+
+    def update_targets(self) -> None:
+        self.target_agent.load_state_dict(self.agent.state_dict())
+        self.target_mixer.load_state_dict(self.mixer.state_dict())
+
+    def learn(self, env: MultiAgentVecEnv, total_steps: int, seed: int,
+              on_iteration: Callable[[int, dict[str, float]], None], start_steps: int = 0) -> None:
+        """Collect with epsilon-greedy in all E envs for ``rollout_len`` steps, then one update per
+        ``episodes_per_update`` finished episodes (once a batch can be sampled); repeat until
+        ``total_steps`` env steps (counted from the schedule position ``t_env``, so a loaded state
+        resumes; ``start_steps`` > 0, passed by the runner when resuming, sets it explicitly).
+        ``on_iteration`` gets every iteration that trained (warm-up iterations are folded into the
+        first one) and the last one. The replay buffer lives only inside this call."""
+        if start_steps:
+            self.t_env = int(start_steps)
+        cfg, info = self.cfg, env.info
+        E = info.num_envs
+        replay = EpisodeReplay(cfg.buffer_size, E, info, self.device)
+        chunk = cfg.rollout_len or info.episode_limit
+        ts = env.reset(seed)
+        act_state = self.initial_act_state(E)
+        done = torch.zeros(E, dtype=torch.bool, device=self.device)
+        finished: list[float] = []
+        while self.t_env < total_steps:
+            for _ in range(chunk):
+                replay.add_obs(ts)
+                actions, act_state = self._act(ts.obs.to(self.device), ts.avail_actions.to(self.device), done,
+                                               act_state, self.epsilon())
+                nxt = env.step(actions.to(ts.obs.device))
+                ended = replay.add_step(actions, nxt)
+                done = nxt.done.to(self.device)
+                self.t_env += E
+                if ended.numel():
+                    self.episodes += ended.numel()
+                    finished.extend(nxt.episode_return.to(self.device)[ended].tolist())
+                    if replay.size >= cfg.batch_size:
+                        self.update_credit += ended.numel() / cfg.episodes_per_update
+                ts = nxt
+                if self.t_env >= total_steps:
+                    break
+            logs: dict[str, list[float]] = {}
+            while self.update_credit >= 1.0:
+                self.update_credit -= 1.0
+                for k, v in self.update(replay.sample(cfg.batch_size, self.np_rng)).items():
+                    logs.setdefault(k, []).append(v)
+            if not logs and self.t_env < total_steps:
+                continue  # warm-up: report with the first training iteration
+            metrics = {k: float(np.mean(v)) for k, v in logs.items()}
+            metrics["epsilon"] = self.epsilon()
+            metrics["train_return_mean"] = float(np.mean(finished)) if finished else math.nan
+            finished = []
+            on_iteration(self.t_env, metrics)
+
+    # -- checkpointing --------------------------------------------------------------------------
+
+    def state_dict(self) -> dict:
+        """Networks, target networks, optimiser, RNG states and schedule position (not the replay
+        buffer). Loads with ``torch.load(weights_only=True)``."""
+        return {
+            "agent": self.agent.state_dict(), "mixer": self.mixer.state_dict(),
+            "target_agent": self.target_agent.state_dict(), "target_mixer": self.target_mixer.state_dict(),
+            "opt": self.opt.state_dict(), "reward_ms": self.reward_ms.state_dict(),
+            "gen": self.gen.get_state(), "np_rng": self.np_rng.bit_generator.state,
+            "t_env": self.t_env, "episodes": self.episodes, "updates": self.updates,
+            "last_target_update_episode": self.last_target_update_episode, "update_credit": self.update_credit,
+            "config": dataclasses.asdict(self.cfg),  # resolved: the lineage's values spelled out
+        }
+
+    def load_state_dict(self, sd: dict) -> None:
+        self.agent.load_state_dict(sd["agent"])
+        self.mixer.load_state_dict(sd["mixer"])
+        self.target_agent.load_state_dict(sd["target_agent"])
+        self.target_mixer.load_state_dict(sd["target_mixer"])
+        self.opt.load_state_dict(sd["opt"])
+        self.reward_ms.load_state_dict(sd["reward_ms"])
+        self.gen.set_state(sd["gen"])
+        self.np_rng.bit_generator.state = sd["np_rng"]
+        self.t_env, self.episodes, self.updates = int(sd["t_env"]), int(sd["episodes"]), int(sd["updates"])
+        self.last_target_update_episode = int(sd["last_target_update_episode"])
+        self.update_credit = float(sd["update_credit"])
