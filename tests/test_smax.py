@@ -360,3 +360,20 @@ def test_tiny_mappo_run_on_smax_3m_records_a_win_rate(tmp_path):
     win = metrics["eval_win_rate"]
     assert win.notna().all() and ((win >= 0) & (win <= 1)).all()
     assert (metrics["eval_episodes"] == 4).all()
+
+
+def test_smax_global_state_is_normalised_like_smac():
+    # Positions (0..32), cooldowns and unit-type ids are scaled to O(1): QMix's hypernetworks take
+    # the state without a LayerNorm, and raw map units made its initial TD errors explode.
+    import torch
+
+    from marpo_bench.envs import make_env
+
+    env = make_env("smax", "2s3z", 16)
+    ts = env.reset(0)
+    biggest = ts.state.abs().max()
+    for _ in range(60):
+        u = torch.rand(ts.avail_actions.shape).masked_fill(~ts.avail_actions, -1.0)
+        ts = env.step(u.argmax(-1))
+        biggest = torch.maximum(biggest, ts.state.abs().max())
+    assert float(biggest) <= 3.0

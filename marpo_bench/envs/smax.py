@@ -147,16 +147,30 @@ class _Compiled:
         self.num_agents = N
         self.obs_dim = int(env.observation_space(agents[0]).shape[0]) + (N if agent_id else 0)
         self.state_dim = int(env.state_size)
+        self.state_dim_raw = self.state_dim
         self.num_actions = int(env.action_space(agents[0]).n)
         onehot = jnp.broadcast_to(jnp.eye(N, dtype=jnp.float32), (E, N, N))
 
         def with_id(obs: jax.Array) -> jax.Array:
             return jnp.concatenate([obs, onehot], axis=-1) if agent_id else obs
 
+        # SMAX's world state is [U units x (health, x, y, cooldown, type one-hot), teams, types].
+        # Positions are in map units (0..32), cooldowns reach ~20 and unit types are raw integers;
+        # scale them to O(1), as SMAC's own state is normalised, so that inputs without a
+        # LayerNorm (QMix's hypernetworks) are not dominated by them.
+        n_units = int(env.num_allies + env.num_enemies)
+        feat = (self.state_dim_raw - 2 * n_units) // n_units
+        scale = jnp.ones((n_units, feat), jnp.float32).at[:, 1].set(1.0 / env.map_width)
+        scale = scale.at[:, 2].set(1.0 / env.map_height)
+        scale = scale.at[:, 3].set(1.0 / 10.0)  # weapon cooldowns: up to ~20 seen under random play
+        n_types = max(feat - 4, 1)
+        tail = jnp.concatenate([jnp.ones(n_units, jnp.float32), jnp.full(n_units, 1.0 / n_types, jnp.float32)])
+        state_scale = jnp.concatenate([scale.reshape(-1), tail])
+
         def stack(obs: dict[str, jax.Array]) -> tuple[jax.Array, jax.Array]:
-            """Per-agent obs dict -> ([E, N, D] float32 obs, [E, S] float32 world state)."""
+            """Per-agent obs dict -> ([E, N, D] float32 obs, [E, S] float32 normalised world state)."""
             o = jnp.stack([obs[a] for a in agents], axis=1).astype(jnp.float32)
-            return o, obs["world_state"].astype(jnp.float32)
+            return o, obs["world_state"].astype(jnp.float32) * state_scale
 
         def observe(states: Any) -> tuple[jax.Array, jax.Array]:
             """Avail masks [E, N, A] bool and ally alive flags [E, N] of the states agents act in."""
