@@ -74,34 +74,75 @@ def plan_grid(algos: str, envs: str, seeds: int, steps: str, sets: list[str], de
 
 @app.command()
 def run(
-    algos: str = typer.Option(DEFAULT_ALGOS, help="Comma-separated algorithms (see `list algos`)."),
-    envs: str = typer.Option(DEFAULT_ENVS, help="Comma-separated family:task (see `list envs`)."),
-    seeds: int = typer.Option(DEFAULT_SEEDS, help="Number of seeds per (algo, env): seeds 0..N-1."),
-    steps: str = typer.Option(DEFAULT_STEPS, help="Env-step budget per run, e.g. 200k or 1.5M."),
+    algos: str | None = typer.Option(None, help=f"Comma-separated algorithms (see `list algos`) "
+                                                f"(default: {DEFAULT_ALGOS}, or the preset's)."),
+    envs: str | None = typer.Option(None, help=f"Comma-separated family:task (see `list envs`) "
+                                               f"(default: {DEFAULT_ENVS}, or the preset's)."),
+    seeds: int | None = typer.Option(None, help=f"Number of seeds per (algo, env): seeds 0..N-1 "
+                                                f"(default: {DEFAULT_SEEDS}, or the preset's)."),
+    steps: str | None = typer.Option(None, help=f"Env-step budget per run, e.g. 200k or 1.5M "
+                                                f"(default: {DEFAULT_STEPS}, or the preset's)."),
+    preset: str | None = typer.Option(None, help="A documented grid: smoke, paper-mpe, paper-smax or full "
+                                                  "(marpo_bench/presets.py); explicit flags override its fields, "
+                                                  "--set adds to its settings."),
     workers: int = typer.Option(1, help="Runs trained in parallel (local process pool)."),
+    executor: str = typer.Option("local", help="local (this machine) or ray (a Ray cluster; one task per run)."),
+    ray_address: str | None = typer.Option(None, help="Ray cluster address (host:port or auto); "
+                                                      "default: start a local Ray instance."),
+    cpus_per_run: float = typer.Option(1.0, help="CPUs each Ray task reserves (--executor ray)."),
+    retries: int = typer.Option(1, help="Retries of a failed run (from its last checkpoint) before it is "
+                                        "recorded failed; NaN losses and bad configs are not retried."),
+    checkpoint_every: str | None = typer.Option(None, help="Checkpoint every N env steps, e.g. 50k "
+                                                           "(default: at every evaluation point; 0: only at the end)."),
     results: Path = typer.Option(Path("results"), help="Results directory."),
     study: str = typer.Option("default", help="Study name: runs go to RESULTS/STUDY/runs/."),
     set_: list[str] = typer.Option([], "--set", help="Config override key=value or algo.key=value."),
     device: str = typer.Option("cpu", help="cpu, cuda, cuda:N or auto."),
 ) -> None:
-    """Train a grid of algorithms x envs x seeds; re-running the same command skips complete runs."""
+    """Train a grid of algorithms x envs x seeds. Re-running the same command skips complete runs and
+    continues interrupted or failed ones from their last checkpoint."""
+    from marpo_bench import executors, presets
+    from marpo_bench.train import faults_from_env
+
     try:
-        specs = plan_grid(algos, envs, seeds, steps, set_, device)
+        grid = presets.resolve(preset, algos=algos, envs=envs, seeds=seeds, steps=steps, sets=set_,
+                               defaults=(DEFAULT_ALGOS, DEFAULT_ENVS, DEFAULT_SEEDS, DEFAULT_STEPS))
+        specs = plan_grid(grid.algos, grid.envs, grid.seeds, grid.steps, list(grid.sets), device)
         if workers <= 0:
             raise ConfigError(f"--workers must be positive, got {workers}")
+        if executor not in executors.EXECUTORS:
+            raise ConfigError(f"unknown --executor {executor!r}; valid: {', '.join(executors.EXECUTORS)}")
+        if ray_address is not None and executor != "ray":
+            raise ConfigError("--ray-address needs --executor ray")
+        if not cpus_per_run > 0:
+            raise ConfigError(f"--cpus-per-run must be positive, got {cpus_per_run}")
+        if retries < 0:
+            raise ConfigError(f"--retries must be >= 0, got {retries}")
+        every = None
+        if checkpoint_every is not None:
+            every = 0 if checkpoint_every.strip() == "0" else parse_steps(checkpoint_every)
         if not study or "/" in study or study.startswith("."):
             raise ConfigError(f"bad --study {study!r}: use a plain directory name")
+        faults = faults_from_env()
         statuses = {s.run_id: store.run_status(store.run_dir(results, study, s.run_id)) for s in specs}
+        busy = executors.busy_runs(results, study, specs)
+        if busy:
+            raise ConfigError(f"{len(busy)} run(s) of this study are being trained by another process "
+                              f"(pid {busy[0][1]}); wait for it or stop it, then re-run")
     except (ConfigError, ValueError, store.StoreError) as exc:
         fail(str(exc))
+    executors.write_plan(results, study, specs, {"preset": preset, "executor": executor})
     done = sum(v == "complete" for v in statuses.values())
     redo = sum(v not in (None, "complete") for v in statuses.values())
     console.print(f"study [bold]{results / study}[/bold]: {len(specs)} runs "
-                  f"({done} complete, skipped; {redo} incomplete, restarted from scratch)", highlight=False)
-    from marpo_bench.executors import run_local
-
+                  f"({done} complete, skipped; {redo} incomplete, resumed from their last checkpoint)",
+                  highlight=False)
     try:
-        res = run_local(specs, results, study, workers, console)
+        res = executors.run_grid(specs, results, study, console, executor=executor, workers=workers,
+                                 ray_address=ray_address, cpus_per_run=cpus_per_run, retries=retries,
+                                 checkpoint_every=every, faults=faults)
+    except executors.RayUnavailable as exc:
+        fail(str(exc))
     except KeyboardInterrupt:
         err_console.print("interrupted: finished runs are stored; re-run the same command to continue")
         raise typer.Exit(code=130) from None
@@ -233,6 +274,82 @@ def report(
     console.print(f"{len(res.data.algos)} algorithms x {len(res.data.tasks)} tasks, "
                   f"{len(res.data.excluded)} runs not used; statistics {t1 - t0:.1f} s, "
                   f"rendering {t2 - t1:.1f} s", highlight=False)
+
+
+@app.command()
+def status(
+    study: Path = typer.Argument(..., help="The study directory, RESULTS_DIR/STUDY."),
+) -> None:
+    """Runs of a study by status: complete / interrupted / failed / running / pending (planned by
+    `run` but not started)."""
+    from marpo_bench.executors import study_status
+
+    try:
+        rows = study_status(study)
+    except store.StoreError as exc:
+        fail(str(exc))
+    colours = {"complete": "green", "interrupted": "yellow", "failed": "red", "running": "cyan",
+               "pending": "dim", "unreadable": "red"}
+    table = Table(title=f"study {study}", header_style="bold")
+    for col in ("run", "algo", "env", "seed", "status", "env steps", "attempt", "message"):
+        table.add_column(col, justify="right" if col in ("seed", "env steps", "attempt") else "left",
+                         overflow="fold")
+    for r in rows:
+        steps = f"{r.get('env_steps') or 0:,}/{r['budget']:,}" if isinstance(r.get("budget"), int) else "-"
+        env = f"{r.get('env')}:{r.get('task')}" if r.get("env") else "-"
+        c = colours.get(r["status"], "white")
+        table.add_row(r["run_id"], str(r.get("algo") or "-"), env, str(r.get("seed", "-")), f"[{c}]{r['status']}[/{c}]",
+                      steps, str(r.get("attempt") or "-"), r.get("message") or "")
+    console.print(table)
+    counts = {s: sum(r["status"] == s for r in rows) for s in ("complete", "interrupted", "failed", "running",
+                                                                "pending", "unreadable")}
+    console.print(", ".join(f"{n} {s}" for s, n in counts.items() if n or s != "unreadable")
+                  + f" ({len(rows)} runs)", highlight=False)
+
+
+@app.command()
+def regress(
+    reference: Path = typer.Option(Path("results/reference"), help="The stored reference directory."),
+    suite: str = typer.Option("smoke", help="Suite the reference holds (marpo_bench/regress.py: smoke, tiny)."),
+    mode: str = typer.Option("both", help="exact (bit-for-bit re-run of a short slice: did behaviour change?), "
+                                          "stat (re-run the suite and judge: did it get worse?) or both."),
+    candidate: Path | None = typer.Option(None, help="Stat mode: compare this study instead of re-training "
+                                                     "the suite."),
+    tolerance: float = typer.Option(0.10, help="Stat mode: IQM drop (normalised score) beyond which an "
+                                               "algorithm whose P(candidate > reference) CI lies below 1/2 "
+                                               "is worse."),
+    workers: int = typer.Option(1, help="Runs re-trained in parallel (spawned processes, one torch thread each)."),
+    out: Path | None = typer.Option(None, help="Keep the re-runs in this new directory (default: a temporary "
+                                               "directory, removed afterwards)."),
+    update: bool = typer.Option(False, "--update", help="Re-train the suite and replace the reference "
+                                                        "(needs --reason)."),
+    reason: str | None = typer.Option(None, help="Why the reference is replaced (--update; recorded in its "
+                                                 "README)."),
+) -> None:
+    """Regression check against a stored reference: exit 0 pass, 1 worse, 2 bad input, 3 behaviour
+    changed (exact mode) but nothing worse."""
+    from marpo_bench import regress as rg
+
+    # CI logs are not terminals (80 columns by default): give the verdict table room.
+    out_console = console if console.is_terminal else Console(width=max(console.width, 160))
+    try:
+        rg.check_update_args(update, reason, candidate, out)
+        if update:
+            rg.write_reference(reference, suite, reason or "", workers=workers, console=out_console)
+            return
+        rg.validate_request(reference, suite, mode, candidate, tolerance, workers, out)
+    except (rg.RegressError, store.StoreError) as exc:
+        fail(str(exc))
+    try:
+        res = rg.run_regress(reference, suite, mode, candidate=candidate, tolerance=tolerance, workers=workers,
+                             out=out, console=out_console)
+    except (rg.RegressError, store.StoreError) as exc:
+        fail(str(exc))
+    except KeyboardInterrupt:
+        err_console.print("interrupted")
+        raise typer.Exit(code=130) from None
+    if res.exit_code:
+        raise typer.Exit(code=res.exit_code)
 
 
 def main() -> None:

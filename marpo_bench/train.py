@@ -1,22 +1,66 @@
-"""One training run, end to end: RunSpec -> env + algorithm -> periodic evaluation -> store.
+"""One training run, end to end: RunSpec -> env + algorithm -> periodic evaluation -> checkpoints -> store.
 
-The runner owns evaluation and storage so every algorithm is evaluated and logged the same way
-(PITFALLS.md: one evaluation mode per run, recorded; env steps counted over every parallel env;
-no silent NaN).
+The runner owns evaluation, checkpoints and storage so every algorithm is evaluated, logged and
+resumed the same way (PITFALLS.md: one evaluation mode per run, recorded; env steps counted over
+every parallel env; no silent NaN).
+
+Where results go: a :class:`RunSink`. :class:`StoreSink` writes the run directory directly (local
+executor); under Ray a worker's sink forwards the same calls to the driver, which alone writes the
+store (``executors.py``). The sink also hands over what an earlier attempt left: its status and
+its checkpoint.
+
+Checkpoints and resume
+----------------------
+A checkpoint is taken only at an iteration boundary (at the end of ``on_iteration``, after that
+iteration's evaluation) every ``checkpoint_every`` env steps (default: at every evaluation point),
+and once more at the end. It holds the algorithm's ``state_dict`` (networks, optimisers,
+normalisers, torch and numpy RNG states, MARPO's delta, the GRU state carried across rollouts,
+QMix's schedule position), the env's state and the TimeStep the next iteration starts from, the
+metrics rows so far and the runner's own counters. Re-running a run that is not complete
+continues from its checkpoint; the rows written after the checkpoint are recomputed.
+
+What is exact on resume (CPU, same torch thread count; ``wall_seconds`` aside):
+
+- MAPPO/MARPO on ``jax_mpe`` and ``smax``: everything. The JAX env's carry (PRNG key, env states,
+  episode statistics) is saved leaf by leaf as tensors and put back into a freshly built env, so
+  a resumed run's metrics equal an uninterrupted run's bit for bit.
+- ``mpe`` (mpe2, Python envs whose state cannot be read generically): exact when every env is at
+  an episode start at the checkpoint, which the default ``rollout_len`` (25 = the horizon) makes
+  true at every boundary; each env is re-reset from its generator's state before that reset.
+- QMix: networks, targets, optimiser, reward standardiser, RNG states, t_env/episodes/update credit
+  are exact, but ``QMix.learn`` keeps its replay buffer local, so a resumed QMix run starts with an
+  empty buffer: it makes at most ``(batch_size - 1) / episodes_per_update`` fewer gradient updates
+  while the buffer refills (60 with the defaults on MPE: 128-episode batches, 8 lockstep envs, 2
+  episodes per update; none when ``batch_size <= num_envs``), and its batches hold only episodes
+  collected after the resume until older ones would have been sampled anyway. Env steps,
+  evaluation points, epsilon and target-update schedules are unchanged; ``run.json`` records
+  ``resume_exact: false``.
+- Fallback (``smacv2``, ``mpe`` mid-episode, QMix mid-episode): the env restarts every episode from
+  a seed derived from (seed, env steps). At most ``num_envs`` in-flight episodes are dropped (never
+  counted in ``train_return_mean``) and the GRU state restarts at zero; the run's env-step budget
+  and evaluation schedule are unchanged. ``run.json`` records ``resume_exact: false``.
+
+Fault injection for tests (hidden): ``MARPO_BENCH_FAULT=kind@step[:run_id_part],...`` with kind
+``nan`` (that iteration's loss becomes NaN), ``raise`` (RuntimeError) or ``exit`` (the process
+dies, as in a crash), at the first iteration with env steps >= step of the runs whose id contains
+``run_id_part`` (every run when omitted).
 """
 
 from __future__ import annotations
 
+import contextlib
+import copy
 import math
 import os
 import platform
+import socket
 import subprocess
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -25,9 +69,15 @@ from marpo_bench import store
 from marpo_bench.algos import ALGORITHMS, get_algorithm
 from marpo_bench.config import ConfigError, RunSpec, apply_overrides, overrides_for, to_dict
 from marpo_bench.envs import make_env
-from marpo_bench.envs.base import MultiAgentVecEnv
+from marpo_bench.envs.base import MultiAgentVecEnv, TimeStep
 
 ProgressFn = Callable[[int, int], None]  # (env_steps_done, total)
+
+CHECKPOINT_FORMAT = 1
+"""Layout of the resume state inside ``checkpoint.pt`` (the store versions the file itself)."""
+
+FAULT_ENV = "MARPO_BENCH_FAULT"
+FAULT_KINDS = ("nan", "raise", "exit")
 
 
 def build_config(spec: RunSpec) -> Any:
@@ -121,45 +171,332 @@ def _now() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds")
 
 
+# ----------------------------------------------------------------------------------------------
+# fault injection (tests) and results
+
+
+@dataclass(frozen=True)
+class Fault:
+    """A fault injected at the first iteration with ``env_steps >= step`` of the runs whose id
+    contains ``match``: ``nan`` (a NaN loss), ``raise`` (RuntimeError) or ``exit`` (a crash)."""
+
+    kind: str
+    step: int
+    match: str = ""
+
+    def applies(self, run_id: str) -> bool:
+        return self.match in run_id
+
+
+def parse_faults(text: str) -> tuple[Fault, ...]:
+    """Parse ``kind@step[:run_id_part]`` items separated by commas (ConfigError when malformed)."""
+    out = []
+    for item in filter(None, (s.strip() for s in text.split(","))):
+        head, _, match = item.partition(":")
+        kind, sep, step = head.strip().partition("@")
+        if kind not in FAULT_KINDS or not sep or not step.strip().isdigit():
+            raise ConfigError(f"bad {FAULT_ENV} item {item!r}: use kind@step[:run_id_part], "
+                              f"kind one of {', '.join(FAULT_KINDS)}")
+        out.append(Fault(kind, int(step), match.strip()))
+    return tuple(out)
+
+
+def faults_from_env() -> tuple[Fault, ...]:
+    """The faults requested through ``MARPO_BENCH_FAULT`` (none when unset)."""
+    return parse_faults(os.environ.get(FAULT_ENV, ""))
+
+
 @dataclass
 class RunResult:
     run_id: str
     status: str  # complete | skipped | failed | interrupted
     message: str = ""
+    retryable: bool = False  # a failure that another attempt may not repeat (not NaN, not bad config)
 
 
-def train_run(spec: RunSpec, results: Path, study: str, progress: ProgressFn | None = None) -> RunResult:
-    """Train one run and store it under ``results/study/runs/<run_id>``. A complete run is skipped;
-    an exception marks the run ``failed`` (with the message), Ctrl-C marks it ``interrupted``."""
-    run_path = store.run_dir(results, study, spec.run_id)
-    if store.run_status(run_path) == "complete":
+# Failures that another attempt from the same checkpoint would repeat: not retried.
+_PERMANENT = (FloatingPointError, ConfigError, store.StoreError)
+
+
+def _one_line(exc: BaseException) -> str:
+    return (f"{type(exc).__name__}: {exc}".splitlines() or [type(exc).__name__])[0]
+
+
+# ----------------------------------------------------------------------------------------------
+# where a run's results go
+
+
+class RunSink(Protocol):
+    """Receives everything a run writes; hands over what an earlier attempt left."""
+
+    def previous(self) -> tuple[str | None, dict | None]:
+        """The earlier attempt's status (None: never started) and checkpoint state (or None)."""
+        ...
+
+    def write_record(self, record: dict) -> None:
+        """Replace run.json."""
+        ...
+
+    def write_metrics(self, rows: list[dict]) -> None:
+        """Replace metrics.parquet with all rows so far."""
+        ...
+
+    def write_checkpoint(self, state: dict) -> None:
+        """Replace checkpoint.pt (``state`` loads with ``torch.load(weights_only=True)``)."""
+        ...
+
+
+def writer_info() -> dict[str, Any]:
+    """Who writes a run.json: host and pid, so ``status`` can tell a live run from a dead one."""
+    return {"host": socket.gethostname(), "pid": os.getpid()}
+
+
+def writer_alive(record: dict) -> bool | None:
+    """Whether the process that last wrote ``record`` still runs: True/False on this host, None when
+    it was written elsewhere (or records no writer)."""
+    writer = record.get("writer") or {}
+    if writer.get("host") != socket.gethostname() or not isinstance(writer.get("pid"), int):
+        return None
+    try:
+        os.kill(writer["pid"], 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def remove_stale_temp_files(run_path: Path) -> None:
+    """Delete temp files a killed writer left (``.<name>.<random>.tmp``, see store.atomic_write_bytes)."""
+    for name in (store.RUN_JSON, store.METRICS_PARQUET, store.CHECKPOINT_PT):
+        for tmp in Path(run_path).glob(f".{name}.*.tmp"):
+            tmp.unlink(missing_ok=True)
+
+
+class StoreSink:
+    """Writes one run directory of the store directly (the local executor)."""
+
+    def __init__(self, run_path: Path) -> None:
+        self.run_path = Path(run_path)
+
+    def previous(self) -> tuple[str | None, dict | None]:
+        status = store.run_status(self.run_path)
+        if status in (None, "complete"):
+            return status, None
+        remove_stale_temp_files(self.run_path)
+        return status, store.load_checkpoint(self.run_path)
+
+    def write_record(self, record: dict) -> None:
+        self.run_path.mkdir(parents=True, exist_ok=True)
+        store.write_run_json(self.run_path, {**record, "writer": writer_info()})
+
+    def write_metrics(self, rows: list[dict]) -> None:
+        store.write_metrics(self.run_path, rows)
+
+    def write_checkpoint(self, state: dict) -> None:
+        store.save_checkpoint(self.run_path, state)
+
+
+# ----------------------------------------------------------------------------------------------
+# env state at iteration boundaries
+
+
+def _leaf_to_tensor(leaf: Any) -> torch.Tensor:
+    arr = np.asarray(leaf)
+    if arr.dtype in (np.uint32, np.uint64):  # torch has no general unsigned support; int64 is lossless
+        arr = arr.astype(np.int64)
+    return torch.from_numpy(np.array(arr, copy=True))
+
+
+def _weak(x: Any) -> Any:
+    """``x`` as a weakly typed JAX array, as some carry leaves are, so the restored carry hits the
+    already compiled step; an extra compile (same results) if this JAX lacks the internal."""
+    try:
+        from jax._src.lax import lax as _lax
+
+        return _lax._convert_element_type(x, x.dtype, weak_type=True)
+    except (ImportError, AttributeError, TypeError):
+        return x
+
+
+class CheckpointableEnv:
+    """A MultiAgentVecEnv that can save its state at an iteration boundary and restore it.
+
+    After :meth:`restore`, the next ``reset(seed)`` returns the saved TimeStep instead of
+    resetting, so an algorithm's ``learn`` continues where the checkpoint was taken without
+    knowing about checkpoints. JAX envs save their carry; mpe2 envs their generators' states
+    before the last auto-reset (only valid when every env just started an episode).
+    """
+
+    def __init__(self, env: MultiAgentVecEnv) -> None:
+        self.env = env
+        self.info = env.info
+        self.device = env.device
+        self.last: TimeStep | None = None
+        self._pending: TimeStep | None = None
+        self._rng_before_step: list[dict] | None = None
+
+    def _kind(self) -> str:
+        if self.info.family in ("jax_mpe", "smax") and hasattr(self.env, "_carry"):
+            return "jax"
+        if self.info.family == "mpe" and hasattr(self.env, "_rngs") and hasattr(self.env, "_reset_env"):
+            return "mpe"
+        return "none"
+
+    def reset(self, seed: int) -> TimeStep:
+        ts, self._pending = self._pending, None
+        if ts is None:
+            ts = self.env.reset(seed)
+        self.last = ts
+        return ts
+
+    def step(self, actions: torch.Tensor) -> TimeStep:
+        if self._kind() == "mpe":
+            self._rng_before_step = [copy.deepcopy(r.bit_generator.state) for r in self.env._rngs]
+        self.last = self.env.step(actions)
+        return self.last
+
+    def close(self) -> None:
+        self.env.close()
+
+    def snapshot(self, mid_episode_ok: bool) -> dict:
+        """The env state now (a checkpoint-safe dict of tensors and plain values). ``kind`` is
+        ``none`` when it cannot be captured exactly (then a resume restarts the episodes)."""
+        ts = self.last
+        if ts is None:
+            raise RuntimeError("snapshot() before reset()")
+        at_start = bool(ts.done.all())
+        kind = self._kind()
+        out: dict[str, Any] = {"kind": "none"}
+        if kind == "jax" and (mid_episode_ok or at_start):
+            import jax
+
+            leaves = jax.tree_util.tree_leaves(self.env._carry)
+            out = {"kind": "jax", "leaves": [_leaf_to_tensor(x) for x in leaves],
+                   "dtypes": [str(np.asarray(x).dtype) for x in leaves],
+                   "weak": [bool(getattr(x, "weak_type", False)) for x in leaves]}
+        elif kind == "mpe" and at_start and self._rng_before_step is not None:
+            out = {"kind": "mpe", "rng_states": copy.deepcopy(self._rng_before_step)}
+        if out["kind"] != "none":
+            out["timestep"] = {f.name: getattr(ts, f.name).detach().cpu().clone() for f in fields(ts)}
+        return out
+
+    def restore(self, snap: dict, seed: int, fallback_seed: int) -> bool:
+        """Put the env in the state of ``snap``; the next ``reset`` returns its TimeStep. Returns
+        False when the snapshot holds no env state: the env then restarts from ``fallback_seed``."""
+        kind = snap.get("kind", "none")
+        if kind == "none" or kind != self._kind():
+            self._pending = self.env.reset(fallback_seed)
+            return False
+        self.env.reset(seed)  # builds (and compiles) everything the state goes into
+        if kind == "jax":
+            import jax
+
+            template, treedef = jax.tree_util.tree_flatten(self.env._carry)
+            saved = list(zip(snap["leaves"], snap["dtypes"], snap["weak"], strict=True))
+            if len(saved) != len(template):
+                raise store.StoreError("checkpoint env state does not match this env (leaf count); "
+                                       "delete checkpoint.pt to restart the run from scratch")
+            cpu = jax.devices("cpu")[0]
+            leaves = []
+            for tmpl, (t, dtype, weak) in zip(template, saved, strict=True):
+                arr = t.numpy().astype(dtype)
+                if arr.shape != tuple(tmpl.shape) or arr.dtype != tmpl.dtype:
+                    raise store.StoreError("checkpoint env state does not match this env (shapes); "
+                                           "delete checkpoint.pt to restart the run from scratch")
+                x = jax.device_put(arr, cpu)
+                leaves.append(_weak(x) if weak else x)
+            self.env._carry = jax.tree_util.tree_unflatten(treedef, leaves)
+        else:  # mpe: re-run each env's last reset from its generator state before that reset
+            if len(snap["rng_states"]) != self.info.num_envs:
+                raise store.StoreError("checkpoint env state does not match this env (num_envs); "
+                                       "delete checkpoint.pt to restart the run from scratch")
+            for e, state in enumerate(snap["rng_states"]):
+                self.env._rngs[e].bit_generator.state = state
+                self.env._reset_env(e, np.zeros((self.info.num_agents, self.env._D), dtype=np.float32))
+        self._pending = TimeStep(**{k: v.to(self.device) for k, v in snap["timestep"].items()})
+        return True
+
+
+# ----------------------------------------------------------------------------------------------
+# one run
+
+
+def _usable_checkpoint(ckpt: dict | None, spec: RunSpec, cfg: Any) -> dict | None:
+    """The checkpoint when it can continue this run (same run, format and resolved config)."""
+    if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
+        return None
+    if ckpt.get("run_id") != spec.run_id or ckpt.get("config") != to_dict(cfg):
+        return None
+    return ckpt
+
+
+def train_run(spec: RunSpec, results: Path | None = None, study: str = "default",
+              progress: ProgressFn | None = None, *, sink: RunSink | None = None,
+              checkpoint_every: int | None = None, faults: tuple[Fault, ...] | None = None,
+              attempt: int = 1) -> RunResult:
+    """Train one run and store it (under ``results/study/runs/<run_id>``, or through ``sink``).
+
+    A complete run is skipped; an incomplete one continues from its checkpoint. Checkpoints are
+    taken every ``checkpoint_every`` env steps at iteration boundaries (None: at every evaluation
+    point; 0: only at the end). An exception marks the run ``failed`` with a one-line message
+    (``retryable`` unless it is a NaN, a bad config or a store problem), Ctrl-C marks it
+    ``interrupted`` and is re-raised. ``faults``: injected faults (default: ``MARPO_BENCH_FAULT``)."""
+    if sink is None:
+        if results is None:
+            raise ValueError("train_run needs a results directory or a sink")
+        sink = StoreSink(store.run_dir(results, study, spec.run_id))
+    problem = ""
+    try:
+        status, ckpt = sink.previous()
+    except store.StoreError as exc:  # e.g. a damaged checkpoint: say so rather than start over
+        status, ckpt, problem = "failed", None, str(exc)
+    if status == "complete":
         return RunResult(spec.run_id, "skipped")
-    run_path.mkdir(parents=True, exist_ok=True)
+    mine = [f for f in (faults_from_env() if faults is None else faults) if f.applies(spec.run_id)]
     cfg = build_config(spec)
     device = resolve_device(spec.device)
     algo_cls = get_algorithm(spec.algo)
+    resume = _usable_checkpoint(ckpt, spec, cfg)
+    interval = cfg.eval_interval or max(spec.steps // 20, 1)
+    every = interval if checkpoint_every is None else checkpoint_every
     record: dict[str, Any] = {
         "run_id": spec.run_id, "algo": spec.algo, "env": spec.env, "task": spec.task, "seed": spec.seed,
         "budget": spec.steps, "overrides": [list(p) for p in spec.overrides], "config": to_dict(cfg),
-        "status": "running", "message": "", "started": _now(), "finished": None, "wall_seconds": 0.0,
-        "env_steps": 0, "versions": _versions(), "git_commit": _git_commit(), "host": _host(device),
-        "torch_threads": torch.get_num_threads(), "device": str(device),
-        "eval_mode": cfg.eval_mode, "eval_episodes": cfg.eval_episodes,
+        "status": "running", "message": "", "started": resume["started"] if resume else _now(),
+        "finished": None, "wall_seconds": resume["wall_seconds"] if resume else 0.0,
+        "env_steps": resume["env_steps"] if resume else 0, "versions": _versions(), "git_commit": _git_commit(),
+        "host": _host(device), "torch_threads": torch.get_num_threads(), "device": str(device),
+        "eval_mode": cfg.eval_mode, "eval_episodes": cfg.eval_episodes, "checkpoint_every": every,
+        "attempt": attempt, "resumed_from": resume["env_steps"] if resume else None, "resume_exact": None,
     }
-    store.write_run_json(run_path, record)
-    rows: list[dict[str, Any]] = []
-    t0 = time.perf_counter()
-    env = eval_env = None
+    if ckpt is not None and resume is None:
+        record["resume_note"] = "the checkpoint is from another config or format: restarted from scratch"
+    if problem:
+        record.update(status="failed", message=problem, finished=_now())
+        with contextlib.suppress(store.StoreError):  # a damaged run.json is left for the user to see
+            sink.write_record(record)
+        return RunResult(spec.run_id, "failed", problem)
+    sink.write_record(record)
+    t0 = time.perf_counter() - record["wall_seconds"]
+    env: CheckpointableEnv | None = None
+    eval_env = None
     try:
-        env = make_env(spec.env, spec.task, cfg.num_envs, device="cpu", agent_id=cfg.agent_id)
+        env = CheckpointableEnv(make_env(spec.env, spec.task, cfg.num_envs, device="cpu", agent_id=cfg.agent_id))
         eval_env = make_env(spec.env, spec.task, cfg.eval_episodes, device="cpu", agent_id=cfg.agent_id)
         record.update(reward_scale=env.info.reward_scale, episode_limit=env.info.episode_limit)
         algo = algo_cls(cfg, env.info, device, spec.seed)
-        interval = cfg.eval_interval or max(spec.steps // 20, 1)
+        # On-policy learners hold all in-flight episode state (the GRU state) in their state_dict;
+        # QMix's staging buffer and acting state are local to its learn(): restart mid-episode envs.
+        from marpo_bench.algos.ppo_core import OnPolicyAlgorithm
+
+        mid_episode_ok = isinstance(algo, OnPolicyAlgorithm)
         deterministic = cfg.eval_mode == "greedy"
         eval_seed = 10_000_019 * (spec.seed + 1)  # eval episodes never share seeds with training
+        rows: list[dict[str, Any]] = []
         pending: list[dict[str, float]] = []
-        next_eval = interval
+        next_eval, next_ckpt = interval, every or 0
+        last_steps = 0
 
         def log_eval(steps: int) -> None:
             row: dict[str, Any] = {"env_steps": steps, "wall_seconds": time.perf_counter() - t0}
@@ -170,12 +507,30 @@ def train_run(spec: RunSpec, results: Path, study: str, progress: ProgressFn | N
                     row[key] = float(np.mean(vals)) if vals else math.nan
                 pending.clear()
             rows.append(row)
-            store.write_metrics(run_path, rows)
+            sink.write_metrics(rows)
             record.update(env_steps=steps, wall_seconds=row["wall_seconds"])
-            store.write_run_json(run_path, record)
+            sink.write_record(record)
+
+        def checkpoint(steps: int, complete: bool) -> None:
+            sink.write_checkpoint({
+                "format": CHECKPOINT_FORMAT, "run_id": spec.run_id, "config": to_dict(cfg), "env_steps": steps,
+                "complete": complete, "algo": algo.state_dict(), "env": env.snapshot(mid_episode_ok),
+                "rows": [dict(r) for r in rows], "pending": [dict(p) for p in pending], "next_eval": next_eval,
+                "next_checkpoint": next_ckpt, "wall_seconds": time.perf_counter() - t0,
+                "started": record["started"],
+            })
 
         def on_iteration(steps: int, metrics: dict[str, float]) -> None:
-            nonlocal next_eval
+            nonlocal next_eval, next_ckpt, last_steps
+            last_steps = steps
+            for fault in mine:
+                if steps >= fault.step:
+                    if fault.kind == "exit":
+                        os._exit(17)
+                    if fault.kind == "raise":
+                        raise RuntimeError(f"injected fault at env step {steps} ({FAULT_ENV})")
+                    loss = next((k for k in ("policy_loss", "td_loss", "value_loss") if k in metrics), "loss")
+                    metrics[loss] = math.nan
             bad = [k for k, v in metrics.items() if k != "train_return_mean" and not math.isfinite(v)]
             if bad:
                 raise FloatingPointError(f"non-finite {bad[0]} at env step {steps}")
@@ -185,25 +540,47 @@ def train_run(spec: RunSpec, results: Path, study: str, progress: ProgressFn | N
             if steps >= next_eval or steps >= spec.steps:
                 log_eval(steps)
                 next_eval = (steps // interval + 1) * interval
+            if every and steps >= next_ckpt and steps < spec.steps:
+                next_ckpt = (steps // every + 1) * every
+                checkpoint(steps, complete=False)
 
-        log_eval(0)
-        algo.learn(env, spec.steps, spec.seed, on_iteration)
-        if rows[-1]["env_steps"] < spec.steps and pending:
-            log_eval(record["env_steps"])
-        store.save_checkpoint(run_path, {"algo": algo.state_dict(), "env_steps": record["env_steps"]})
+        start = 0
+        if resume is None:
+            log_eval(0)
+        else:
+            start = last_steps = int(resume["env_steps"])
+            fallback_seed = (spec.seed * 1_000_003 + start) % (2**31 - 1)
+            exact = env.restore(resume["env"], spec.seed, fallback_seed)
+            state = dict(resume["algo"])
+            if not exact and "rollout_h" in state:
+                state["rollout_h"] = None  # the episodes restart: so does the recurrent state
+            algo.load_state_dict(state)
+            rows[:] = resume["rows"]
+            pending[:] = resume["pending"]
+            next_eval, next_ckpt = int(resume["next_eval"]), int(resume["next_checkpoint"])
+            record["resume_exact"] = exact and mid_episode_ok  # QMix: the replay buffer is not restored
+            sink.write_metrics(rows)  # drop rows evaluated after the checkpoint: they are recomputed
+            sink.write_record(record)
+            if progress is not None:
+                progress(min(start, spec.steps), spec.steps)
+        # ``start_steps`` only when resuming: learners and test doubles keep the 4-argument call.
+        algo.learn(env, spec.steps, spec.seed, on_iteration, **({"start_steps": start} if start else {}))
+        if rows[-1]["env_steps"] < last_steps and pending:
+            log_eval(last_steps)
+        checkpoint(last_steps, complete=True)
         record.update(status="complete", finished=_now(), wall_seconds=time.perf_counter() - t0)
-        store.write_run_json(run_path, record)
+        sink.write_record(record)
         return RunResult(spec.run_id, "complete")
     except KeyboardInterrupt:
         record.update(status="interrupted", message="interrupted by the user", finished=_now(),
                       wall_seconds=time.perf_counter() - t0)
-        store.write_run_json(run_path, record)
+        sink.write_record(record)
         raise
     except Exception as exc:  # the grid goes on; the run records why it failed
-        msg = f"{type(exc).__name__}: {exc}".splitlines()[0]
+        msg = _one_line(exc)
         record.update(status="failed", message=msg, finished=_now(), wall_seconds=time.perf_counter() - t0)
-        store.write_run_json(run_path, record)
-        return RunResult(spec.run_id, "failed", msg)
+        sink.write_record(record)
+        return RunResult(spec.run_id, "failed", msg, retryable=not isinstance(exc, _PERMANENT))
     finally:
         for e in (env, eval_env):
             if e is not None:

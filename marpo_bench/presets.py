@@ -1,0 +1,111 @@
+"""Named study grids for ``marpo-bench run --preset NAME``, with their budgets and why.
+
+A preset fills the grid (algorithms x envs x seeds, the env-step budget per run and a few
+settings); an explicit ``--algos/--envs/--seeds/--steps`` flag replaces that field, and ``--set``
+options are applied after the preset's settings (so they win). The settings are part of every
+run's id, so a preset run and a hand-written command with the same grid and settings share runs.
+
+Budgets are chosen so each preset finishes on the hardware named in its note. Training speed,
+measured with ``marpo-bench bench --threads 1`` on one core of these 2-core machines while other
+work was running (so idle speeds are higher), in env steps per second of training with default
+configs: MAPPO/MARPO on jax_mpe simple_spread (128 envs, 10 epochs) 9,500-13,500; on SMAX 3m
+(recurrent, 64 envs x 50 steps, 5 epochs) 5,000-6,000, on 5m_vs_6m 1,900; QMix (8 envs, 128-episode
+batches, one update per 2 episodes) 1,900 on simple_spread and 1,200 on 3m. CPU-hours below are
+budget x runs / speed, without evaluation (about +10%).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from marpo_bench.config import ConfigError
+
+ALL_ALGOS = "mappo,marpo,qmix"
+MPE_ENVS = "jax_mpe:simple_spread,jax_mpe:simple_reference,jax_mpe:simple_speaker_listener"
+SMAX_PAPER_ENVS = "smax:3m,smax:2s3z,smax:5m_vs_6m"
+SMAX_ALL_ENVS = "smax:3m,smax:2s3z,smax:3s5z,smax:5m_vs_6m,smax:8m,smax:3s_vs_5z,smax:10m_vs_11m," \
+                "smax:smacv2_5_units,smax:smacv2_10_units"
+
+
+@dataclass(frozen=True)
+class Preset:
+    """One named grid: what ``run --preset`` trains, and a note on its budget and cost."""
+
+    name: str
+    description: str
+    algos: str
+    envs: str
+    seeds: int
+    steps: str
+    sets: tuple[str, ...] = ()
+    budget: str = ""  # why this budget, and what it costs
+
+
+PRESETS: dict[str, Preset] = {
+    p.name: p
+    for p in (
+        Preset(
+            name="smoke",
+            description="Does everything run? Every algorithm on one MPE and one SMAX task, tiny budget.",
+            algos=ALL_ALGOS, envs="jax_mpe:simple_spread,smax:3m", seeds=1, steps="4k",
+            sets=("num_envs=8", "eval_episodes=4", "mappo.epochs=1", "marpo.epochs=1", "qmix.batch_size=8"),
+            budget="4k env steps per run, 8 envs, 1 epoch, QMix batches of 8 episodes: 6 runs in about "
+                   "2 minutes on 2 cores (mostly JAX compilation). Checks plumbing, not learning.",
+        ),
+        Preset(
+            name="paper-mpe",
+            description="The MPE comparison: MAPPO, MARPO, QMix on the three JaxMARL MPE tasks, 5 seeds.",
+            algos=ALL_ALGOS, envs=MPE_ENVS, seeds=5, steps="2M",
+            budget="2M env steps per run (MAPPO's MPE curves are mostly flat after 2M on Spread at 128 envs; "
+                   "the MARPO paper trains longer, so this compares sample efficiency up to 2M). "
+                   "45 runs: about 6 CPU-hours (QMix: 4.4 of them), an evening on 2 cores with --workers 2.",
+        ),
+        Preset(
+            name="paper-smax",
+            description="The SMAX comparison: MAPPO, MARPO, QMix on SMAX 3m, 2s3z and 5m_vs_6m, 5 seeds.",
+            algos=ALL_ALGOS, envs=SMAX_PAPER_ENVS, seeds=5, steps="2M",
+            budget="2M env steps per run (SMAC papers use 10M on hard maps; 3m and 2s3z are solved well "
+                   "before 2M by MAPPO, 5m_vs_6m is not: its numbers are early-training numbers). "
+                   "45 runs: about 16 CPU-hours: a Ray cluster (--executor ray) or a weekend on 2 cores.",
+        ),
+        Preset(
+            name="full",
+            description="Everything: all algorithms on all MPE and SMAX tasks, 10 seeds, SMAC-scale budget.",
+            algos=ALL_ALGOS, envs=f"{MPE_ENVS},{SMAX_ALL_ENVS}", seeds=10, steps="10M",
+            budget="10M env steps per run (the SMAC/SMACv2 convention), 10 seeds (rliable's advice for "
+                   "stable interval estimates). 360 runs: roughly 600 CPU-hours: a Ray cluster only.",
+        ),
+    )
+}
+
+
+@dataclass(frozen=True)
+class Grid:
+    """A resolved grid: preset fields with the explicit flags applied."""
+
+    algos: str
+    envs: str
+    seeds: int
+    steps: str
+    sets: tuple[str, ...]
+
+
+def get_preset(name: str) -> Preset:
+    """The preset called ``name`` (ConfigError naming the valid ones otherwise)."""
+    if name not in PRESETS:
+        raise ConfigError(f"unknown preset {name!r}; valid: {', '.join(PRESETS)}")
+    return PRESETS[name]
+
+
+def resolve(preset: str | None, *, algos: str | None, envs: str | None, seeds: int | None, steps: str | None,
+            sets: list[str] | tuple[str, ...], defaults: tuple[str, str, int, str]) -> Grid:
+    """The grid to run: explicit flags, else the preset's fields, else ``defaults`` (algos, envs,
+    seeds, steps). ``sets`` are appended to the preset's settings, so the user's win."""
+    d_algos, d_envs, d_seeds, d_steps = defaults
+    if preset is None:
+        return Grid(algos if algos is not None else d_algos, envs if envs is not None else d_envs,
+                    seeds if seeds is not None else d_seeds, steps if steps is not None else d_steps, tuple(sets))
+    p = get_preset(preset)
+    return Grid(algos if algos is not None else p.algos, envs if envs is not None else p.envs,
+                seeds if seeds is not None else p.seeds, steps if steps is not None else p.steps,
+                (*p.sets, *sets))

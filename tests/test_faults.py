@@ -1,0 +1,250 @@
+"""Fault tolerance: resume from checkpoints, forced NaN, SIGKILL and Ctrl-C of a running grid, status."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from typer.testing import CliRunner
+
+from marpo_bench import store
+from marpo_bench.cli import app
+from marpo_bench.config import RunSpec
+from marpo_bench.executors import read_plan, study_status, write_plan
+from marpo_bench.train import CHECKPOINT_FORMAT, FAULT_ENV, Fault, parse_faults, train_run
+
+runner = CliRunner()
+PPO_TINY = (("num_envs", "8"), ("epochs", "1"), ("eval_episodes", "4"), ("eval_interval", "200"))
+QMIX_TINY = (("num_envs", "8"), ("batch_size", "8"), ("eval_episodes", "4"), ("eval_interval", "200"))
+CLI_TINY = ["--set", "num_envs=8", "--set", "epochs=1", "--set", "eval_episodes=4", "--set", "eval_interval=400"]
+
+
+def metrics(results: Path, study: str, spec: RunSpec) -> pd.DataFrame:
+    return store.read_metrics(store.run_dir(results, study, spec.run_id)).drop(columns="wall_seconds")
+
+
+def interrupted_then_resumed(spec: RunSpec, results: Path, fail_at: int) -> dict:
+    """Train ``spec`` into study "b", failing at env step ``fail_at`` (after a checkpoint), then
+    re-run it; returns the final run.json."""
+    first = train_run(spec, results, "b", faults=(Fault("raise", fail_at),), checkpoint_every=200)
+    assert first.status == "failed" and first.retryable and "injected fault" in first.message
+    ckpt = store.load_checkpoint(store.run_dir(results, "b", spec.run_id))
+    assert ckpt["format"] == CHECKPOINT_FORMAT and 0 < ckpt["env_steps"] < fail_at + 1
+    again = train_run(spec, results, "b", faults=(), checkpoint_every=200)
+    assert again.status == "complete", again.message
+    record = store.read_run_json(store.run_dir(results, "b", spec.run_id))
+    assert record["resumed_from"] == ckpt["env_steps"]
+    return record
+
+
+@pytest.mark.parametrize("algo,env", [("mappo", "jax_mpe"), ("marpo", "jax_mpe"), ("mappo", "mpe")])
+def test_resumed_run_has_the_metrics_of_an_uninterrupted_run(tmp_path, algo, env):
+    spec = RunSpec(algo, env, "simple_spread", 0, 1000, PPO_TINY)
+    assert train_run(spec, tmp_path, "a", faults=()).status == "complete"
+    record = interrupted_then_resumed(spec, tmp_path, fail_at=600)
+    assert record["resume_exact"] is True
+    pd.testing.assert_frame_equal(metrics(tmp_path, "a", spec), metrics(tmp_path, "b", spec), check_exact=True)
+
+
+@pytest.mark.slow
+def test_recurrent_marpo_on_smax_resumes_mid_episode_exactly(tmp_path):
+    """SMAX episodes end at different times: the checkpoint holds envs mid-episode and the GRU state."""
+    spec = RunSpec("marpo", "smax", "3m", 0, 1600, (*PPO_TINY, ("rollout_len", "20")))
+    assert train_run(spec, tmp_path, "a", faults=()).status == "complete"
+    record = interrupted_then_resumed(spec, tmp_path, fail_at=800)
+    assert record["resume_exact"] is True
+    pd.testing.assert_frame_equal(metrics(tmp_path, "a", spec), metrics(tmp_path, "b", spec), check_exact=True)
+
+
+def test_qmix_resume_is_exact_up_to_the_checkpoint_and_completes(tmp_path):
+    """QMix's replay buffer is not checkpointed (documented bound): rows up to the checkpoint are
+    identical, the resumed run keeps the env-step grid and finishes; the record says it is not exact."""
+    spec = RunSpec("qmix", "jax_mpe", "simple_spread", 0, 1400, QMIX_TINY)
+    assert train_run(spec, tmp_path, "a", faults=()).status == "complete"
+    record = interrupted_then_resumed(spec, tmp_path, fail_at=1000)
+    assert record["resume_exact"] is False
+    a, b = metrics(tmp_path, "a", spec), metrics(tmp_path, "b", spec)
+    assert a["env_steps"].tolist() == b["env_steps"].tolist()
+    upto = int((a["env_steps"] <= record["resumed_from"]).sum())
+    pd.testing.assert_frame_equal(a.iloc[:upto], b.iloc[:upto], check_exact=True)
+    assert b["td_loss"].iloc[1:].notna().any() and b["eval_return_mean"].notna().all()
+
+
+def test_checkpoint_loads_with_weights_only_and_holds_what_resume_needs(tmp_path):
+    spec = RunSpec("marpo", "jax_mpe", "simple_spread", 0, 400, PPO_TINY)
+    assert train_run(spec, tmp_path, "s", faults=()).status == "complete"
+    ckpt = store.load_checkpoint(store.run_dir(tmp_path, "s", spec.run_id))  # weights_only=True inside
+    assert ckpt["complete"] is True and ckpt["env_steps"] == 400 and ckpt["run_id"] == spec.run_id
+    assert {"actor", "critic", "actor_opt", "critic_opt", "value_norm", "gen", "np_rng", "delta"} <= set(ckpt["algo"])
+    assert ckpt["env"]["kind"] == "jax" and "obs" in ckpt["env"]["timestep"]
+    assert [r["env_steps"] for r in ckpt["rows"]] == [0, 200, 400]
+
+
+def test_parse_faults_and_bad_fault_variable():
+    assert parse_faults("nan@400:s1, raise@0") == (Fault("nan", 400, "s1"), Fault("raise", 0, ""))
+    from marpo_bench.config import ConfigError
+
+    with pytest.raises(ConfigError, match="kind@step"):
+        parse_faults("boom@3")
+
+
+def test_bad_fault_variable_is_a_one_line_error(tmp_path, monkeypatch):
+    monkeypatch.setenv(FAULT_ENV, "nan@soon")
+    res = runner.invoke(app, ["run", "--results", str(tmp_path), "--algos", "mappo", "--seeds", "1"])
+    assert res.exit_code == 2 and "bad MARPO_BENCH_FAULT item" in res.output and "Traceback" not in res.output
+
+
+def test_forced_nan_marks_that_run_failed_and_the_grid_goes_on(tmp_path, monkeypatch):
+    monkeypatch.setenv(FAULT_ENV, "nan@400:__s1__")
+    res = runner.invoke(app, ["run", "--algos", "mappo", "--envs", "jax_mpe:simple_spread", "--seeds", "2",
+                              "--steps", "800", "--results", str(tmp_path), "--study", "n", *CLI_TINY])
+    assert res.exit_code == 1, res.output
+    assert "1 trained, 0 skipped, 1 failed" in " ".join(res.output.split())
+    records = {r["seed"]: r for r in store.load_study(tmp_path / "n")[0]}
+    assert records[0]["status"] == "complete"
+    assert records[1]["status"] == "failed" and records[1]["attempt"] == 1  # a NaN is not retried
+    assert records[1]["message"] == "FloatingPointError: non-finite policy_loss at env step 400"
+    rows = {r["run_id"]: r for r in study_status(tmp_path / "n")}
+    assert rows[records[1]["run_id"]]["status"] == "failed"
+
+
+# ----------------------------------------------------------------------------------------------
+# the whole command: SIGKILL and Ctrl-C (subprocesses; the mpe backend needs no JAX compilation)
+
+
+def _cli(results: Path, study: str, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "marpo_bench", "run", "--algos", "mappo", "--envs", "mpe:simple_spread",
+            "--seeds", "2", "--steps", "3000", "--checkpoint-every", "400", "--results", str(results),
+            "--study", study, *CLI_TINY, *extra]
+
+
+def _env() -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k != FAULT_ENV}
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
+
+
+def _wait_for_checkpoint_of_a_running_run(study: Path, proc: subprocess.Popen, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, "the grid finished before it could be interrupted"
+        for run in (study / "runs").glob("*"):
+            try:
+                running = json.loads((run / "run.json").read_text())["status"] == "running"
+            except (OSError, ValueError, KeyError):
+                continue
+            if running and (run / "checkpoint.pt").exists():
+                return
+        time.sleep(0.05)
+    raise AssertionError("no checkpoint appeared")
+
+
+def _assert_complete_once(results: Path, study: str) -> list[dict]:
+    plan = [r["run_id"] for r in read_plan(results / study)["runs"]]
+    records, frame = store.load_study(results / study)
+    assert sorted(r["run_id"] for r in records) == sorted(plan) and len(plan) == 2
+    assert all(r["status"] == "complete" for r in records)
+    for _, df in frame.groupby("run_id"):
+        steps = df["env_steps"].tolist()
+        assert steps == sorted(set(steps)) and steps[0] == 0 and steps[-1] == 3000  # no lost or repeated rows
+    assert not list((results / study).rglob("*.tmp"))
+    return records
+
+
+def test_sigkill_of_the_command_then_rerun_completes_every_run_once(tmp_path):
+    study = tmp_path / "k"
+    proc = subprocess.Popen(_cli(tmp_path, "k"), env=_env(), cwd=tmp_path, start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        _wait_for_checkpoint_of_a_running_run(study, proc)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(30)
+    left = {p.name: store.read_run_json(p) for p in (study / "runs").iterdir()}
+    resumable = {rid for rid, r in left.items() if r["status"] == "running"}
+    assert resumable
+    status = runner.invoke(app, ["status", str(study)])  # the killed run's process is gone
+    assert status.exit_code == 0 and "interrupted" in status.output
+    again = subprocess.run(_cli(tmp_path, "k"), env=_env(), cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stderr
+    records = _assert_complete_once(tmp_path, "k")
+    assert any(r["resumed_from"] for r in records if r["run_id"] in resumable)
+
+
+def test_ctrl_c_stops_a_parallel_grid_cleanly_and_rerun_finishes_it(tmp_path):
+    study = tmp_path / "c"
+    proc = subprocess.Popen(_cli(tmp_path, "c", "--workers", "2"), env=_env(), cwd=tmp_path,
+                            start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        _wait_for_checkpoint_of_a_running_run(study, proc)
+        os.killpg(proc.pid, signal.SIGINT)  # what a terminal's Ctrl-C does
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == 130, err
+    assert "re-run the same command to continue" in err and "Traceback" not in err
+    statuses = [store.read_run_json(p)["status"] for p in (study / "runs").iterdir()]
+    assert "interrupted" in statuses and "running" not in statuses
+    assert not list(study.rglob("*.tmp"))
+    again = subprocess.run(_cli(tmp_path, "c"), env=_env(), cwd=tmp_path, capture_output=True, text=True,
+                           timeout=300)
+    assert again.returncode == 0, again.stderr
+    _assert_complete_once(tmp_path, "c")
+
+
+# ----------------------------------------------------------------------------------------------
+# status and the plan
+
+
+def test_status_shows_complete_interrupted_failed_running_and_pending_runs(tmp_path):
+    specs = [RunSpec("mappo", "jax_mpe", "simple_spread", s, 1000) for s in range(5)]
+    write_plan(tmp_path, "st", specs, {"preset": None})
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    host = __import__("socket").gethostname()
+    states = [("complete", None), ("failed", None), ("running", dead.pid), ("running", os.getpid())]
+    for spec, (status, pid) in zip(specs, states, strict=False):
+        path = store.run_dir(tmp_path, "st", spec.run_id)
+        path.mkdir(parents=True)
+        rec = {"run_id": spec.run_id, "algo": "mappo", "env": "jax_mpe", "task": "simple_spread", "seed": spec.seed,
+               "budget": 1000, "status": status, "env_steps": 400, "message": "boom" if status == "failed" else ""}
+        if pid is not None:
+            rec["writer"] = {"host": host, "pid": pid}
+        store.write_run_json(path, rec)
+    got = {r["seed"]: r["status"] for r in study_status(tmp_path / "st")}
+    assert got == {0: "complete", 1: "failed", 2: "interrupted", 3: "running", 4: "pending"}
+    res = runner.invoke(app, ["status", str(tmp_path / "st")])
+    assert res.exit_code == 0, res.output
+    text = " ".join(res.output.split())
+    assert "1 complete, 1 interrupted, 1 failed, 1 running, 1 pending (5 runs)" in text
+    missing = runner.invoke(app, ["status", str(tmp_path / "nope")])
+    assert missing.exit_code == 2 and "does not exist" in missing.output
+
+
+def test_plan_is_written_before_runs_start_and_is_the_union_of_commands(tmp_path):
+    a = [RunSpec("mappo", "jax_mpe", "simple_spread", 0, 1000)]
+    b = [RunSpec("marpo", "jax_mpe", "simple_spread", 0, 1000)]
+    write_plan(tmp_path, "p", a, {"preset": None})
+    write_plan(tmp_path, "p", [*a, *b], {"preset": "smoke"})
+    plan = read_plan(tmp_path / "p")
+    assert [r["run_id"] for r in plan["runs"]] == [a[0].run_id, b[0].run_id]
+    assert [h["preset"] for h in plan["history"]] == [None, "smoke"]
+    assert not list((tmp_path / "p").glob(".*"))  # atomic write: no temp file left
+
+
+def test_a_damaged_checkpoint_fails_that_run_with_a_clear_message(tmp_path):
+    spec = RunSpec("mappo", "mpe", "simple_spread", 0, 600, PPO_TINY)
+    assert train_run(spec, tmp_path, "d", faults=(Fault("raise", 400),)).status == "failed"
+    path = store.run_dir(tmp_path, "d", spec.run_id)
+    (path / "checkpoint.pt").write_bytes(b"not a checkpoint")
+    res = train_run(spec, tmp_path, "d", faults=())
+    assert res.status == "failed" and not res.retryable and "cannot be loaded" in res.message
+    assert store.read_run_json(path)["message"] == res.message
