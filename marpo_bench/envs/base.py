@@ -43,6 +43,18 @@ class TimeStep:
     episode_length: torch.Tensor  # [E] int64, length where done, 0 elsewhere
     won: torch.Tensor  # [E] float32, 1/0 where done on envs with winning, NaN elsewhere
 
+    @classmethod
+    def first(cls, obs: torch.Tensor, state: torch.Tensor, avail_actions: torch.Tensor,
+              alive: torch.Tensor) -> TimeStep:
+        """The TimeStep of a reset: no reward, nothing finished, final_* equal to the current."""
+        E, dev = obs.shape[0], obs.device
+        false = torch.zeros(E, dtype=torch.bool, device=dev)
+        nan = torch.full((E,), float("nan"), device=dev)
+        return cls(obs=obs, state=state, avail_actions=avail_actions, alive=alive,
+                   reward=torch.zeros(E, device=dev), terminated=false, truncated=false.clone(),
+                   final_obs=obs.clone(), final_state=state.clone(), episode_return=nan,
+                   episode_length=torch.zeros(E, dtype=torch.int64, device=dev), won=nan.clone())
+
     @property
     def done(self) -> torch.Tensor:
         """[E] bool: the episode ended at this step (terminal or time limit)."""

@@ -240,21 +240,8 @@ class JaxMPEVecEnv:
         dev, E = self.device, self._E
         o = _to_torch(obs, dev)
         s = _to_torch(state, dev)
-        false = torch.zeros(E, dtype=torch.bool, device=dev)
-        return TimeStep(
-            obs=o,
-            state=s,
-            avail_actions=self._avail.expand(E, -1, -1).clone(),
-            alive=torch.ones(E, self._N, dtype=torch.bool, device=dev),
-            reward=torch.zeros(E, device=dev),
-            terminated=false,
-            truncated=false.clone(),
-            final_obs=o.clone(),
-            final_state=s.clone(),
-            episode_return=torch.full((E,), float("nan"), device=dev),
-            episode_length=torch.zeros(E, dtype=torch.int64, device=dev),
-            won=torch.full((E,), float("nan"), device=dev),
-        )
+        alive = torch.ones(E, self._N, dtype=torch.bool, device=dev)
+        return TimeStep.first(o, s, self._avail.expand(E, -1, -1).clone(), alive)
 
     def step(self, actions: torch.Tensor) -> TimeStep:
         """Step all E envs with ``actions`` [E, N] in one jitted call; auto-reset finished envs."""

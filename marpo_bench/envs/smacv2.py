@@ -376,21 +376,7 @@ class SMACv2VecEnv:
         dev = self.device
         o, s = self._obs(obs), torch.from_numpy(state).to(dev)
         av = torch.from_numpy(avail).to(dev)
-        false = torch.zeros(E, dtype=torch.bool, device=dev)
-        return TimeStep(
-            obs=o,
-            state=s,
-            avail_actions=av,
-            alive=~av[..., 0],
-            reward=torch.zeros(E, device=dev),
-            terminated=false,
-            truncated=false.clone(),
-            final_obs=o.clone(),
-            final_state=s.clone(),
-            episode_return=torch.full((E,), float("nan"), device=dev),
-            episode_length=torch.zeros(E, dtype=torch.int64, device=dev),
-            won=torch.full((E,), float("nan"), device=dev),
-        )
+        return TimeStep.first(o, s, av, ~av[..., 0])
 
     def step(self, actions: torch.Tensor) -> TimeStep:
         """Step all E envs in parallel with ``actions`` [E, N]; auto-reset finished envs."""

@@ -302,24 +302,10 @@ class SMAXVecEnv:
         carry = _Carry(key, fn.placeholder_states, fn.zero_ret, fn.zero_len)
         carry, out = fn.step(carry, self._actions_to_jax(self._noop), fn.true)
         self._carry = carry
-        dev, E = self.device, self._E
+        dev = self.device
         obs2, state2, avail, alive = (_to_torch(x, dev) for x in out[:4])
         o, s = obs2[0], state2[0]
-        false = torch.zeros(E, dtype=torch.bool, device=dev)
-        return TimeStep(
-            obs=o,
-            state=s,
-            avail_actions=avail,
-            alive=alive,
-            reward=torch.zeros(E, device=dev),
-            terminated=false,
-            truncated=false.clone(),
-            final_obs=o.clone(),
-            final_state=s.clone(),
-            episode_return=torch.full((E,), float("nan"), device=dev),
-            episode_length=torch.zeros(E, dtype=torch.int64, device=dev),
-            won=torch.full((E,), float("nan"), device=dev),
-        )
+        return TimeStep.first(o, s, avail, alive)
 
     def step(self, actions: torch.Tensor) -> TimeStep:
         """Step all E envs with ``actions`` [E, N] in one jitted call; auto-reset finished envs."""
