@@ -1,6 +1,8 @@
 """Throughput and memory benchmarks (``marpo-bench bench``): env-only steps/s under random actions
-and full training steps/s per algorithm, with the time split into collection and update, and the
-peak resident memory of each measurement (each runs in its own spawned process).
+and full training steps/s per algorithm, and the peak resident memory of each measurement (each
+runs in its own spawned process). A training measurement times whole ``learn()`` iterations, as a
+real run does, and splits each into phases: the env's own compute, the torch <-> env exchange, the
+learner's update, and the rest (policy forward, action sampling, buffers, GAE).
 
 Env steps count every step of every parallel env. Training is measured at the algorithm's
 default learning config for the env (epochs, minibatches, network): a faster figure bought by
@@ -25,9 +27,11 @@ class BenchRow:
     env: str  # family:task
     num_envs: int
     env_steps_per_s: float
-    collect_frac: float  # share of wall time spent collecting (train rows)
-    update_ms: float  # per update phase (train rows)
-    collect_ms: float  # per rollout (train rows)
+    # Per training iteration (train rows; NaN elsewhere / where not separable):
+    env_ms: float  # the env's own compute (JAX: the jitted step, waited for; Python envs: their step)
+    transfer_ms: float  # torch <-> JAX exchange and TimeStep assembly in the wrapper (JAX envs)
+    policy_ms: float  # everything else: policy forward, sampling, buffers, GAE, replay sampling
+    update_ms: float  # the learner's gradient updates
     peak_rss_mb: float
     torch_threads: int
     seconds: float
@@ -64,12 +68,66 @@ def _env_bench(family: str, task: str, num_envs: int, seconds: float, threads: i
         steps += 10
         elapsed = time.perf_counter() - start
     env.close()
-    return BenchRow("env", "-", f"{family}:{task}", num_envs, steps * num_envs / elapsed, float("nan"),
-                    float("nan"), float("nan"), _peak_rss_mb(), threads, elapsed)
+    return BenchRow("env", "-", f"{family}:{task}", num_envs, steps * num_envs / elapsed, *[float("nan")] * 4,
+                    _peak_rss_mb(), threads, elapsed)
+
+
+def _jit_step_slot(env: Any) -> tuple[Any, str] | None:
+    """Where a JAX-backed wrapper keeps its jitted step (object, attribute), to time the env's
+    compute apart from the torch<->JAX exchange; None for Python envs (mpe2, SMACv2)."""
+    if hasattr(env, "_step_jit"):  # jax_mpe
+        return env, "_step_jit"
+    fn = getattr(env, "_fn", None)
+    if fn is not None and hasattr(fn, "step") and hasattr(env, "_carry"):  # smax
+        return fn, "step"
+    return None
+
+
+class _PhaseClock:
+    """Accumulates wall seconds per training phase by wrapping the env's step, the jitted env
+    compute inside it and the learner's update (instance attributes only: nothing global)."""
+
+    def __init__(self, env: Any, learner: Any) -> None:
+        import jax
+
+        self.env_s = self.compute_s = self.update_s = 0.0
+        wrapper_step, update = env.step, learner.update
+
+        def timed_step(*a: Any, **k: Any) -> Any:
+            t0 = time.perf_counter()
+            out = wrapper_step(*a, **k)
+            self.env_s += time.perf_counter() - t0
+            return out
+
+        def timed_update(*a: Any, **k: Any) -> Any:
+            t0 = time.perf_counter()
+            out = update(*a, **k)
+            self.update_s += time.perf_counter() - t0
+            return out
+
+        env.step, learner.update = timed_step, timed_update
+        slot = _jit_step_slot(env)
+        self.has_compute = slot is not None
+        if slot is not None:
+            owner, attr = slot
+            jitted = getattr(owner, attr)
+
+            def timed_jit(*a: Any, **k: Any) -> Any:
+                t0 = time.perf_counter()
+                out = jax.block_until_ready(jitted(*a, **k))  # JAX is async: wait to time the compute
+                self.compute_s += time.perf_counter() - t0
+                return out
+
+            setattr(owner, attr, timed_jit)
+
+    def snapshot(self) -> tuple[float, float, float]:
+        return self.env_s, self.compute_s, self.update_s
 
 
 def _train_bench(algo: str, family: str, task: str, num_envs: int | None, seconds: float,
                  threads: int) -> BenchRow:
+    """Time whole ``learn()`` iterations (what a real run does), split into phases: env compute,
+    torch<->env exchange, update, and the rest (policy forward, sampling, buffers, GAE)."""
     import torch
 
     from marpo_bench.config import RunSpec
@@ -78,40 +136,17 @@ def _train_bench(algo: str, family: str, task: str, num_envs: int | None, second
 
     torch.set_num_threads(threads)
     overrides = (("num_envs", str(num_envs)),) if num_envs else ()
-    spec = RunSpec(algo, family, task, 0, 10**9, overrides)
-    cfg = build_config(spec)
+    cfg = build_config(RunSpec(algo, family, task, 0, 10**9, overrides))
     env = make_env(family, task, cfg.num_envs, agent_id=cfg.agent_id)
     learner = get_algorithm(algo)(cfg, env.info, "cpu", 0)
-    if not hasattr(learner, "collect"):  # off-policy learners: time whole learn() iterations
-        return _train_bench_learn(algo, learner, env, family, task, cfg, seconds, threads)
-    ts = env.reset(0)
-    ro, ts, _ = learner.collect(env, ts)  # warm-up: JIT, allocator
-    learner.update(ro, 0.5)
-    t_col = t_upd = 0.0
-    iters = 0
-    while t_col + t_upd < seconds:
-        t0 = time.perf_counter()
-        ro, ts, _ = learner.collect(env, ts)
-        t1 = time.perf_counter()
-        learner.update(ro, 0.5)
-        t_col += t1 - t0
-        t_upd += time.perf_counter() - t1
-        iters += 1
-    per_iter = cfg.num_envs * cfg.rollout_len
-    total = t_col + t_upd
-    env.close()
-    return BenchRow("train", algo, f"{family}:{task}", cfg.num_envs, iters * per_iter / total, t_col / total,
-                    1000 * t_upd / iters, 1000 * t_col / iters, _peak_rss_mb(), threads, total)
-
-
-def _train_bench_learn(algo, learner, env, family, task, cfg, seconds, threads) -> BenchRow:
-    marks: list[tuple[float, int]] = []
+    clock = _PhaseClock(env, learner)
+    marks: list[tuple[float, int, tuple[float, float, float]]] = []
 
     class _Stop(Exception):
         pass
 
     def on_iteration(steps: int, metrics: dict[str, float]) -> None:
-        marks.append((time.perf_counter(), steps))
+        marks.append((time.perf_counter(), steps, clock.snapshot()))
         if len(marks) > 2 and marks[-1][0] - marks[1][0] > seconds:
             raise _Stop
 
@@ -119,10 +154,18 @@ def _train_bench_learn(algo, learner, env, family, task, cfg, seconds, threads) 
         learner.learn(env, 10**12, 0, on_iteration)
     except _Stop:
         pass
-    (t_a, s_a), (t_b, s_b) = marks[1], marks[-1]  # skip the first iteration (warm-up)
     env.close()
-    return BenchRow("train", algo, f"{family}:{task}", cfg.num_envs, (s_b - s_a) / (t_b - t_a), float("nan"),
-                    float("nan"), float("nan"), _peak_rss_mb(), threads, t_b - t_a)
+    (t_a, s_a, ph_a), (t_b, s_b, ph_b) = marks[1], marks[-1]  # the first iteration is warm-up (JIT)
+    iters = len(marks) - 2
+    wall = t_b - t_a
+    env_s, compute_s, update_s = (b - a for a, b in zip(ph_a, ph_b, strict=True))
+    env_ms, update_ms = 1000 * env_s / iters, 1000 * update_s / iters
+    compute_ms = 1000 * compute_s / iters if clock.has_compute else float("nan")
+    transfer_ms = env_ms - compute_ms if clock.has_compute else float("nan")
+    other_ms = 1000 * wall / iters - env_ms - update_ms
+    return BenchRow("train", algo, f"{family}:{task}", env.info.num_envs, (s_b - s_a) / wall,
+                    compute_ms if clock.has_compute else env_ms, transfer_ms, other_ms, update_ms,
+                    _peak_rss_mb(), threads, wall)
 
 
 def _child(kind: str, args: tuple, threads: int, q: Any) -> None:

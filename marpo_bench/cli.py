@@ -185,7 +185,9 @@ def bench(
     threads: int = typer.Option(0, help="Torch threads per measurement (0 = all cores)."),
     out: Path | None = typer.Option(None, help="Also write the table as Parquet."),
 ) -> None:
-    """Env steps/s (random actions) and training steps/s per algorithm, with peak memory."""
+    """Env steps/s (random actions) and training steps/s per algorithm, with peak memory; training
+    rows split each iteration (ms) into env compute, torch<->env transfer, policy/bookkeeping and
+    update."""
     import os
 
     from marpo_bench.bench import run_isolated
@@ -217,12 +219,15 @@ def bench(
         except RuntimeError as exc:
             err_console.print(f"[red]{kind} {args}: {exc}[/red]")
     table = Table(title=f"marpo-bench bench ({nthreads} torch threads)", header_style="bold")
-    for col in ("kind", "algo", "env", "E", "env steps/s", "collect ms", "update ms", "peak RSS MB"):
+    cols = ("kind", "algo", "env", "E", "env steps/s", "env ms", "transfer ms", "policy ms", "update ms",
+            "peak RSS MB")
+    for col in cols:
         table.add_column(col, justify="right" if col not in ("kind", "algo", "env") else "left")
     for r in rows:
         fmt = (lambda v: "-" if v != v else f"{v:,.1f}")  # noqa: E731  (NaN -> "-")
         table.add_row(r["kind"], r["algo"], r["env"], str(r["num_envs"]), f"{r['env_steps_per_s']:,.0f}",
-                      fmt(r["collect_ms"]), fmt(r["update_ms"]), f"{r['peak_rss_mb']:,.0f}")
+                      *(fmt(r[k]) for k in ("env_ms", "transfer_ms", "policy_ms", "update_ms")),
+                      f"{r['peak_rss_mb']:,.0f}")
     console.print(table)
     if out is not None:
         import io

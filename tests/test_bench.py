@@ -1,0 +1,26 @@
+"""``marpo-bench bench``: training rows split each iteration into phases that add up."""
+
+import math
+
+import pytest
+
+from marpo_bench.bench import run_isolated
+
+
+@pytest.mark.parametrize("algo", ["mappo", "qmix"])
+def test_train_bench_phases_are_positive_and_fit_in_the_iteration(algo):
+    row = run_isolated("train", (algo, "jax_mpe", "simple_spread", 8, 1.0), 1)
+    assert row["kind"] == "train" and row["num_envs"] == 8 and row["env_steps_per_s"] > 0
+    for k in ("env_ms", "transfer_ms", "policy_ms", "update_ms"):
+        assert math.isfinite(row[k]) and row[k] >= 0, (k, row[k])
+    assert row["update_ms"] > 0 and row["env_ms"] > 0
+    # The phases partition the wall time of the timed iterations.
+    per_iter_s = (row["env_ms"] + row["transfer_ms"] + row["policy_ms"] + row["update_ms"]) / 1000
+    steps_per_iter = row["env_steps_per_s"] * per_iter_s
+    if algo == "mappo":  # 8 envs x 25 steps per iteration
+        assert steps_per_iter == pytest.approx(200, rel=1e-6)
+
+
+def test_train_bench_on_a_python_env_reports_no_transfer_split():
+    row = run_isolated("train", ("mappo", "mpe", "simple_spread", 2, 0.5), 1)
+    assert math.isnan(row["transfer_ms"]) and row["env_ms"] > 0 and row["update_ms"] > 0
