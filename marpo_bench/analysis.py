@@ -618,8 +618,35 @@ def _labels(records: list[dict]) -> dict[str, str]:
             for r in records}
 
 
-def load_scores(study_path: Path, last_k: int = 3, baseline: str | None = None) -> StudyScores:
+def _restrict(records: list[dict], algos: Sequence[str] | None, envs: Sequence[str] | None, study: str,
+              notes: list[str]) -> list[dict]:
+    """The records of the chosen algorithms and envs (all when both are None)."""
+    if algos is not None:
+        have = sorted({r["algo"] for r in records})
+        missing = [a for a in algos if a not in have]
+        if missing:
+            raise AnalysisError(f"study {study} has no runs of {', '.join(missing)}; algorithms: {', '.join(have)}")
+        records = [r for r in records if r["algo"] in set(algos)]
+    if envs is not None:
+        have_envs = sorted({r["env"] for r in records} | {f"{r['env']}:{r['task']}" for r in records})
+        missing = [e for e in envs if e not in have_envs]
+        if missing:
+            raise AnalysisError(f"study {study} has no runs on {', '.join(missing)}; envs: {', '.join(have_envs)}")
+        records = [r for r in records if r["env"] in set(envs) or f"{r['env']}:{r['task']}" in set(envs)]
+    if algos is not None or envs is not None:
+        notes.append("restricted to " + "; ".join(
+            part for part in (f"algorithms {', '.join(algos)}" if algos is not None else "",
+                              f"envs {', '.join(envs)}" if envs is not None else "") if part))
+    return records
+
+
+def load_scores(study_path: Path, last_k: int = 3, baseline: str | None = None,
+                algos: Sequence[str] | None = None, envs: Sequence[str] | None = None) -> StudyScores:
     """Read a study and extract the final score and learning curve of every complete run.
+
+    ``algos`` / ``envs`` restrict the analysis to those algorithms and to those env families or
+    ``family:task`` pairs (e.g. an ablation reported on the MPE tasks of a larger study); naming
+    one the study does not have is an AnalysisError listing what it has.
 
     Runs that are not complete, complete without usable evaluations, duplicated seeds, or on a
     different reward scale / horizon than the task's normalisation table are listed in
@@ -630,9 +657,10 @@ def load_scores(study_path: Path, last_k: int = 3, baseline: str | None = None) 
         raise AnalysisError(f"--last-k must be at least 1, got {last_k}")
     study_path = Path(study_path)
     records, metrics = store.load_study(study_path)
+    notes: list[str] = []
+    records = _restrict(records, algos, envs, study_path.name, notes)
     labels = _labels(records)
     excluded: list[Excluded] = []
-    notes: list[str] = []
     by_run = {rid: df.sort_values("env_steps") for rid, df in metrics.groupby("run_id", sort=False)}
 
     def exclude(r: dict, reason: str) -> None:
@@ -801,6 +829,7 @@ DEFAULT_BASELINE = "mappo"
 def analyse(
     study_path: Path, *, reps: int = 50_000, seed: int = 0, baseline: str | None = None, last_k: int = 3,
     confidence: float = 0.95, grid_points: int = 21, engine: str = "fast",
+    algos: Sequence[str] | None = None, envs: Sequence[str] | None = None,
 ) -> Analysis:
     """Load a study and compute everything the report shows.
 
@@ -808,14 +837,14 @@ def analyse(
     (unless the study has a single algorithm). ``engine="fast"`` uses the vectorised statistics;
     ``"rliable"`` computes the aggregate metrics and probabilities of improvement with rliable
     itself (minutes at 50,000 reps; needs the same number of seeds on every task). Curves and
-    profiles always use the fast path.
+    profiles always use the fast path. ``algos`` / ``envs`` restrict the study (``load_scores``).
     """
     if reps < 1:
         raise AnalysisError(f"--reps must be positive, got {reps}")
     if engine not in ("fast", "rliable"):
         raise AnalysisError(f"unknown engine {engine!r}; valid: fast, rliable")
     t0 = time.perf_counter()
-    data = load_scores(study_path, last_k, baseline or DEFAULT_BASELINE)
+    data = load_scores(study_path, last_k, baseline or DEFAULT_BASELINE, algos=algos, envs=envs)
     if baseline is None:  # automatic: MAPPO when the study has it, else no baseline
         baseline = DEFAULT_BASELINE if DEFAULT_BASELINE in data.algos else None
     elif baseline not in data.algos:

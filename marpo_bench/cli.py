@@ -12,7 +12,7 @@ from rich.table import Table
 
 from marpo_bench import store
 from marpo_bench.algos import ALGORITHMS
-from marpo_bench.config import ConfigError, RunSpec, parse_set_options, parse_steps
+from marpo_bench.config import ConfigError, RunSpec, budget_for, parse_budgets, parse_set_options, parse_steps
 from marpo_bench.envs import ENV_FAMILIES, parse_env
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
@@ -52,10 +52,13 @@ def plan_grid(algos: str, envs: str, seeds: int, steps: str, sets: list[str], de
             check()  # a missing backend (e.g. StarCraft II) stops the grid before any run starts
     if seeds <= 0:
         raise ConfigError(f"--seeds must be a positive number of seeds, got {seeds}")
-    budget = parse_steps(steps)
+    budgets = parse_budgets(steps)
+    unused = set(budgets) - {""} - {f for f, _ in env_pairs} - {f"{f}:{t}" for f, t in env_pairs}
+    if unused:
+        raise ConfigError(f"--steps names {', '.join(sorted(unused))}, which is not in --envs")
     pairs = parse_set_options(sets)
     resolve_device(device)
-    specs = [RunSpec(a, fam, task, seed, budget, pairs, device)
+    specs = [RunSpec(a, fam, task, seed, budget_for(budgets, fam, task), pairs, device)
              for a in algo_names for fam, task in env_pairs for seed in range(seeds)]
     # Build every config once now, so a bad --set fails before any run starts.
     from marpo_bench.algos import get_algorithm
@@ -80,7 +83,8 @@ def run(
                                                f"(default: {DEFAULT_ENVS}, or the preset's)."),
     seeds: int | None = typer.Option(None, help=f"Number of seeds per (algo, env): seeds 0..N-1 "
                                                 f"(default: {DEFAULT_SEEDS}, or the preset's)."),
-    steps: str | None = typer.Option(None, help=f"Env-step budget per run, e.g. 200k or 1.5M "
+    steps: str | None = typer.Option(None, help=f"Env-step budget per run, e.g. 200k or 1.5M, or per env: "
+                                                f"1M,smax=500k,smax:5m_vs_6m=300k "
                                                 f"(default: {DEFAULT_STEPS}, or the preset's)."),
     preset: str | None = typer.Option(None, help="A documented grid: smoke, paper-mpe, paper-smax or full "
                                                   "(marpo_bench/presets.py); explicit flags override its fields, "
@@ -253,6 +257,9 @@ def report(
     seed: int = typer.Option(0, help="Seed of the bootstrap (the same seed gives the same CIs)."),
     seed_traces: bool = typer.Option(False, "--seed-traces", help="Draw every seed's learning curve."),
     engine: str = typer.Option("fast", help="fast (vectorised) or rliable (reference; minutes at 50k reps)."),
+    algos: str | None = typer.Option(None, help="Only these algorithms, comma-separated (default: all)."),
+    envs: str | None = typer.Option(None, help="Only these env families or family:task pairs, comma-separated "
+                                               "(default: all), e.g. jax_mpe for an ablation on MPE."),
 ) -> None:
     """rliable statistics, learning curves and provenance of a study as HTML and PDF."""
     import time
@@ -266,7 +273,9 @@ def report(
         fail(f"unknown format {', '.join(bad) or '(none)'}; valid: {', '.join(FORMATS)}")
     t0 = time.perf_counter()
     try:
-        res = analyse(study, reps=reps, seed=seed, baseline=baseline, last_k=last_k, engine=engine)
+        pick = (lambda text: None if text is None else [x.strip() for x in text.split(",") if x.strip()])  # noqa: E731
+        res = analyse(study, reps=reps, seed=seed, baseline=baseline, last_k=last_k, engine=engine,
+                      algos=pick(algos), envs=pick(envs))
         t1 = time.perf_counter()
         for note in res.notes:
             console.print(f"note: {note}", highlight=False, soft_wrap=True)

@@ -38,6 +38,34 @@ def parse_steps(text: str | int) -> int:
     return value
 
 
+def parse_budgets(text: str) -> dict[str, int]:
+    """Parse ``--steps``: one budget for every env (``2M``) or per env, most specific first:
+    ``1M,smax=500k,smax:5m_vs_6m=300k`` (a bare count is the default; ``family=`` sets a family's,
+    ``family:task=`` one task's). Returns {"" (default) | family | family:task: env steps}."""
+    out: dict[str, int] = {}
+    for part in (p.strip() for p in str(text).split(",")):
+        if not part:
+            continue
+        key, _, value = part.rpartition("=")
+        key = key.strip()
+        if key in out:
+            raise ConfigError(f"--steps gives a budget for {key or 'the default'!r} twice")
+        out[key] = parse_steps(value.strip())
+    if not out:
+        raise ConfigError("--steps is empty: give a budget such as 200k or jax_mpe=1M,smax=500k")
+    return out
+
+
+def budget_for(budgets: dict[str, int], family: str, task: str) -> int:
+    """The budget of ``family:task`` from :func:`parse_budgets`' table (task, then family, then
+    default); a ConfigError naming the env when none applies."""
+    for key in (f"{family}:{task}", family, ""):
+        if key in budgets:
+            return budgets[key]
+    raise ConfigError(f"--steps gives no budget for {family}:{task}: add a default (e.g. 1M,...) "
+                      f"or {family}=N")
+
+
 @dataclass(frozen=True)
 class RunSpec:
     """One training run of the grid: what to train, where, with which seed and budget."""
@@ -154,5 +182,5 @@ def to_dict(cfg: Any) -> dict[str, Any]:
 
 __all__ = [
     "ConfigError", "RunSpec", "apply_overrides", "field", "overrides_for",
-    "parse_set_options", "parse_steps", "to_dict",
+    "budget_for", "parse_budgets", "parse_set_options", "parse_steps", "to_dict",
 ]

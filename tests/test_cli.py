@@ -107,3 +107,24 @@ def test_parallel_workers_train_the_grid(tmp_path):
     records, _ = store.load_study(tmp_path / "p")
     assert sorted(r["seed"] for r in records) == [0, 1]
     assert all(r["status"] == "complete" for r in records)
+
+
+def test_per_env_budgets_take_the_most_specific_entry():
+    from marpo_bench.cli import plan_grid
+
+    specs = plan_grid("mappo", "jax_mpe:simple_spread,jax_mpe:simple_reference,smax:3m", 1,
+                      "1M,jax_mpe=200k,jax_mpe:simple_reference=50k", [], "cpu")
+    assert {(s.env, s.task): s.steps for s in specs} == {
+        ("jax_mpe", "simple_spread"): 200_000, ("jax_mpe", "simple_reference"): 50_000, ("smax", "3m"): 1_000_000}
+
+
+@pytest.mark.parametrize(("steps", "message"), [
+    ("jax_mpe=200k", "--steps gives no budget for smax:3m"),
+    ("1M,smax:8m=5k", "--steps names smax:8m, which is not in --envs"),
+    ("1M,2M", "--steps gives a budget for 'the default' twice"),
+    ("1M,smax=lots", "bad step count 'lots'"),
+])
+def test_bad_per_env_budgets_are_one_line_errors(steps, message, tmp_path):
+    res = runner.invoke(app, ["run", "--algos", "mappo", "--envs", "jax_mpe:simple_spread,smax:3m",
+                              "--steps", steps, "--results", str(tmp_path)])
+    assert res.exit_code == 2 and message in res.output and "Traceback" not in res.output

@@ -193,3 +193,28 @@ def test_main_clip_ppo_keeps_fixed_bounds_in_l0():
     s_code, _ = algo_code.policy_objective(mb, logp_all, logp_all[1:], adv, progress=0.0)
     assert float(s_paper) == pytest.approx(x2 / 2, abs=1e-5)  # clipped at the adaptive bound
     assert float(s_code) == pytest.approx(r / 2, abs=1e-5)  # inside PPO's [0.8, 1.2]
+
+
+@pytest.mark.parametrize(("name", "field", "value"), [("marpo_noreflect", "reflection", False),
+                                                      ("marpo_symclip", "clip", "symmetric")])
+def test_registered_ablation_differs_from_marpo_in_one_setting_and_trains_like_it(name, field, value):
+    import dataclasses
+
+    from marpo_bench.algos import get_algorithm
+
+    cls = get_algorithm(name)
+    base, abl = dataclasses.asdict(MARPOConfig()), dataclasses.asdict(cls.Config())
+    assert {k for k in base if base[k] != abl[k]} == {field} and abl[field] == value
+    info = fake_info()
+    a = cls(cls.Config(), info, "cpu", seed=4)
+    b = MARPO(MARPOConfig(**{field: value}), info, "cpu", seed=4)
+    mb = random_rollout(policy=a, seed=3)
+    adv = torch.randn(mb.logp_old.shape, generator=torch.Generator().manual_seed(3))
+    loss_a, grads_a = _loss_and_grads(a, mb, adv)
+    loss_b, grads_b = _loss_and_grads(b, mb, adv)
+    torch.testing.assert_close(loss_a, loss_b)
+    for ga, gb in zip(grads_a, grads_b, strict=True):
+        torch.testing.assert_close(ga, gb)
+    # ... and not like MARPO itself (the ablation changes the objective on a random batch).
+    full = MARPO(MARPOConfig(), info, "cpu", seed=4)
+    assert not torch.allclose(_loss_and_grads(full, mb, adv)[0], loss_a)

@@ -326,6 +326,25 @@ def test_different_budgets_use_the_common_prefix_and_say_so(tmp_path):
     assert "different budgets" in render_html(res)
 
 
+def test_report_restricted_to_an_ablation_subset_aggregates_over_its_tasks(tmp_path):
+    """An ablation run on MPE only, inside a study whose main algorithms also ran on SMAX: the
+    restricted report aggregates over the MPE tasks, the full one drops the ablation's gaps."""
+    study = tmp_path / "s"
+    write_synthetic_study(study, ["marpo", "mappo"], TASKS2, seeds=2, incomplete=False)
+    write_synthetic_study(study, ["ippo"], TASKS2[:1], seeds=2, incomplete=False)  # a third algo, one task only
+    full = analyse(study, reps=200)
+    assert full.data.agg_tasks == ["jax_mpe:simple_spread"]  # the only task every algorithm ran
+    main = analyse(study, reps=200, algos=["marpo", "mappo"])
+    assert sorted(main.data.agg_tasks) == ["jax_mpe:simple_spread", "smax:3m"]
+    only = analyse(study, reps=200, algos=["marpo", "ippo"], envs=[f"{TASKS2[0][0]}:{TASKS2[0][1]}"])
+    assert only.data.algos == ["marpo", "ippo"] and only.data.agg_tasks == [f"{TASKS2[0][0]}:{TASKS2[0][1]}"]
+    assert any(n.startswith("restricted to algorithms marpo, ippo") for n in only.notes)
+    res = runner.invoke(app, ["report", str(study), "--algos", "marpo,sac", "--out", str(tmp_path / "o")])
+    assert res.exit_code == 2 and "no runs of sac" in res.output and "mappo" in res.output, res.output
+    res = runner.invoke(app, ["report", str(study), "--envs", "smax:8m", "--out", str(tmp_path / "o")])
+    assert res.exit_code == 2 and "no runs on smax:8m" in res.output, res.output
+
+
 def test_seed_traces_and_html_only(study3, tmp_path):
     res = analyse(study3, reps=200)
     paths = write_report(res, tmp_path, formats=("html",), seed_traces=True)

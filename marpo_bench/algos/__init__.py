@@ -13,6 +13,10 @@ ALGORITHMS: dict[str, tuple[str, str, str]] = {
     "mappo": ("baselines.mappo", "MAPPO", "MAPPO (Yu et al. 2022): PPO with a centralised critic, GAE, ValueNorm"),
     "marpo": ("marpo_bench.algos.marpo", "MARPO",
               "MARPO (Wu et al. 2025): MAPPO + reflection term + KL-derived asymmetric clipping"),
+    "marpo_noreflect": ("marpo_bench.algos.marpo", "MARPONoReflection",
+                        "MARPO ablation: no reflection term (MAPPO objective + KL-derived asymmetric clip)"),
+    "marpo_symclip": ("marpo_bench.algos.marpo", "MARPOSymmetricClip",
+                      "MARPO ablation: reflection term with PPO's fixed symmetric clip [1-eps, 1+eps]"),
     "qmix": ("baselines.qmix", "QMix",
              "QMix (Rashid et al. 2018): recurrent per-agent Q, monotonic hypernetwork mixer"),
 }

@@ -173,3 +173,37 @@ class MARPO(OnPolicyAlgorithm):
     def load_state_dict(self, sd: dict) -> None:
         super().load_state_dict(sd)
         self.delta = float(sd["delta"])
+
+
+# ----------------------------------------------------------------------------------------------
+# Ablations (spec section 3) as named algorithms, so one study (and its report) holds them beside
+# MARPO under their own names. Each changes one default; every other setting is MARPO's.
+# ----------------------------------------------------------------------------------------------
+
+
+@dataclass
+class MARPONoReflectionConfig(MARPOConfig):
+    """MARPO without the reflection term (alpha ignored): MAPPO's objective with the adaptive clip."""
+
+    reflection: bool = False
+
+
+class MARPONoReflection(MARPO):
+    """Ablation: MARPO's KL-derived asymmetric clipping alone."""
+
+    name = "marpo_noreflect"
+    Config = MARPONoReflectionConfig
+
+
+@dataclass
+class MARPOSymmetricClipConfig(MARPOConfig):
+    """MARPO with PPO's fixed [1 - eps, 1 + eps] bounds in L0 and L1 (reflection kept)."""
+
+    clip: Literal["adaptive", "symmetric"] = "symmetric"
+
+
+class MARPOSymmetricClip(MARPO):
+    """Ablation: MARPO's reflection term alone."""
+
+    name = "marpo_symclip"
+    Config = MARPOSymmetricClipConfig
