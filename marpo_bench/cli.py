@@ -86,7 +86,7 @@ def run(
     steps: str | None = typer.Option(None, help=f"Env-step budget per run, e.g. 200k or 1.5M, or per env: "
                                                 f"1M,smax=500k,smax:5m_vs_6m=300k "
                                                 f"(default: {DEFAULT_STEPS}, or the preset's)."),
-    preset: str | None = typer.Option(None, help="A documented grid: smoke, paper-mpe, paper-smax or full "
+    preset: str | None = typer.Option(None, help="A documented grid (`marpo-bench list presets`) "
                                                   "(marpo_bench/presets.py); explicit flags override its fields, "
                                                   "--set adds to its settings."),
     workers: int = typer.Option(1, help="Runs trained in parallel (local process pool)."),
@@ -159,8 +159,8 @@ def run(
 
 
 @app.command("list")
-def list_(what: str = typer.Argument(..., help="algos | envs")) -> None:
-    """List the registered algorithms or envs with one-line descriptions."""
+def list_(what: str = typer.Argument(..., help="algos | envs | presets")) -> None:
+    """List the registered algorithms, envs or presets with one-line descriptions."""
     table = Table(show_header=True, header_style="bold")
     if what == "algos":
         table.add_column("algo")
@@ -173,8 +173,15 @@ def list_(what: str = typer.Argument(..., help="algos | envs")) -> None:
         for fam, spec in ENV_FAMILIES.items():
             for task in spec["tasks"]:
                 table.add_row(f"{fam}:{task}", spec["description"])
+    elif what == "presets":
+        from marpo_bench.presets import PRESETS
+
+        for col in ("preset", "grid", "description"):
+            table.add_column(col)
+        for p in PRESETS.values():
+            table.add_row(p.name, f"{p.algos} | {p.envs} | {p.seeds} seeds | {p.steps}", p.description)
     else:
-        fail(f"unknown list {what!r}; valid: algos, envs")
+        fail(f"unknown list {what!r}; valid: algos, envs, presets")
     console.print(table)
 
 

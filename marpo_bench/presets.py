@@ -23,6 +23,7 @@ from marpo_bench.config import ConfigError
 ALL_ALGOS = "mappo,marpo,qmix"
 MPE_ENVS = "jax_mpe:simple_spread,jax_mpe:simple_reference,jax_mpe:simple_speaker_listener"
 SMAX_PAPER_ENVS = "smax:3m,smax:2s3z,smax:5m_vs_6m"
+PAPER_STEPS = "300k"
 SMAX_ALL_ENVS = "smax:3m,smax:2s3z,smax:3s5z,smax:5m_vs_6m,smax:8m,smax:3s_vs_5z,smax:10m_vs_11m," \
                 "smax:smacv2_5_units,smax:smacv2_10_units"
 
@@ -67,6 +68,26 @@ PRESETS: dict[str, Preset] = {
             budget="2M env steps per run (SMAC papers use 10M on hard maps; 3m and 2s3z are solved well "
                    "before 2M by MAPPO, 5m_vs_6m is not: its numbers are early-training numbers). "
                    "45 runs: about 16 CPU-hours: a Ray cluster (--executor ray) or a weekend on 2 cores.",
+        ),
+        Preset(
+            name="paper",
+            description="The paper study on one 2-core machine: MAPPO, MARPO, QMix on 3 MPE and 3 SMAX tasks, "
+                        "5 seeds (results/paper/).",
+            algos=ALL_ALGOS, envs=f"{MPE_ENVS},{SMAX_PAPER_ENVS}", seeds=5, steps=PAPER_STEPS,
+            budget="300k env steps per run on every task, the same for every algorithm: what lets 90 runs "
+                   "(plus the 30 of paper-ablation) finish within one working session on 2 cores with "
+                   "--workers 2. QMix is the cost (8x MAPPO's per env step: one 32-episode update per "
+                   "2 episodes); estimated from `marpo-bench bench --threads 1`: MPE ~1.5 CPU-h, SMAX "
+                   "~2.6 CPU-h. An early-training (sample-efficiency) comparison: MAPPO's MPE curves and "
+                   "SMAX 5m_vs_6m are far from converged at 300k.",
+        ),
+        Preset(
+            name="paper-ablation",
+            description="MARPO's components on the MPE tasks: reflection off, symmetric clip (same budget as "
+                        "paper; run into the same study).",
+            algos="marpo_noreflect,marpo_symclip", envs=MPE_ENVS, seeds=5, steps=PAPER_STEPS,
+            budget="The paper preset's MPE budget, so the ablations sit beside MARPO and MAPPO's runs of that "
+                   "study: 30 runs, about 0.25 CPU-h.",
         ),
         Preset(
             name="full",

@@ -45,6 +45,16 @@ def test_list_shows_algorithms_and_envs():
     assert algos.exit_code == 0 and "marpo" in algos.output and "mappo" in algos.output
     assert envs.exit_code == 0 and "jax_mpe:simple_spread" in envs.output and "mpe:simple_reference" in envs.output
     assert runner.invoke(app, ["list", "bogus"]).exit_code == 2
+    assert "marpo_noreflect" in algos.output and "marpo_symclip" in algos.output
+
+
+def test_list_presets_names_every_preset_with_its_grid():
+    from marpo_bench.presets import PRESETS
+
+    res = runner.invoke(app, ["list", "presets"], env={"COLUMNS": "400"})
+    assert res.exit_code == 0
+    for p in PRESETS.values():
+        assert p.name in res.output and f"{p.seeds} seeds | {p.steps}" in res.output
 
 
 def test_tiny_run_writes_metrics_and_rerun_skips_complete_runs(tmp_path):

@@ -213,12 +213,12 @@ def test_every_preset_is_a_valid_documented_grid(name):
     p = presets.PRESETS[name]
     assert p.description and p.budget
     specs = plan_grid(p.algos, p.envs, p.seeds, p.steps, list(p.sets), "cpu")  # builds every config
-    assert {s.algo for s in specs} == {"mappo", "marpo", "qmix"}
-    assert len(specs) == 3 * len(p.envs.split(",")) * p.seeds
+    assert {s.algo for s in specs} == set(p.algos.split(","))
+    assert len(specs) == len(p.algos.split(",")) * len(p.envs.split(",")) * p.seeds
 
 
 @pytest.mark.parametrize("args,needle", [
-    (["--preset", "huge"], "unknown preset 'huge'; valid: smoke, paper-mpe, paper-smax, full"),
+    (["--preset", "huge"], "unknown preset 'huge'; valid: smoke, paper-mpe, paper-smax, paper, paper-ablation, full"),
     (["--executor", "slurm"], "unknown --executor 'slurm'; valid: local, ray"),
     (["--ray-address", "127.0.0.1:1"], "--ray-address needs --executor ray"),
     (["--retries", "-1"], "--retries must be >= 0"),
