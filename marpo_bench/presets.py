@@ -8,10 +8,11 @@ run's id, so a preset run and a hand-written command with the same grid and sett
 Budgets are chosen so each preset finishes on the hardware named in its note. Training speed,
 measured with ``marpo-bench bench --threads 1`` on one core of these 2-core machines while other
 work was running (so idle speeds are higher), in env steps per second of training with default
-configs: MAPPO/MARPO on jax_mpe simple_spread (128 envs, 10 epochs) 9,500-13,500; on SMAX 3m
-(recurrent, 64 envs x 50 steps, 5 epochs) 5,000-6,000, on 5m_vs_6m 1,900; QMix (8 envs, 128-episode
-batches, one update per 2 episodes) 1,900 on simple_spread and 1,200 on 3m. CPU-hours below are
-budget x runs / speed, without evaluation (about +10%).
+configs: MAPPO/MARPO on jax_mpe (128 envs, 10 epochs) 11,000-13,000 on simple_spread and
+simple_reference, 18,000 on simple_speaker_listener; on SMAX (recurrent, 64 envs x 50 steps, 5
+epochs) 6,200-6,800 on 3m, 3,900 on 2s3z, 3,100 on 5m_vs_6m; QMix (8 envs, 32-episode batches, one
+update per 2 episodes) 1,500-1,760 on the MPE tasks, 1,100 on 3m, 800-840 on 2s3z and 5m_vs_6m.
+CPU-hours below are budget x runs / speed; evaluation and JIT compilation add about 25%.
 """
 
 from __future__ import annotations
@@ -74,12 +75,13 @@ PRESETS: dict[str, Preset] = {
             description="The paper study on one 2-core machine: MAPPO, MARPO, QMix on 3 MPE and 3 SMAX tasks, "
                         "5 seeds (results/paper/).",
             algos=ALL_ALGOS, envs=f"{MPE_ENVS},{SMAX_PAPER_ENVS}", seeds=5, steps=PAPER_STEPS,
-            budget="300k env steps per run on every task, the same for every algorithm: what lets 90 runs "
-                   "(plus the 30 of paper-ablation) finish within one working session on 2 cores with "
-                   "--workers 2. QMix is the cost (8x MAPPO's per env step: one 32-episode update per "
-                   "2 episodes); estimated from `marpo-bench bench --threads 1`: MPE ~1.5 CPU-h, SMAX "
-                   "~2.6 CPU-h. An early-training (sample-efficiency) comparison: MAPPO's MPE curves and "
-                   "SMAX 5m_vs_6m are far from converged at 300k.",
+            budget="300k env steps per run on every task, the same for every algorithm: what lets these 90 runs "
+                   "and paper-ablation's 30 finish within one working session on 2 cores with --workers 2. "
+                   "QMix is most of the cost (5-8x MAPPO's time per env step: one 32-episode update per 2 "
+                   "episodes). Training time from `marpo-bench bench --threads 1` (one run each, 2026-12): "
+                   "MPE 1.0 CPU-h, SMAX 2.0 CPU-h; with evaluation and JIT about 3.7 CPU-h (about 1.9 h "
+                   "wall on 2 cores). An early-training (sample-efficiency) comparison: MAPPO's MPE curves "
+                   "and SMAX 5m_vs_6m are far from converged at 300k.",
         ),
         Preset(
             name="paper-ablation",
@@ -87,7 +89,7 @@ PRESETS: dict[str, Preset] = {
                         "paper; run into the same study).",
             algos="marpo_noreflect,marpo_symclip", envs=MPE_ENVS, seeds=5, steps=PAPER_STEPS,
             budget="The paper preset's MPE budget, so the ablations sit beside MARPO and MAPPO's runs of that "
-                   "study: 30 runs, about 0.25 CPU-h.",
+                   "study: 30 runs, about 0.2 CPU-h of training (0.25 with evaluation).",
         ),
         Preset(
             name="full",
