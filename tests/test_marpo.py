@@ -126,17 +126,23 @@ def _loss_and_grads(algo, mb, adv):
     return surrogate.detach(), [p.grad.clone() for p in algo.actor.parameters()]
 
 
+def _assert_same_loss_and_grads(a, b, mb, adv):
+    """Two learners give the same policy surrogate and the same actor gradients on ``mb``."""
+    loss_a, grads_a = _loss_and_grads(a, mb, adv)
+    loss_b, grads_b = _loss_and_grads(b, mb, adv)
+    torch.testing.assert_close(loss_a, loss_b)
+    for ga, gb in zip(grads_a, grads_b, strict=True):
+        torch.testing.assert_close(ga, gb)
+    return loss_a
+
+
 def test_marpo_without_reflection_and_with_symmetric_clip_is_mappo():
     info = fake_info()
     mappo = MAPPO(MAPPOConfig(epochs=2, minibatches=2), info, "cpu", seed=7)
     marpo = MARPO(MARPOConfig(epochs=2, minibatches=2, reflection=False, clip="symmetric"), info, "cpu", seed=7)
     mb = random_rollout(policy=mappo, seed=5)
     adv = torch.randn(mb.logp_old.shape, generator=torch.Generator().manual_seed(1))
-    loss_a, grads_a = _loss_and_grads(mappo, mb, adv)
-    loss_b, grads_b = _loss_and_grads(marpo, mb, adv)
-    torch.testing.assert_close(loss_a, loss_b)
-    for ga, gb in zip(grads_a, grads_b, strict=False):
-        torch.testing.assert_close(ga, gb)
+    _assert_same_loss_and_grads(mappo, marpo, mb, adv)
     # and a whole update (epochs x minibatches, value loss, optimisers) ends in identical networks
     mappo.update(mb, 0.3)
     marpo.update(mb, 0.3)
@@ -150,11 +156,7 @@ def test_alpha_zero_reproduces_the_base_surrogate_with_adaptive_clip():
     b = MARPO(MARPOConfig(reflection=False), info, "cpu", seed=2)
     mb = random_rollout(policy=a, seed=9)
     adv = torch.randn(mb.logp_old.shape, generator=torch.Generator().manual_seed(2))
-    loss_a, grads_a = _loss_and_grads(a, mb, adv)
-    loss_b, grads_b = _loss_and_grads(b, mb, adv)
-    torch.testing.assert_close(loss_a, loss_b)
-    for ga, gb in zip(grads_a, grads_b, strict=False):
-        torch.testing.assert_close(ga, gb)
+    _assert_same_loss_and_grads(a, b, mb, adv)
 
 
 def test_delta_adapts_once_per_minibatch_and_is_checkpointed(monkeypatch):
@@ -210,11 +212,7 @@ def test_registered_ablation_differs_from_marpo_in_one_setting_and_trains_like_i
     b = MARPO(MARPOConfig(**{field: value}), info, "cpu", seed=4)
     mb = random_rollout(policy=a, seed=3)
     adv = torch.randn(mb.logp_old.shape, generator=torch.Generator().manual_seed(3))
-    loss_a, grads_a = _loss_and_grads(a, mb, adv)
-    loss_b, grads_b = _loss_and_grads(b, mb, adv)
-    torch.testing.assert_close(loss_a, loss_b)
-    for ga, gb in zip(grads_a, grads_b, strict=True):
-        torch.testing.assert_close(ga, gb)
+    loss_a = _assert_same_loss_and_grads(a, b, mb, adv)
     # ... and not like MARPO itself (the ablation changes the objective on a random batch).
     full = MARPO(MARPOConfig(), info, "cpu", seed=4)
     assert not torch.allclose(_loss_and_grads(full, mb, adv)[0], loss_a)
