@@ -444,6 +444,46 @@ def iqm_curves(
     return out
 
 
+def first_crossing(x: np.ndarray, y: np.ndarray, target: float) -> float:
+    """The first x at which the curve ``y(x)`` reaches ``target``, linearly interpolated between
+    grid points; NaN when it never does."""
+    x, y = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
+    hit = np.flatnonzero(y >= target)
+    if hit.size == 0:
+        return math.nan
+    i = int(hit[0])
+    if i == 0:
+        return float(x[0])
+    x0, x1, y0, y1 = x[i - 1], x[i], y[i - 1], y[i]
+    return float(x0 + (target - y0) / (y1 - y0) * (x1 - x0))
+
+
+@dataclass
+class Reach:
+    """Sample efficiency against the baseline: the env steps at which an algorithm's aggregate
+    IQM curve first reaches the baseline's final IQM (the baseline curve's last point). ``early``
+    and ``late`` are where the curve's upper and lower CI band reach it (a band-crossing interval,
+    not a bootstrap CI of the crossing); ``ratio`` = budget / steps (2 = half the samples)."""
+
+    target: float
+    steps: float
+    early: float
+    late: float
+    budget: int
+
+    @property
+    def ratio(self) -> float:
+        return self.budget / self.steps if self.steps > 0 else math.nan
+
+
+def reach_baseline(curves: Mapping[str, Band], baseline: str) -> dict[str, Reach]:
+    """:class:`Reach` of every algorithm's aggregate IQM curve against ``baseline``'s final IQM."""
+    base = curves[baseline]
+    target, budget = float(base.point[-1]), int(base.x[-1])
+    return {a: Reach(target, first_crossing(b.x, b.point, target), first_crossing(b.x, b.hi, target),
+                     first_crossing(b.x, b.lo, target), budget) for a, b in curves.items()}
+
+
 def mean_band(values: np.ndarray, x: np.ndarray, reps: int, confidence: float, rng: np.random.Generator) -> Band:
     """Mean over runs (rows of ``values``, one column per x) with bootstrap percentile bands."""
     values = np.asarray(values, dtype=np.float64)
@@ -803,6 +843,7 @@ class Analysis:
     poi_pairs: list[tuple[str, str]] = field(default_factory=list)
     profiles: dict[str, Band] = field(default_factory=dict)
     curve: dict[str, Band] = field(default_factory=dict)  # aggregate IQM vs env steps
+    reach: dict[str, Reach] = field(default_factory=dict)  # algo -> steps to the baseline's final IQM
     task_curves: dict[str, dict[str, Band]] = field(default_factory=dict)  # task -> algo -> IQM band
     raw_curves: dict[str, dict[str, tuple[Band, np.ndarray]]] = field(default_factory=dict)  # mean band, per seed
     summary: list[SummaryRow] = field(default_factory=list)
@@ -926,6 +967,8 @@ def analyse(
             curves[a].append(np.stack([np.clip(normalise(_interp(r, grid, r.raw), td.env, td.task), 0, 1)
                                        for r in td.runs[a]]))
     res.curve = iqm_curves(curves, grid, reps, confidence, seed, key="aggregate")
+    if baseline is not None and baseline in res.curve:
+        res.reach = reach_baseline(res.curve, baseline)
     for k in data.agg_tasks:
         td = data.task(k)
         tgrid = np.linspace(0, td.budget, grid_points)
@@ -946,6 +989,8 @@ def to_jsonable(res: Analysis) -> dict[str, Any]:
         "engine": res.engine, "last_k": res.data.last_k, "tasks": res.data.agg_tasks, "algos": res.data.algos,
         "aggregates": {a: {m: est(e) for m, e in d.items()} for a, d in res.aggregates.items()},
         "probability_of_improvement": {f"{a}>{b}": est(e) for (a, b), e in res.poi.items()},
+        "steps_to_baseline_final_iqm": {a: {"target": r.target, "steps": r.steps, "early": r.early, "late": r.late,
+                                            "budget": r.budget, "ratio": r.ratio} for a, r in res.reach.items()},
         "summary": [{"task": s.task, "algo": s.algo, "final": est(s.mean), "score": s.score, "seeds": s.seeds,
                      "budget": s.budget} for s in res.summary],
         "excluded": [e.__dict__ for e in res.data.excluded],

@@ -212,3 +212,23 @@ def test_analyse_end_to_end_small(tmp_path):
         for m in A.METRIC_NAMES:
             assert ref.aggregates[a][m].point == pytest.approx(res.aggregates[a][m].point)
     assert {k: v.point for k, v in ref.poi.items()} == pytest.approx({k: v.point for k, v in res.poi.items()})
+
+
+def test_first_crossing_interpolates_between_grid_points_and_says_never():
+    x = np.array([0.0, 100.0, 200.0, 300.0])
+    y = np.array([0.0, 0.2, 0.6, 0.7])
+    assert A.first_crossing(x, y, 0.4) == pytest.approx(150.0)  # halfway from 0.2 to 0.6
+    assert A.first_crossing(x, y, 0.0) == 0.0
+    assert A.first_crossing(x, y, 0.7) == pytest.approx(300.0)
+    assert math.isnan(A.first_crossing(x, y, 0.71))
+
+
+def test_reach_baseline_reads_the_bands_and_gives_the_sample_ratio():
+    x = np.linspace(0, 1000, 11)
+    base = A.Band(x, np.linspace(0, 0.5, 11), np.linspace(0, 0.45, 11), np.linspace(0, 0.55, 11))
+    fast = A.Band(x, np.linspace(0, 1.0, 11), np.linspace(0, 0.8, 11), np.linspace(0, 1.25, 11))
+    r = A.reach_baseline({"mappo": base, "marpo": fast}, "mappo")
+    assert r["mappo"].steps == pytest.approx(1000) and r["mappo"].ratio == pytest.approx(1.0)
+    assert r["marpo"].target == pytest.approx(0.5) and r["marpo"].steps == pytest.approx(500)
+    assert r["marpo"].ratio == pytest.approx(2.0)
+    assert r["marpo"].early == pytest.approx(400) and r["marpo"].late == pytest.approx(625)

@@ -153,6 +153,19 @@ needs_pdf = pytest.mark.skipif(NO_PDF is not None, reason=f"WeasyPrint cannot ru
 # content
 
 
+def test_report_says_when_each_algorithm_reaches_the_baselines_final_iqm(reported):
+    """Synthetic skills: marpo 0.8 > mappo 0.6 > qmix 0.45, so marpo gets there before the budget
+    and qmix never does; the JSON holds the same numbers as the HTML table."""
+    import json
+
+    html = (reported[0] / "report.html").read_text()
+    assert "Env steps to reach mappo&#39;s final IQM" in html or "Env steps to reach mappo's final IQM" in html
+    reach = json.loads((reported[0] / "analysis.json").read_text())["steps_to_baseline_final_iqm"]
+    assert reach["marpo"]["steps"] < reach["mappo"]["steps"] <= reach["mappo"]["budget"]
+    assert reach["marpo"]["ratio"] > 1.2 and reach["qmix"]["steps"] is None  # never reached (NaN -> null)
+    assert f"{reach['marpo']['steps']:,.0f}" in html and "not reached" in html
+
+
 @needs_pdf
 def test_report_writes_html_pdf_and_json(reported):
     out, info = reported
