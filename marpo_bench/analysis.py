@@ -661,22 +661,25 @@ def _labels(records: list[dict]) -> dict[str, str]:
 def _restrict(records: list[dict], algos: Sequence[str] | None, envs: Sequence[str] | None, study: str,
               notes: list[str]) -> list[dict]:
     """The records of the chosen algorithms and envs (all when both are None)."""
+    said: list[str] = []
     if algos is not None:
         have = sorted({r["algo"] for r in records})
         missing = [a for a in algos if a not in have]
         if missing:
             raise AnalysisError(f"study {study} has no runs of {', '.join(missing)}; algorithms: {', '.join(have)}")
-        records = [r for r in records if r["algo"] in set(algos)]
+        keep = set(algos)
+        records = [r for r in records if r["algo"] in keep]
+        said.append(f"algorithms {', '.join(algos)}")
     if envs is not None:
-        have_envs = sorted({r["env"] for r in records} | {f"{r['env']}:{r['task']}" for r in records})
-        missing = [e for e in envs if e not in have_envs]
+        have = sorted({r["env"] for r in records} | {f"{r['env']}:{r['task']}" for r in records})
+        missing = [e for e in envs if e not in have]
         if missing:
-            raise AnalysisError(f"study {study} has no runs on {', '.join(missing)}; envs: {', '.join(have_envs)}")
-        records = [r for r in records if r["env"] in set(envs) or f"{r['env']}:{r['task']}" in set(envs)]
-    if algos is not None or envs is not None:
-        notes.append("restricted to " + "; ".join(
-            part for part in (f"algorithms {', '.join(algos)}" if algos is not None else "",
-                              f"envs {', '.join(envs)}" if envs is not None else "") if part))
+            raise AnalysisError(f"study {study} has no runs on {', '.join(missing)}; envs: {', '.join(have)}")
+        keep = set(envs)
+        records = [r for r in records if r["env"] in keep or f"{r['env']}:{r['task']}" in keep]
+        said.append(f"envs {', '.join(envs)}")
+    if said:
+        notes.append("restricted to " + "; ".join(said))
     return records
 
 

@@ -75,6 +75,11 @@ def plan_grid(algos: str, envs: str, seeds: int, steps: str, sets: list[str], de
     return specs
 
 
+def _csv(text: str | None) -> list[str] | None:
+    """``a, b,c`` -> ["a", "b", "c"]; None stays None (the option was not given)."""
+    return None if text is None else [x.strip() for x in text.split(",") if x.strip()]
+
+
 @app.command()
 def run(
     algos: str | None = typer.Option(None, help=f"Comma-separated algorithms (see `list algos`) "
@@ -280,9 +285,8 @@ def report(
         fail(f"unknown format {', '.join(bad) or '(none)'}; valid: {', '.join(FORMATS)}")
     t0 = time.perf_counter()
     try:
-        pick = (lambda text: None if text is None else [x.strip() for x in text.split(",") if x.strip()])  # noqa: E731
         res = analyse(study, reps=reps, seed=seed, baseline=baseline, last_k=last_k, engine=engine,
-                      algos=pick(algos), envs=pick(envs))
+                      algos=_csv(algos), envs=_csv(envs))
         t1 = time.perf_counter()
         for note in res.notes:
             console.print(f"note: {note}", highlight=False, soft_wrap=True)

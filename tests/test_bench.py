@@ -24,3 +24,8 @@ def test_train_bench_phases_are_positive_and_fit_in_the_iteration(algo):
 def test_train_bench_on_a_python_env_reports_no_transfer_split():
     row = run_isolated("train", ("mappo", "mpe", "simple_spread", 2, 0.5), 1)
     assert math.isnan(row["transfer_ms"]) and row["env_ms"] > 0 and row["update_ms"] > 0
+
+
+def test_train_bench_on_smax_separates_the_jitted_compute_from_the_exchange():
+    row = run_isolated("train", ("mappo", "smax", "3m", 8, 1.0), 1)
+    assert math.isfinite(row["transfer_ms"]) and row["transfer_ms"] >= 0 and row["env_ms"] > 0

@@ -278,6 +278,7 @@ class SMAXVecEnv:
             has_won=True,
         )
         self._noop = torch.full((num_envs, self._N), NOOP_ACTION, dtype=torch.int64)
+        self._step_jit = self._fn.step  # per instance, as in jax_mpe (the bench times it here)
         self._carry: _Carry | None = None
 
     def _actions_to_jax(self, actions: torch.Tensor) -> jax.Array:
@@ -313,7 +314,7 @@ class SMAXVecEnv:
 
         if self._carry is None:
             raise RuntimeError("call reset(seed) before step()")
-        self._carry, out = self._fn.step(self._carry, self._actions_to_jax(actions), self._fn.false)
+        self._carry, out = self._step_jit(self._carry, self._actions_to_jax(actions), self._fn.false)
         obs2, state2, avail, alive, scalars, flags = (_to_torch(x, self.device) for x in out)
         return TimeStep(
             obs=obs2[0],
