@@ -76,7 +76,7 @@ PRESETS: dict[str, Preset] = {
                         "5 seeds (results/paper/).",
             algos=ALL_ALGOS, envs=f"{MPE_ENVS},{SMAX_PAPER_ENVS}", seeds=5, steps=PAPER_STEPS,
             budget="300k env steps per run on every task, the same for every algorithm: what lets these 90 runs "
-                   "and paper-ablation's 30 finish within one working session on 2 cores with --workers 2. "
+                   "and paper-ablation's 45 finish within one working session on 2 cores with --workers 2. "
                    "QMix is most of the cost (5-8x MAPPO's time per env step: one 32-episode update per 2 "
                    "episodes). Training time from `marpo-bench bench --threads 1` (one run each, 2026-12): "
                    "MPE 1.0 CPU-h, SMAX 2.0 CPU-h; with evaluation and JIT about 3.7 CPU-h (about 1.9 h "
@@ -85,11 +85,11 @@ PRESETS: dict[str, Preset] = {
         ),
         Preset(
             name="paper-ablation",
-            description="MARPO's components on the MPE tasks: reflection off, symmetric clip (same budget as "
-                        "paper; run into the same study).",
-            algos="marpo_noreflect,marpo_symclip", envs=MPE_ENVS, seeds=5, steps=PAPER_STEPS,
+            description="MARPO's components on the MPE tasks: reflection off, symmetric clip, the released "
+                        "code's clip placement (same budget as paper; run into the same study).",
+            algos="marpo_noreflect,marpo_symclip,marpo_ppoclip", envs=MPE_ENVS, seeds=5, steps=PAPER_STEPS,
             budget="The paper preset's MPE budget, so the ablations sit beside MARPO and MAPPO's runs of that "
-                   "study: 30 runs, about 0.2 CPU-h of training (0.25 with evaluation).",
+                   "study: 45 runs, about 0.3 CPU-h of training (0.4 with evaluation).",
         ),
         Preset(
             name="full",

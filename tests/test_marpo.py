@@ -198,7 +198,8 @@ def test_main_clip_ppo_keeps_fixed_bounds_in_l0():
 
 
 @pytest.mark.parametrize(("name", "field", "value"), [("marpo_noreflect", "reflection", False),
-                                                      ("marpo_symclip", "clip", "symmetric")])
+                                                      ("marpo_symclip", "clip", "symmetric"),
+                                                      ("marpo_ppoclip", "main_clip", "ppo")])
 def test_registered_ablation_differs_from_marpo_in_one_setting_and_trains_like_it(name, field, value):
     import dataclasses
 

@@ -17,6 +17,8 @@ ALGORITHMS: dict[str, tuple[str, str, str]] = {
                         "MARPO ablation: no reflection term (MAPPO objective + KL-derived asymmetric clip)"),
     "marpo_symclip": ("marpo_bench.algos.marpo", "MARPOSymmetricClip",
                       "MARPO ablation: reflection term with PPO's fixed symmetric clip [1-eps, 1+eps]"),
+    "marpo_ppoclip": ("marpo_bench.algos.marpo", "MARPOPPOMainClip",
+                      "MARPO ablation: adaptive bounds in the reflection term only, PPO's clip in L0 (official code)"),
     "qmix": ("baselines.qmix", "QMix",
              "QMix (Rashid et al. 2018): recurrent per-agent Q, monotonic hypernetwork mixer"),
 }

@@ -207,3 +207,18 @@ class MARPOSymmetricClip(MARPO):
 
     name = "marpo_symclip"
     Config = MARPOSymmetricClipConfig
+
+
+@dataclass
+class MARPOPPOMainClipConfig(MARPOConfig):
+    """MARPO with the official code's clip placement: the KL-derived bounds in L1 only, PPO's fixed
+    [1 - eps, 1 + eps] in L0 (marpo-spec.md section 2, "Where the bounds apply")."""
+
+    main_clip: Literal["adaptive", "ppo"] = "ppo"
+
+
+class MARPOPPOMainClip(MARPO):
+    """Ablation: the paper's objective with the released code's placement of the adaptive bounds."""
+
+    name = "marpo_ppoclip"
+    Config = MARPOPPOMainClipConfig

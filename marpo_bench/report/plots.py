@@ -25,8 +25,8 @@ from marpo_bench.analysis import METRIC_NAMES, Analysis, Band  # noqa: E402
 
 # Okabe-Ito colour-blind-safe palette; the three suite algorithms keep fixed colours.
 FIXED_COLOURS = {"marpo": "#D55E00", "mappo": "#0072B2", "qmix": "#009E73", "marpo_noreflect": "#E69F00",
-                 "marpo_symclip": "#CC79A7"}
-SPARE_COLOURS = ["#56B4E9", "#F0E442", "#000000", "#999999"]
+                 "marpo_symclip": "#CC79A7", "marpo_ppoclip": "#56B4E9"}
+SPARE_COLOURS = ["#F0E442", "#000000", "#999999"]
 
 STYLE = {
     "svg.fonttype": "none",
