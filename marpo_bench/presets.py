@@ -85,8 +85,8 @@ PRESETS: dict[str, Preset] = {
         ),
         Preset(
             name="paper-ablation",
-            description="MARPO's components on the MPE tasks: reflection off, symmetric clip, the released "
-                        "code's clip placement (same budget as paper; run into the same study).",
+            description="MARPO's components on MPE: reflection off, symmetric clip, the released code's "
+                        "clip placement.",
             algos="marpo_noreflect,marpo_symclip,marpo_ppoclip", envs=MPE_ENVS, seeds=5, steps=PAPER_STEPS,
             budget="The paper preset's MPE budget, so the ablations sit beside MARPO and MAPPO's runs of that "
                    "study: 45 runs, about 0.3 CPU-h of training (0.4 with evaluation).",
