@@ -17,7 +17,8 @@ Two checks, two questions (``--mode exact|stat|both``):
   differing run, metric and env step (with the distance in ulps). A change is not a verdict on
   quality: an intended change is recorded with ``--update --reason``. Bits are only comparable on
   the reference's CPU kind (:func:`cpu_kind`: model and vector-ISA flags) with the same package
-  versions: the same code on two AVX-512 Xeon generations differs at the 1e-7 level. On another
+  versions: the same code and versions on two AVX-512 hosts of the CI machine kind differed at the
+  1e-7 level (2026-12). On another
   machine kind, or against a reference that does not record its CPU, differences are shown but do
   not set the exit code (:func:`exact_is_binding`); the stat check still decides.
 - **stat** ("did it get worse?"): re-trains the whole suite (same seeds; or reads ``--candidate
@@ -327,8 +328,8 @@ _ISA_PREFIXES = ("avx", "fma", "amx", "f16c", "sse4")
 
 def cpu_kind() -> str:
     """The CPU model and its vector-ISA extensions: what bit-for-bit reproducibility depends on
-    beyond the package versions (measured: the same code and versions on two AVX-512 Xeons of
-    different generations differ at the 1e-7 level within a few thousand env steps)."""
+    beyond the package versions (seen: the same code and versions on two AVX-512 hosts differed at
+    the 1e-7 level within a few thousand env steps)."""
     fields: dict[str, str] = {}
     with contextlib.suppress(OSError):  # Linux; elsewhere the platform's processor string
         for line in Path("/proc/cpuinfo").read_text("utf-8", errors="replace").splitlines():
