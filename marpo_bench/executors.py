@@ -58,6 +58,7 @@ from marpo_bench.train import (
     Fault,
     RunResult,
     _one_line,
+    code_provenance,
     faults_from_env,
     remove_stale_temp_files,
     train_run,
@@ -171,6 +172,7 @@ def _worker_init(threads: int, progress_queue: Any) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, _sigterm_to_interrupt)
     _die_with_parent()
+    code_provenance()  # the commit of the code this worker imports now, not of a later HEAD
 
 
 def _worker(spec: RunSpec, results: str, study: str, checkpoint_every: int | None,

@@ -965,24 +965,6 @@ def _old_history(reference: Path) -> list[dict[str, Any]]:
         return []
 
 
-def _uncommitted_changes() -> bool | None:
-    """Whether the code (``marpo_bench/``, ``baselines/``) differs from the git commit recorded
-    with the reference: changed or untracked files (None without git). Read-only git commands."""
-    import subprocess
-
-    root = Path(__file__).resolve().parent.parent
-    paths = ["--", "marpo_bench", "baselines"]
-    try:
-        diff = subprocess.run(["git", "diff", "--quiet", "HEAD", *paths], cwd=root, capture_output=True, timeout=10)
-        new = subprocess.run(["git", "ls-files", "--others", "--exclude-standard", *paths], cwd=root,
-                             capture_output=True, text=True, timeout=10)
-    except (OSError, subprocess.SubprocessError):
-        return None
-    if diff.returncode not in (0, 1) or new.returncode != 0:
-        return None
-    return diff.returncode == 1 or bool(new.stdout.strip())
-
-
 def _dir_size(path: Path) -> int:
     return sum(p.stat().st_size for p in Path(path).rglob("*") if p.is_file())
 
@@ -1031,7 +1013,7 @@ def write_reference(reference: Path, suite_name: str, reason: str, *, workers: i
             _strip_run(store.run_dir(staging, study, spec.run_id))
         now = _now()
         machine = machine_info()
-        from marpo_bench.train import _git_commit
+        from marpo_bench.train import _git_commit, _uncommitted_changes
 
         entry = {"date": now.date().isoformat(), "time": now.isoformat(timespec="seconds"), "reason": reason,
                  "command": update_command(reference, suite, workers, reason), "git_commit": _git_commit(),

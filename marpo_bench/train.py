@@ -50,6 +50,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import functools
 import math
 import os
 import platform
@@ -147,6 +148,30 @@ def _git_commit() -> str | None:
         return out.stdout.strip() or None
     except (OSError, subprocess.SubprocessError):
         return None
+
+
+def _uncommitted_changes() -> bool | None:
+    """Whether the code (``marpo_bench/``, ``baselines/``) differs from its git commit: changed or
+    untracked files (None without git). Read-only git commands."""
+    root = Path(__file__).resolve().parent.parent
+    paths = ["--", "marpo_bench", "baselines"]
+    try:
+        diff = subprocess.run(["git", "diff", "--quiet", "HEAD", *paths], cwd=root, capture_output=True, timeout=10)
+        new = subprocess.run(["git", "ls-files", "--others", "--exclude-standard", *paths], cwd=root,
+                             capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    if diff.returncode not in (0, 1) or new.returncode != 0:
+        return None
+    return diff.returncode == 1 or bool(new.stdout.strip())
+
+
+@functools.cache
+def code_provenance() -> tuple[str | None, bool | None]:
+    """(git commit, uncommitted changes) of the code this process loaded, read once per process
+    (pool workers read it as they start): a commit made while a long study runs must not be
+    recorded for runs whose code was imported before it."""
+    return _git_commit(), _uncommitted_changes()
 
 
 def _versions() -> dict[str, str]:
@@ -465,7 +490,8 @@ def train_run(spec: RunSpec, results: Path | None = None, study: str = "default"
         "budget": spec.steps, "overrides": [list(p) for p in spec.overrides], "config": to_dict(cfg),
         "status": "running", "message": "", "started": resume["started"] if resume else _now(),
         "finished": None, "wall_seconds": resume["wall_seconds"] if resume else 0.0,
-        "env_steps": resume["env_steps"] if resume else 0, "versions": _versions(), "git_commit": _git_commit(),
+        "env_steps": resume["env_steps"] if resume else 0, "versions": _versions(),
+        "git_commit": code_provenance()[0], "uncommitted_changes": code_provenance()[1],
         "host": _host(device), "torch_threads": torch.get_num_threads(), "device": str(device),
         "eval_mode": cfg.eval_mode, "eval_episodes": cfg.eval_episodes, "checkpoint_every": every,
         "attempt": attempt, "resumed_from": resume["env_steps"] if resume else None, "resume_exact": None,

@@ -64,6 +64,7 @@ def test_tiny_run_writes_metrics_and_rerun_skips_complete_runs(tmp_path):
     assert sorted(r["algo"] for r in records) == ["mappo", "marpo"]
     assert all(r["status"] == "complete" for r in records)
     assert all(r["reward_scale"] == "team_sum" and r["episode_limit"] == 25 for r in records)
+    assert all(r["uncommitted_changes"] in (True, False, None) and "git_commit" in r for r in records)
     for _algo, df in metrics.groupby("algo"):
         assert df["env_steps"].iloc[0] == 0 and df["env_steps"].iloc[-1] >= 400
         assert df["eval_return_mean"].notna().all() and (df["eval_episodes"] == 4).all()
@@ -73,6 +74,20 @@ def test_tiny_run_writes_metrics_and_rerun_skips_complete_runs(tmp_path):
     again = runner.invoke(app, ["run", "--algos", "mappo,marpo", "--results", str(tmp_path), "--study", "s", *TINY])
     assert again.exit_code == 0
     assert "2 skipped" in again.output
+
+
+def test_code_provenance_is_read_once_per_process_so_a_later_commit_is_not_recorded(monkeypatch):
+    from marpo_bench import train
+
+    heads = iter(["commit-a", "commit-b"])
+    monkeypatch.setattr(train, "_git_commit", lambda: next(heads))
+    monkeypatch.setattr(train, "_uncommitted_changes", lambda: False)
+    train.code_provenance.cache_clear()
+    try:
+        assert train.code_provenance() == ("commit-a", False)
+        assert train.code_provenance() == ("commit-a", False)  # HEAD moved on; the loaded code did not
+    finally:
+        train.code_provenance.cache_clear()
 
 
 def test_scoped_override_applies_to_one_algorithm_only(tmp_path):
