@@ -1,5 +1,6 @@
 # Two commands do all the set-up on a fresh machine (README.md):
 #   make demo   -> creates .venv, installs torch 2.13.0 (CPU) then the package, runs the default study
+#                  (two runs at a time: one per core)
 #   make test   -> the test suite (what .ci/run calls)
 PYTHON ?= python3
 VENV   ?= .venv
@@ -33,7 +34,7 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 demo: install
-	$(VENV)/bin/marpo-bench run
+	$(VENV)/bin/marpo-bench run --workers 2
 
 lint: install
 	$(VENV)/bin/ruff check .

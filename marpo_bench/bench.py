@@ -33,9 +33,10 @@ class BenchRow:
     transfer_ms: float  # torch <-> JAX exchange and TimeStep assembly in the wrapper (JAX envs)
     policy_ms: float  # everything else: policy forward, sampling, buffers, GAE, replay sampling
     update_ms: float  # the learner's gradient updates
-    peak_rss_mb: float
+    peak_rss_mb: float  # per process (the largest, with --parallel)
     torch_threads: int
     seconds: float
+    parallel: int = 1  # identical measurements run at once; env_steps_per_s is their sum
 
 
 def random_available(avail: Any) -> Any:
@@ -162,14 +163,29 @@ def _child(kind: str, args: tuple, threads: int, q: Any) -> None:
         q.put(("error", f"{type(exc).__name__}: {exc}"))
 
 
-def run_isolated(kind: str, args: tuple, threads: int) -> dict:
-    """Run one measurement in a fresh spawned process (clean peak RSS, no shared JIT caches)."""
+def run_isolated(kind: str, args: tuple, threads: int, parallel: int = 1) -> dict:
+    """Run one measurement in a fresh spawned process (clean peak RSS, no shared JIT caches); with
+    ``parallel`` > 1, that many identical ones at once, each in its own process, as ``run --workers``
+    trains them: the row then gives their summed env steps/s (what the machine delivers), the mean
+    of their phases and the largest peak RSS."""
     ctx = mp.get_context("spawn")
     q = ctx.Queue()
-    p = ctx.Process(target=_child, args=(kind, args, threads, q))
-    p.start()
-    status, payload = q.get()
-    p.join()
-    if status != "ok":
-        raise RuntimeError(payload)
-    return payload
+    procs = [ctx.Process(target=_child, args=(kind, args, threads, q)) for _ in range(parallel)]
+    for p in procs:
+        p.start()
+    results = [q.get() for _ in procs]
+    for p in procs:
+        p.join()
+    errors = [payload for status, payload in results if status != "ok"]
+    if errors:
+        raise RuntimeError(errors[0])
+    rows = [payload for _, payload in results]
+    if parallel == 1:
+        return rows[0]
+    out = dict(rows[0])
+    out["env_steps_per_s"] = sum(r["env_steps_per_s"] for r in rows)
+    for k in ("env_ms", "transfer_ms", "policy_ms", "update_ms", "seconds"):
+        out[k] = sum(r[k] for r in rows) / parallel
+    out["peak_rss_mb"] = max(r["peak_rss_mb"] for r in rows)
+    out["parallel"] = parallel
+    return out

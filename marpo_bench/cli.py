@@ -94,7 +94,10 @@ def run(
     preset: str | None = typer.Option(None, help="A documented grid (`marpo-bench list presets`) "
                                                   "(marpo_bench/presets.py); explicit flags override its fields, "
                                                   "--set adds to its settings."),
-    workers: int = typer.Option(1, help="Runs trained in parallel (local process pool)."),
+    workers: int = typer.Option(1, help="Runs trained in parallel (local process pool); on CPU, up to one "
+                                        "per core (2 on a 2-core machine) is fastest."),
+    threads: int = typer.Option(1, help="Torch threads per run (local executor). 1 is fastest for the "
+                                        "suite's small networks; use --workers for the other cores."),
     executor: str = typer.Option("local", help="local (this machine) or ray (a Ray cluster; one task per run)."),
     ray_address: str | None = typer.Option(None, help="Ray cluster address (host:port or auto); "
                                                       "default: start a local Ray instance."),
@@ -119,6 +122,8 @@ def run(
         specs = plan_grid(grid.algos, grid.envs, grid.seeds, grid.steps, list(grid.sets), device)
         if workers <= 0:
             raise ConfigError(f"--workers must be positive, got {workers}")
+        if threads <= 0:
+            raise ConfigError(f"--threads must be positive, got {threads}")
         if executor not in executors.EXECUTORS:
             raise ConfigError(f"unknown --executor {executor!r}; valid: {', '.join(executors.EXECUTORS)}")
         if ray_address is not None and executor != "ray":
@@ -149,7 +154,7 @@ def run(
     try:
         res = executors.run_grid(specs, results, study, console, executor=executor, workers=workers,
                                  ray_address=ray_address, cpus_per_run=cpus_per_run, retries=retries,
-                                 checkpoint_every=every, faults=faults)
+                                 checkpoint_every=every, faults=faults, threads=threads)
     except executors.RayUnavailable as exc:
         fail(str(exc))
     except KeyboardInterrupt:
@@ -198,7 +203,9 @@ def bench(
                                         "training uses the algorithm's default E unless --train-num-envs."),
     train_num_envs: int = typer.Option(0, help="Override E for training rows (0 = algorithm default)."),
     seconds: float = typer.Option(5.0, help="Timed seconds per measurement (after warm-up)."),
-    threads: int = typer.Option(0, help="Torch threads per measurement (0 = all cores)."),
+    threads: int = typer.Option(1, help="Torch threads per measurement (1, as `run` trains; 0 = all cores)."),
+    parallel: int = typer.Option(1, help="Identical measurements run at once, one process each, as "
+                                         "`run --workers N` trains: env steps/s is their sum."),
     out: Path | None = typer.Option(None, help="Also write the table as Parquet."),
 ) -> None:
     """Env steps/s (random actions) and training steps/s per algorithm, with peak memory; training
@@ -215,8 +222,9 @@ def bench(
                 raise ConfigError(f"unknown algorithm {a!r}; valid: {', '.join(sorted(ALGORITHMS))}")
         env_pairs = [parse_env(e.strip()) for e in envs.split(",") if e.strip()]
         sizes = [int(x) for x in num_envs.split(",") if x.strip()]
-        if any(x <= 0 for x in sizes) or seconds <= 0 or threads < 0 or train_num_envs < 0:
-            raise ConfigError("--num-envs, --seconds must be positive and --threads, --train-num-envs >= 0")
+        if any(x <= 0 for x in sizes) or seconds <= 0 or parallel <= 0 or threads < 0 or train_num_envs < 0:
+            raise ConfigError("--num-envs, --seconds, --parallel must be positive and --threads, "
+                              "--train-num-envs >= 0")
     except ValueError as exc:
         fail(str(exc))
     nthreads = threads or os.cpu_count() or 1
@@ -231,10 +239,12 @@ def bench(
 
     for kind, args in track(jobs, description="benchmarking", console=console):
         try:
-            rows.append(run_isolated(kind, args, nthreads))
+            rows.append(run_isolated(kind, args, nthreads, parallel))
         except RuntimeError as exc:
             err_console.print(f"[red]{kind} {args}: {exc}[/red]")
-    table = Table(title=f"marpo-bench bench ({nthreads} torch threads)", header_style="bold")
+    title = f"marpo-bench bench ({nthreads} torch threads" + (f", {parallel} at once: summed env steps/s)"
+                                                              if parallel > 1 else ")")
+    table = Table(title=title, header_style="bold")
     cols = ("kind", "algo", "env", "E", "env steps/s", "env ms", "transfer ms", "policy ms", "update ms",
             "peak RSS MB")
     for col in cols:

@@ -1,7 +1,9 @@
 """Executors: run a grid of RunSpecs with retries and a grid progress bar; the study's plan and status.
 
 ``local``: this process (1 worker) or a pool of spawned processes (several workers; spawn, not
-fork, because JAX and torch threads do not survive fork). Every process writes its own runs into
+fork, because JAX and torch threads do not survive fork); each run uses ``threads`` torch threads
+(default 1, ``DEFAULT_THREADS``), whatever the number of workers, so a run's numbers do not depend
+on ``--workers``. Every process writes its own runs into
 the store (a local filesystem).
 
 ``ray``: every run is a Ray task (``cpus_per_run`` CPUs each). Workers never touch the results
@@ -68,6 +70,11 @@ from marpo_bench.train import (
 
 PLAN_JSON = "plan.json"
 EXECUTORS = ("local", "ray")
+# Torch threads per run. One: the suite's networks (64 units, a few thousand rows) are too small for
+# intra-op parallelism to pay, and a second thread waking per op costs more than it gives (measured
+# with `marpo-bench bench --threads 1` vs `--threads 2`, 2 cores: QMix on jax_mpe:simple_spread 1,428
+# vs 766 env steps/s, MAPPO on smax:3m 5,505 vs 4,519); the cores are better used by `--workers`.
+DEFAULT_THREADS = 1
 
 
 # ----------------------------------------------------------------------------------------------
@@ -215,12 +222,25 @@ def _stop_pool(pool: ProcessPoolExecutor | None, grace: float = 10.0) -> None:
     pool.shutdown(wait=False, cancel_futures=True)
 
 
+@contextlib.contextmanager
+def torch_threads(n: int) -> Iterator[None]:
+    """``n`` torch intra-op threads for the duration, then the previous count (in-process runs)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 def run_local(specs: list[RunSpec], results: Path, study: str, workers: int, console: Console, *,
               retries: int = 1, checkpoint_every: int | None = None,
-              faults: tuple[Fault, ...] | None = None) -> list[RunResult]:
+              faults: tuple[Fault, ...] | None = None, threads: int = DEFAULT_THREADS) -> list[RunResult]:
     """Run every spec (complete ones are skipped, incomplete ones resume) with a grid progress bar
-    and one bar per active run; failed attempts are retried (see the module doc). Returns one
-    RunResult per spec."""
+    and one bar per active run, each run with ``threads`` torch threads; failed attempts are retried
+    (see the module doc). Returns one RunResult per spec."""
     faults = faults_from_env() if faults is None else faults
     out: list[RunResult] = []
     with _Bars(console, len(specs)) as bars:
@@ -228,15 +248,15 @@ def run_local(specs: list[RunSpec], results: Path, study: str, workers: int, con
             for spec in specs:
                 attempt = 1
                 while True:
-                    res = train_run(spec, results, study, progress=bars.callback(spec.run_id),
-                                    checkpoint_every=checkpoint_every, faults=faults, attempt=attempt)
+                    with torch_threads(threads):
+                        res = train_run(spec, results, study, progress=bars.callback(spec.run_id),
+                                        checkpoint_every=checkpoint_every, faults=faults, attempt=attempt)
                     if not _retry(res, attempt, retries, console):
                         break
                     attempt += 1
                 out.append(bars.finish(res))
             return out
 
-        threads = max(1, (os.cpu_count() or 1) // workers)
         ctx = mp.get_context("spawn")
         q = ctx.Queue()
         todo = deque((s, 1) for s in specs)
@@ -673,10 +693,12 @@ def busy_runs(results: Path, study: str, specs: list[RunSpec]) -> list[tuple[str
 
 def run_grid(specs: list[RunSpec], results: Path, study: str, console: Console, *, executor: str = "local",
              workers: int = 1, ray_address: str | None = None, cpus_per_run: float = 1.0, retries: int = 1,
-             checkpoint_every: int | None = None, faults: tuple[Fault, ...] | None = None) -> list[RunResult]:
-    """Run the grid on the chosen executor (``local`` or ``ray``)."""
+             checkpoint_every: int | None = None, faults: tuple[Fault, ...] | None = None,
+             threads: int = DEFAULT_THREADS) -> list[RunResult]:
+    """Run the grid on the chosen executor (``local`` or ``ray``); ``threads``: torch threads per
+    local run (a Ray task uses ``cpus_per_run``)."""
     if executor == "ray":
         return run_ray(specs, results, study, console, address=ray_address, cpus_per_run=cpus_per_run,
                        retries=retries, checkpoint_every=checkpoint_every, faults=faults)
     return run_local(specs, results, study, workers, console, retries=retries, checkpoint_every=checkpoint_every,
-                     faults=faults)
+                     faults=faults, threads=threads)

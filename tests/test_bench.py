@@ -29,3 +29,12 @@ def test_train_bench_on_a_python_env_reports_no_transfer_split():
 def test_train_bench_on_smax_separates_the_jitted_compute_from_the_exchange():
     row = run_isolated("train", ("mappo", "smax", "3m", 8, 1.0), 1)
     assert math.isfinite(row["transfer_ms"]) and row["transfer_ms"] >= 0 and row["env_ms"] > 0
+
+
+def test_parallel_bench_sums_env_steps_over_processes_and_averages_their_phases():
+    row = run_isolated("train", ("mappo", "jax_mpe", "simple_spread", 8, 1.0), 1, parallel=2)
+    assert row["parallel"] == 2
+    # Each process does 200 env steps per iteration (8 envs x 25 steps): the summed rate times the
+    # mean iteration time is 2 x 200, up to the two processes' different speeds (Jensen's gap).
+    per_iter_s = (row["env_ms"] + row["transfer_ms"] + row["policy_ms"] + row["update_ms"]) / 1000
+    assert row["env_steps_per_s"] * per_iter_s == pytest.approx(400, rel=0.25)

@@ -27,6 +27,7 @@ TINY = ["--envs", "jax_mpe:simple_spread", "--seeds", "1", "--steps", "400",
         (["--set", "lr=fast"], "bad value 'fast' for mappo.lr"),
         (["--set", "marpo.clip=wide"], "choose one of adaptive, symmetric"),
         (["--set", "num_envs=-3"], "num_envs must be positive"),
+        (["--threads", "0"], "--threads must be positive"),
         (["--device", "cuda:0"] if not __import__("torch").cuda.is_available() else ["--device", "tpu"], "device"),
     ],
 )
@@ -132,6 +133,42 @@ def test_parallel_workers_train_the_grid(tmp_path):
     records, _ = store.load_study(tmp_path / "p")
     assert sorted(r["seed"] for r in records) == [0, 1]
     assert all(r["status"] == "complete" for r in records)
+
+
+def _curves(study_dir):
+    import pandas as pd
+
+    records, _ = store.load_study(study_dir)
+    out = {}
+    for r in records:
+        m = pd.read_parquet(study_dir / "runs" / r["run_id"] / "metrics.parquet").drop(columns=["wall_seconds"])
+        out[r["run_id"]] = (r["torch_threads"], m)
+    return out
+
+
+def test_runs_train_with_one_torch_thread_so_their_numbers_do_not_depend_on_workers(tmp_path):
+    import pandas as pd
+    import torch
+
+    before = torch.get_num_threads()
+    args = ["--algos", "mappo", *TINY[:2], "--seeds", "2", *TINY[4:]]
+    assert runner.invoke(app, ["run", "--results", str(tmp_path), "--study", "a", *args]).exit_code == 0
+    assert torch.get_num_threads() == before  # the caller's thread count is restored
+    assert runner.invoke(app, ["run", "--results", str(tmp_path), "--study", "b", "--workers", "2",
+                               *args]).exit_code == 0
+    one, two = _curves(tmp_path / "a"), _curves(tmp_path / "b")
+    assert sorted(one) == sorted(two) and len(one) == 2
+    for run_id, (threads, metrics) in one.items():
+        assert threads == 1 and two[run_id][0] == 1
+        pd.testing.assert_frame_equal(metrics, two[run_id][1])  # in-process and pool: bit-identical
+
+
+def test_threads_option_sets_the_torch_threads_of_an_in_process_run(tmp_path):
+    res = runner.invoke(app, ["run", "--results", str(tmp_path), "--study", "t", "--threads", "2",
+                              "--algos", "mappo", *TINY])
+    assert res.exit_code == 0, res.output
+    records, _ = store.load_study(tmp_path / "t")
+    assert [r["torch_threads"] for r in records] == [2]
 
 
 def test_per_env_budgets_take_the_most_specific_entry():
