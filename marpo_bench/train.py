@@ -485,13 +485,14 @@ def train_run(spec: RunSpec, results: Path | None = None, study: str = "default"
     resume = _usable_checkpoint(ckpt, spec, cfg)
     interval = cfg.eval_interval or max(spec.steps // 20, 1)
     every = interval if checkpoint_every is None else checkpoint_every
+    commit, dirty = code_provenance()
     record: dict[str, Any] = {
         "run_id": spec.run_id, "algo": spec.algo, "env": spec.env, "task": spec.task, "seed": spec.seed,
         "budget": spec.steps, "overrides": [list(p) for p in spec.overrides], "config": to_dict(cfg),
         "status": "running", "message": "", "started": resume["started"] if resume else _now(),
         "finished": None, "wall_seconds": resume["wall_seconds"] if resume else 0.0,
         "env_steps": resume["env_steps"] if resume else 0, "versions": _versions(),
-        "git_commit": code_provenance()[0], "uncommitted_changes": code_provenance()[1],
+        "git_commit": commit, "uncommitted_changes": dirty,
         "host": _host(device), "torch_threads": torch.get_num_threads(), "device": str(device),
         "eval_mode": cfg.eval_mode, "eval_episodes": cfg.eval_episodes, "checkpoint_every": every,
         "attempt": attempt, "resumed_from": resume["env_steps"] if resume else None, "resume_exact": None,

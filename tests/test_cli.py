@@ -171,6 +171,17 @@ def test_threads_option_sets_the_torch_threads_of_an_in_process_run(tmp_path):
     assert [r["torch_threads"] for r in records] == [2]
 
 
+@pytest.mark.parametrize(("args", "needle"), [
+    (["--parallel", "0"], "--parallel must be positive"),
+    (["--algos", "nope"], "unknown algorithm 'nope'"),
+    (["--envs", "atari:pong"], "unknown env family 'atari'"),
+])
+def test_bench_bad_input_is_a_one_line_error(args, needle):
+    res = runner.invoke(app, ["bench", *args])
+    assert res.exit_code == 2, res.output
+    assert needle in " ".join(res.output.split()) and "Traceback" not in res.output
+
+
 def test_per_env_budgets_take_the_most_specific_entry():
     from marpo_bench.cli import plan_grid
 
