@@ -101,9 +101,12 @@ class RecurrentActor(nn.Module):
         logits [L, M, out]."""
         feats = self.base(x)
         h, outs = h0, []
-        for j in range(x.shape[0]):
+        # unbind, not feats[j]: indexing's backward writes each step's gradient into its own zeroed
+        # copy of the whole [L, M, H] tensor (L full-size fills and adds per backward); unbind's
+        # stacks them once. Same values, bit for bit.
+        for j, f in enumerate(feats.unbind(0)):
             if j > 0:
                 h = h * (~resets[j]).unsqueeze(-1).to(h.dtype)
-            h = self.gru(feats[j], h)
+            h = self.gru(f, h)
             outs.append(h)
         return self.head(self.norm(torch.stack(outs)))

@@ -131,6 +131,13 @@ def _env() -> dict[str, str]:
     return env
 
 
+def _interactive_signals() -> None:
+    """In the child: SIGINT as a terminal's foreground job has it. A shell starting background jobs
+    (``cmd &``) without job control ignores SIGINT in them, and an ignored SIGINT is inherited, so
+    a test suite run that way would otherwise start the CLI deaf to Ctrl-C."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _wait_for_checkpoint_of_a_running_run(study: Path, proc: subprocess.Popen, timeout: float = 120) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -181,6 +188,7 @@ def test_sigkill_of_the_command_then_rerun_completes_every_run_once(tmp_path):
 def test_ctrl_c_stops_a_parallel_grid_cleanly_and_rerun_finishes_it(tmp_path):
     study = tmp_path / "c"
     proc = subprocess.Popen(_cli(tmp_path, "c", "--workers", "2"), env=_env(), cwd=tmp_path,
+                            preexec_fn=_interactive_signals,
                             start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
         _wait_for_checkpoint_of_a_running_run(study, proc)

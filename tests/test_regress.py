@@ -345,7 +345,10 @@ def test_stored_smoke_reference_reproduces_exactly_and_passes_stat(tmp_path):
     exact = cli("--reference", str(STORED), "--suite", "smoke", "--mode", "exact")
     assert exact.exit_code == 0, exact.output
     binding = rg.exact_is_binding(rg.read_manifest(STORED).get("machine") or {}, rg.machine_info())
-    assert ("bit for bit" in exact.output) if binding else ("not binding" in exact.output)
+    # On the reference's CPU kind the slice must be identical; elsewhere it may be identical too
+    # (seen on an AMD host against an Intel-recorded reference) or differ, shown as not binding.
+    same = "equal the reference bit for bit" in exact.output
+    assert same if binding else (same or "not binding" in exact.output)
     stat = cli("--reference", str(STORED), "--suite", "smoke", "--mode", "stat",
                "--candidate", str(STORED / rg.SUITE_STUDY))
     assert stat.exit_code == 0, stat.output

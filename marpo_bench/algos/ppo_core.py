@@ -178,6 +178,39 @@ class Rollout:
         return Rollout(**{k: (v[:, idx] if v is not None else None) for k, v in self.__dict__.items()})
 
 
+@dataclass
+class ChunkedInputs:
+    """A recurrent actor's replay inputs, cut into chunks of ``L`` steps plus the next step (spec
+    section 1): ``obs`` [L+1, C, E, N, O], ``avail`` [L+1, C, E, N, A], ``starts`` [L+1, C, E, N]
+    (step opens a new episode), ``h0`` [C, E, N, H] (the stored hidden state at each chunk's
+    start). They depend only on the rollout, so an update builds them once for all its epochs."""
+
+    obs: torch.Tensor
+    avail: torch.Tensor
+    starts: torch.Tensor
+    h0: torch.Tensor
+
+    @classmethod
+    def from_rollout(cls, ro: Rollout, chunk_len: int) -> ChunkedInputs:
+        T = ro.actions.shape[0]
+        L, dev = chunk_len, ro.actions.device
+        C = T // L
+        idx = (torch.arange(C, device=dev)[:, None] * L
+               + torch.arange(L + 1, device=dev)[None, :]).clamp(max=T - 1)  # [C, L+1]
+
+        def seq(x: torch.Tensor) -> torch.Tensor:  # [T, E, N, ...] -> [L+1, C, E, N, ...]
+            return x[idx].transpose(0, 1).contiguous()
+
+        starts = torch.zeros(ro.actions.shape, dtype=torch.bool, device=dev)
+        starts[1:] = ro.done[:-1].unsqueeze(-1)  # step t opens a new episode when step t-1 ended one
+        return cls(obs=seq(ro.obs), avail=seq(ro.avail), starts=seq(starts), h0=ro.hidden[idx[:, 0]])
+
+    def select_envs(self, idx: torch.Tensor) -> ChunkedInputs:
+        """The chunks of envs ``idx`` (as ``Rollout.select_envs``)."""
+        return ChunkedInputs(obs=self.obs[:, :, idx], avail=self.avail[:, :, idx],
+                             starts=self.starts[:, :, idx], h0=self.h0[:, idx])
+
+
 # ----------------------------------------------------------------------------------------------
 # The on-policy learner
 # ----------------------------------------------------------------------------------------------
@@ -266,33 +299,29 @@ class OnPolicyAlgorithm:
         a = logp.argmax(-1) if deterministic else gumbel_max_sample(logp, self.gen)
         return a.to(ts.obs.device), act_state
 
-    def policy_log_probs(self, mb: Rollout) -> tuple[torch.Tensor, torch.Tensor]:
+    def policy_log_probs(self, mb: Rollout, chunks: ChunkedInputs | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Current masked log pi(.|o) over a minibatch: ``(logp_all [T, B, N, A], logp_next
         [T-1, B, N, A])`` where ``logp_next[k]`` is step k+1 as seen when reflecting on step k.
 
         Feed-forward: ``logp_next = logp_all[1:]``. Recurrent: the rollout is cut into chunks of
         ``chunk_len`` steps, each replayed from its stored hidden state over chunk_len + 1 steps
         (spec section 1); the extra step gives step k+1 for the chunk's last k, continuing the same
-        hidden state (the official code restarts it from h_k: an off-by-one not copied here)."""
+        hidden state (the official code restarts it from h_k: an off-by-one not copied here).
+        ``chunks``: those replay inputs of ``mb`` if already built (``ChunkedInputs``)."""
         if not self.cfg.recurrent:
             logp_all = self.log_probs(mb.obs, mb.avail)
             return logp_all, logp_all[1:]
         T, B, N = mb.actions.shape
         L = self.cfg.chunk_len
         C = T // L
-        idx = (torch.arange(C, device=self.device)[:, None] * L
-               + torch.arange(L + 1, device=self.device)[None, :]).clamp(max=T - 1)  # [C, L+1]
         M = C * B * N
+        ch = chunks if chunks is not None else ChunkedInputs.from_rollout(mb, L)
 
-        def seq(x: torch.Tensor) -> torch.Tensor:  # [T, B, N, ...] -> [L+1, C*B*N, ...]
-            y = x[idx]  # [C, L+1, B, N, ...]
-            return y.transpose(0, 1).reshape(L + 1, M, *x.shape[3:])
+        def seq(x: torch.Tensor) -> torch.Tensor:  # [L+1, C, B, N, ...] -> [L+1, C*B*N, ...]
+            return x.reshape(L + 1, M, *x.shape[4:])
 
-        starts = torch.zeros(T, B, N, dtype=torch.bool, device=self.device)
-        starts[1:] = mb.done[:-1].unsqueeze(-1)  # step t opens a new episode when step t-1 ended one
-        h0 = mb.hidden[idx[:, 0]].reshape(M, -1)
-        logits = self.actor.unroll(seq(mb.obs), h0, seq(starts))  # [L+1, M, A]
-        logp = torch.log_softmax(masked_logits(logits, seq(mb.avail)), dim=-1)
+        logits = self.actor.unroll(seq(ch.obs), ch.h0.reshape(M, -1), seq(ch.starts))  # [L+1, M, A]
+        logp = torch.log_softmax(masked_logits(logits, seq(ch.avail)), dim=-1)
         logp = logp.reshape(L + 1, C, B, N, -1).transpose(0, 1)  # [C, L+1, B, N, A]
         logp_all = logp[:, :L].reshape(T, B, N, -1)
         logp_next = logp[:, 1:].reshape(T, B, N, -1)[:-1]
@@ -384,13 +413,16 @@ class OnPolicyAlgorithm:
         live = adv[ro.alive]
         adv = (adv - live.mean()) / (live.std() + 1e-5) if live.numel() > 1 else adv
         E = ro.rewards.shape[1]
+        chunks = ChunkedInputs.from_rollout(ro, cfg.chunk_len) if cfg.recurrent else None  # once, not per epoch
         logs: dict[str, list[float]] = {}
         for _ in range(cfg.epochs):
             perm = torch.from_numpy(self.np_rng.permutation(E)).to(self.device)
             for idx in torch.chunk(perm, cfg.minibatches):
                 # One minibatch = the whole rollout: the losses are means, so skip the copy.
-                mb, mb_adv = (ro, adv) if cfg.minibatches == 1 else (ro.select_envs(idx), adv[:, idx])
-                logp_all, logp_next = self.policy_log_probs(mb)
+                whole = cfg.minibatches == 1
+                mb, mb_adv = (ro, adv) if whole else (ro.select_envs(idx), adv[:, idx])
+                mb_chunks = chunks if whole or chunks is None else chunks.select_envs(idx)
+                logp_all, logp_next = self.policy_log_probs(mb, mb_chunks)
                 surrogate, pol_logs = self.policy_objective(mb, logp_all, logp_next, mb_adv, progress)
                 entropy = masked_mean(-(logp_all.exp() * logp_all).sum(-1), mb.alive)
                 actor_loss = -surrogate - cfg.entropy_coef * entropy
