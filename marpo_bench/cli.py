@@ -12,7 +12,15 @@ from rich.table import Table
 
 from marpo_bench import store
 from marpo_bench.algos import ALGORITHMS
-from marpo_bench.config import ConfigError, RunSpec, budget_for, parse_budgets, parse_set_options, parse_steps
+from marpo_bench.config import (
+    DEFAULT_THREADS,
+    ConfigError,
+    RunSpec,
+    budget_for,
+    parse_budgets,
+    parse_set_options,
+    parse_steps,
+)
 from marpo_bench.envs import ENV_FAMILIES, parse_env
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
@@ -96,7 +104,7 @@ def run(
                                                   "--set adds to its settings."),
     workers: int = typer.Option(1, help="Runs trained in parallel (local process pool); on CPU, up to one "
                                         "per core (2 on a 2-core machine) is fastest."),
-    threads: int = typer.Option(1, help="Torch threads per run (local executor). 1 is fastest for the "
+    threads: int = typer.Option(DEFAULT_THREADS, help="Torch threads per run (local executor). 1 is fastest for the "
                                         "suite's small networks; use --workers for the other cores."),
     executor: str = typer.Option("local", help="local (this machine) or ray (a Ray cluster; one task per run)."),
     ray_address: str | None = typer.Option(None, help="Ray cluster address (host:port or auto); "
@@ -203,7 +211,8 @@ def bench(
                                         "training uses the algorithm's default E unless --train-num-envs."),
     train_num_envs: int = typer.Option(0, help="Override E for training rows (0 = algorithm default)."),
     seconds: float = typer.Option(5.0, help="Timed seconds per measurement (after warm-up)."),
-    threads: int = typer.Option(1, help="Torch threads per measurement (1, as `run` trains; 0 = all cores)."),
+    threads: int = typer.Option(DEFAULT_THREADS, help="Torch threads per measurement (as `run` trains; "
+                                                      "0 = all cores)."),
     parallel: int = typer.Option(1, help="Identical measurements run at once, one process each, as "
                                          "`run --workers N` trains: env steps/s is their sum."),
     out: Path | None = typer.Option(None, help="Also write the table as Parquet."),

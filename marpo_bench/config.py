@@ -20,6 +20,12 @@ class ConfigError(ValueError):
     """A user-facing, one-line configuration error."""
 
 
+# Torch threads per run. One: the suite's networks (64 units, a few thousand rows) are too small for
+# intra-op parallelism to pay, and a second thread waking per op costs more than it gives (measured
+# with `marpo-bench bench --threads 1` vs `--threads 2`, 2 cores: QMix on jax_mpe:simple_spread 1,428
+# vs 766 env steps/s, MAPPO on smax:3m 5,505 vs 4,519); the cores are better used by `--workers`.
+DEFAULT_THREADS = 1
+
 _STEP_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kKmMgG]?)\s*$")
 _MULT = {"": 1, "k": 1_000, "m": 1_000_000, "g": 1_000_000_000}
 

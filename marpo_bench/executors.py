@@ -55,7 +55,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from marpo_bench import store
-from marpo_bench.config import RunSpec
+from marpo_bench.config import DEFAULT_THREADS, RunSpec
 from marpo_bench.train import (
     Fault,
     RunResult,
@@ -70,11 +70,6 @@ from marpo_bench.train import (
 
 PLAN_JSON = "plan.json"
 EXECUTORS = ("local", "ray")
-# Torch threads per run. One: the suite's networks (64 units, a few thousand rows) are too small for
-# intra-op parallelism to pay, and a second thread waking per op costs more than it gives (measured
-# with `marpo-bench bench --threads 1` vs `--threads 2`, 2 cores: QMix on jax_mpe:simple_spread 1,428
-# vs 766 env steps/s, MAPPO on smax:3m 5,505 vs 4,519); the cores are better used by `--workers`.
-DEFAULT_THREADS = 1
 
 
 # ----------------------------------------------------------------------------------------------

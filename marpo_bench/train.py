@@ -19,7 +19,7 @@ QMix's schedule position), the env's state and the TimeStep the next iteration s
 metrics rows so far and the runner's own counters. Re-running a run that is not complete
 continues from its checkpoint; the rows written after the checkpoint are recomputed.
 
-What is exact on resume (CPU, same torch thread count; ``wall_seconds`` aside):
+What is exact on resume (CPU, same torch thread count, else ``resume_exact: false``; ``wall_seconds`` aside):
 
 - MAPPO/MARPO on ``jax_mpe`` and ``smax``: everything. The JAX env's carry (PRNG key, env states,
   episode statistics) is saved leaf by leaf as tensors and put back into a freshly built env, so
@@ -544,7 +544,7 @@ def train_run(spec: RunSpec, results: Path | None = None, study: str = "default"
                 "complete": complete, "algo": algo.state_dict(), "env": env.snapshot(mid_episode_ok),
                 "rows": [dict(r) for r in rows], "pending": [dict(p) for p in pending], "next_eval": next_eval,
                 "next_checkpoint": next_ckpt, "wall_seconds": time.perf_counter() - t0,
-                "started": record["started"],
+                "started": record["started"], "torch_threads": torch.get_num_threads(),
             })
 
         def on_iteration(steps: int, metrics: dict[str, float]) -> None:
@@ -585,7 +585,14 @@ def train_run(spec: RunSpec, results: Path | None = None, study: str = "default"
             rows[:] = resume["rows"]
             pending[:] = resume["pending"]
             next_eval, next_ckpt = int(resume["next_eval"]), int(resume["next_checkpoint"])
-            record["resume_exact"] = exact and mid_episode_ok  # QMix: the replay buffer is not restored
+            # QMix: the replay buffer is not restored. CPU reductions split by thread count, so
+            # another count (e.g. another --threads) gives other bits (checkpoints without the
+            # count predate it: their runs used one count throughout).
+            same_threads = resume.get("torch_threads", torch.get_num_threads()) == torch.get_num_threads()
+            record["resume_exact"] = exact and mid_episode_ok and same_threads
+            if not same_threads:
+                record["resume_note"] = (f"resumed with {torch.get_num_threads()} torch threads, checkpointed with "
+                                         f"{resume['torch_threads']}: the same math, not the same bits")
             sink.write_metrics(rows)  # drop rows evaluated after the checkpoint: they are recomputed
             sink.write_record(record)
             if progress is not None:

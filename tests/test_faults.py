@@ -53,6 +53,22 @@ def test_resumed_run_has_the_metrics_of_an_uninterrupted_run(tmp_path, algo, env
     pd.testing.assert_frame_equal(metrics(tmp_path, "a", spec), metrics(tmp_path, "b", spec), check_exact=True)
 
 
+def test_resume_under_another_torch_thread_count_is_not_claimed_exact(tmp_path):
+    from marpo_bench.executors import torch_threads
+
+    spec = RunSpec("mappo", "jax_mpe", "simple_spread", 0, 1000, PPO_TINY)
+    with torch_threads(1):
+        first = train_run(spec, tmp_path, "b", faults=(Fault("raise", 600),), checkpoint_every=200)
+    assert first.status == "failed"
+    assert store.load_checkpoint(store.run_dir(tmp_path, "b", spec.run_id))["torch_threads"] == 1
+    with torch_threads(2):
+        again = train_run(spec, tmp_path, "b", faults=(), checkpoint_every=200)
+    assert again.status == "complete", again.message
+    record = store.read_run_json(store.run_dir(tmp_path, "b", spec.run_id))
+    assert record["resumed_from"] and record["resume_exact"] is False
+    assert "2 torch threads, checkpointed with 1" in record["resume_note"]
+
+
 @pytest.mark.slow
 def test_recurrent_marpo_on_smax_resumes_mid_episode_exactly(tmp_path):
     """SMAX episodes end at different times: the checkpoint holds envs mid-episode and the GRU state."""
