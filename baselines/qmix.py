@@ -338,19 +338,21 @@ class EpisodeReplay:
     def add_obs(self, ts: TimeStep) -> None:
         """Record the observation slot ``t`` of every env (before acting)."""
         st, r, t = self.stage, self.rows, self.t
-        st.obs[r, t] = ts.obs.to(self.device)
-        st.state[r, t] = ts.state.to(self.device)
-        st.avail[r, t] = ts.avail_actions.to(self.device)
-        st.alive[r, t] = ts.alive.to(self.device)
+        ts = ts.to(self.device)
+        st.obs[r, t] = ts.obs
+        st.state[r, t] = ts.state
+        st.avail[r, t] = ts.avail_actions
+        st.alive[r, t] = ts.alive
 
     def add_step(self, actions: torch.Tensor, nxt: TimeStep) -> torch.Tensor:
         """Record the transition taken at slot ``t`` and its outcome ``nxt``; move finished episodes
         to the buffer. Returns the indices of the envs whose episode ended."""
         st, r, t = self.stage, self.rows, self.t
+        nxt = nxt.to(self.device)
         st.actions[r, t] = actions
-        st.reward[r, t] = nxt.reward.to(self.device)
-        st.terminated[r, t] = nxt.terminated.to(self.device)
-        done = nxt.done.to(self.device)
+        st.reward[r, t] = nxt.reward
+        st.terminated[r, t] = nxt.terminated
+        done = nxt.done
         self.t = t = t + 1
         if not bool(done.any()):
             if bool((t >= self.T).any()):
@@ -360,8 +362,8 @@ class EpisodeReplay:
         tl = t[idx]  # = episode lengths
         # Bootstrap slot: the final obs/state of the finished episode; no avail mask is given for
         # it, so it reuses the last step's (see the module docstring).
-        st.obs[idx, tl] = nxt.final_obs.to(self.device)[idx]
-        st.state[idx, tl] = nxt.final_state.to(self.device)[idx]
+        st.obs[idx, tl] = nxt.final_obs[idx]
+        st.state[idx, tl] = nxt.final_state[idx]
         st.avail[idx, tl] = st.avail[idx, tl - 1]
         st.alive[idx, tl] = st.alive[idx, tl - 1]
         st.length[idx] = tl
@@ -491,8 +493,8 @@ class QMix:
         """Actions [E, N] on the env's device: greedy when ``deterministic``, else epsilon-greedy at
         the current schedule epsilon. Resets the recurrent state where ``ts.done``."""
         eps = 0.0 if deterministic else self.epsilon()
-        a, st = self._act(ts.obs.to(self.device), ts.avail_actions.to(self.device), ts.done.to(self.device),
-                          act_state, eps)
+        tsd = ts.to(self.device)  # one packed host-device transfer (TimeStep.to)
+        a, st = self._act(tsd.obs, tsd.avail_actions, tsd.done, act_state, eps)
         return a.to(ts.obs.device), st
 
     # -- learning -------------------------------------------------------------------------------
@@ -577,21 +579,22 @@ class QMix:
         replay = EpisodeReplay(cfg.buffer_size, E, info, self.device)
         chunk = cfg.rollout_len or info.episode_limit
         ts = env.reset(seed)
+        env_dev = ts.obs.device
+        ts = ts.to(self.device)  # the learner's copy: one packed host-device transfer per step
         act_state = self.initial_act_state(E)
         done = torch.zeros(E, dtype=torch.bool, device=self.device)
         finished: list[float] = []
         while self.t_env < total_steps:
             for _ in range(chunk):
                 replay.add_obs(ts)
-                actions, act_state = self._act(ts.obs.to(self.device), ts.avail_actions.to(self.device), done,
-                                               act_state, self.epsilon())
-                nxt = env.step(actions.to(ts.obs.device))
+                actions, act_state = self._act(ts.obs, ts.avail_actions, done, act_state, self.epsilon())
+                nxt = env.step(actions.to(env_dev)).to(self.device)
                 ended = replay.add_step(actions, nxt)
-                done = nxt.done.to(self.device)
+                done = nxt.done
                 self.t_env += E
                 if ended.numel():
                     self.episodes += ended.numel()
-                    finished.extend(nxt.episode_return.to(self.device)[ended].tolist())
+                    finished.extend(nxt.episode_return[ended].tolist())
                     if replay.size >= cfg.batch_size:
                         self.update_credit += ended.numel() / cfg.episodes_per_update
                 ts = nxt

@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from marpo_bench.envs import ENV_FAMILIES, list_envs, make_env, parse_env
-from marpo_bench.envs.base import MultiAgentVecEnv, TimeStep
+from marpo_bench.envs.base import PACK_ALIGN, MultiAgentVecEnv, TimeStep, move_packed, packed_offsets
 from marpo_bench.envs.mpe import MPE_TASKS
 
 FAMILIES = ("mpe", "jax_mpe")
@@ -334,3 +334,36 @@ def test_step_rejects_wrongly_shaped_actions(envs: dict, family: str) -> None:
     env.reset(seed=0)
     with pytest.raises(ValueError, match="shape"):
         env.step(torch.zeros(env.info.num_envs, 2, dtype=torch.int64))
+
+
+def test_move_packed_round_trips_every_dtype_and_shape_in_one_buffer() -> None:
+    # Mixed dtypes whose byte sizes are not multiples of each other, a non-contiguous view and a
+    # scalar: each comes back equal, with its dtype and shape.
+    tensors = [
+        torch.randn(3, 2, 5),
+        torch.tensor([True, False, True]),
+        torch.arange(7, dtype=torch.int64),
+        torch.ones(2, 3, dtype=torch.bool).expand(4, 2, 3),
+        torch.tensor(2.5),
+        torch.arange(5, dtype=torch.int32),
+    ]
+    moved = move_packed(tensors, "cpu")
+    for a, b in zip(tensors, moved, strict=True):
+        assert b.dtype == a.dtype and b.shape == a.shape
+        assert torch.equal(a, b)
+    # The results are views of one buffer: the copy happened once, not per tensor.
+    bases = {t.untyped_storage().data_ptr() for t in moved}
+    assert len(bases) == 1
+
+
+def test_packed_offsets_align_every_field() -> None:
+    offsets, total = packed_offsets([3, 8, 1, 16])
+    assert offsets == [0, 8, 16, 24] and total == 40
+    assert all(o % PACK_ALIGN == 0 for o in offsets)
+
+
+def test_timestep_to_its_own_device_is_the_same_object(envs: dict) -> None:
+    env = get_env(envs, "jax_mpe", "simple_spread")
+    env.reset(0)
+    ts = env.step(torch.zeros(env.info.num_envs, env.info.num_agents, dtype=torch.int64))
+    assert ts.to("cpu") is ts  # no copy on the learner's own device (the CPU default)

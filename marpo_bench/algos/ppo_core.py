@@ -278,14 +278,14 @@ class OnPolicyAlgorithm:
         return torch.zeros(num_envs, self.info.num_agents, self.cfg.hidden, device=self.device)
 
     def _step_policy(self, ts: TimeStep, h: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Masked log pi(.|o_t) [E, N, A] and the next hidden state; the hidden state is zeroed
-        where ``ts.done`` says the observation starts a new episode."""
-        obs, avail = ts.obs.to(self.device), ts.avail_actions.to(self.device)
+        """Masked log pi(.|o_t) [E, N, A] and the next hidden state for a TimeStep already on the
+        learner's device; the hidden state is zeroed where ``ts.done`` says the observation starts
+        a new episode."""
         if h is None:
-            return self.log_probs(obs, avail), None
-        h = h * (~ts.done.to(self.device)).view(-1, 1, 1).to(h.dtype)
-        logits, h_next = self.actor.step(obs, h)
-        return torch.log_softmax(masked_logits(logits, avail), dim=-1), h_next
+            return self.log_probs(ts.obs, ts.avail_actions), None
+        h = h * (~ts.done).view(-1, 1, 1).to(h.dtype)
+        logits, h_next = self.actor.step(ts.obs, h)
+        return torch.log_softmax(masked_logits(logits, ts.avail_actions), dim=-1), h_next
 
     def initial_act_state(self, num_envs: int) -> Any:
         """Per-env policy state for acting: the GRU hidden state, or None for an MLP policy."""
@@ -295,7 +295,7 @@ class OnPolicyAlgorithm:
     def act(self, ts: TimeStep, act_state: Any, deterministic: bool) -> tuple[torch.Tensor, Any]:
         """Actions [E, N] for a TimeStep (greedy when ``deterministic``) on the env's device, and
         the next policy state (``ts.done`` marks envs whose episode restarted)."""
-        logp, act_state = self._step_policy(ts, act_state)
+        logp, act_state = self._step_policy(ts.to(self.device), act_state)
         a = logp.argmax(-1) if deterministic else gumbel_max_sample(logp, self.gen)
         return a.to(ts.obs.device), act_state
 
@@ -348,25 +348,27 @@ class OnPolicyAlgorithm:
         h = self._rollout_h
         if self.cfg.recurrent and (h is None or h.shape[0] != ts.obs.shape[0]):
             h = self._zero_hidden(ts.obs.shape[0])
+        env_dev = ts.obs.device
+        tsd = ts.to(dev)  # the learner's copy: one packed host-device transfer per step (TimeStep.to)
         for _ in range(T):
-            obs, avail = ts.obs.to(dev), ts.avail_actions.to(dev)
             if h is not None:
-                h = h * (~ts.done.to(dev)).view(-1, 1, 1).to(h.dtype)  # new episode: fresh memory
+                h = h * (~tsd.done).view(-1, 1, 1).to(h.dtype)  # new episode: fresh memory
                 buf["hidden"].append(h)
-            logp_all, h = self._step_policy(ts, h) if h is not None else (self.log_probs(obs, avail), None)
+            logp_all, h = self._step_policy(tsd, h)
             actions = gumbel_max_sample(logp_all, self.gen)
-            buf["obs"].append(obs)
-            buf["state"].append(ts.state.to(dev))
-            buf["avail"].append(avail)
-            buf["alive"].append(ts.alive.to(dev))
+            buf["obs"].append(tsd.obs)
+            buf["state"].append(tsd.state)
+            buf["avail"].append(tsd.avail_actions)
+            buf["alive"].append(tsd.alive)
             buf["actions"].append(actions)
             buf["logits_old"].append(logp_all)
             buf["logp_old"].append(logp_all.gather(-1, actions.unsqueeze(-1)).squeeze(-1))
-            ts = env.step(actions.to(ts.obs.device))
-            buf["rewards"].append(ts.reward.to(dev))
-            buf["terminated"].append(ts.terminated.to(dev))
-            buf["done"].append(ts.done.to(dev))
-            buf["final_state"].append(ts.final_state.to(dev))
+            ts = env.step(actions.to(env_dev))
+            tsd = ts.to(dev)
+            buf["rewards"].append(tsd.reward)
+            buf["terminated"].append(tsd.terminated)
+            buf["done"].append(tsd.done)
+            buf["final_state"].append(tsd.final_state)
             if bool(ts.done.any()):
                 finished.extend(ts.episode_return[ts.done].tolist())
         self._rollout_h = h
@@ -375,7 +377,7 @@ class OnPolicyAlgorithm:
         values = self.values(data["state"])  # [T, E] one batched critic pass
         v_den = self.denorm(values)
         # V of the state after each step: next state in-episode, or the final state of a finished one.
-        nxt = torch.cat([v_den[1:], self.denorm(self.values(ts.state.to(dev))).unsqueeze(0)])
+        nxt = torch.cat([v_den[1:], self.denorm(self.values(tsd.state)).unsqueeze(0)])
         done = data["done"]
         if bool(done.any()):
             nxt[done] = self.denorm(self.values(final_state[done]))

@@ -20,10 +20,44 @@ Conventions (see ``DESIGN.md`` and ``PITFALLS.md``):
 
 from __future__ import annotations
 
+import math
+from collections.abc import Sequence
 from dataclasses import dataclass, fields
 from typing import Protocol, runtime_checkable
 
 import torch
+
+PACK_ALIGN = 8  # bytes: every packed field starts at a multiple of this (int64-safe views)
+
+
+def packed_offsets(nbytes: Sequence[int]) -> tuple[list[int], int]:
+    """Byte offsets of fields of the given sizes packed back to back in one buffer, each start
+    aligned to ``PACK_ALIGN``; and the buffer's total size."""
+    offsets, pos = [], 0
+    for n in nbytes:
+        offsets.append(pos)
+        pos += -(-n // PACK_ALIGN) * PACK_ALIGN
+    return offsets, pos
+
+
+def unpack_bytes(buf: torch.Tensor, specs: Sequence[tuple[tuple[int, ...], torch.dtype]]) -> list[torch.Tensor]:
+    """Views of a flat uint8 ``buf`` as tensors of the given (shape, dtype), laid out by
+    ``packed_offsets`` (no copy)."""
+    sizes = [math.prod(shape) * torch.empty((), dtype=dt).element_size() for shape, dt in specs]
+    offsets, _ = packed_offsets(sizes)
+    return [buf[o:o + n].view(dt).view(shape) for o, n, (shape, dt) in zip(offsets, sizes, specs, strict=True)]
+
+
+def move_packed(tensors: Sequence[torch.Tensor], device: torch.device | str) -> list[torch.Tensor]:
+    """``tensors`` (any dtypes, one device) on ``device`` in *one* copy: their bytes are packed
+    into a single buffer, moved, and viewed back. Small per-step tensors cost a transfer latency
+    each on a GPU; this pays it once per step batch."""
+    flat = [t.detach().contiguous().view(-1).view(torch.uint8) for t in tensors]
+    offsets, total = packed_offsets([f.numel() for f in flat])
+    buf = torch.empty(total, dtype=torch.uint8, device=tensors[0].device)
+    for o, f in zip(offsets, flat, strict=True):
+        buf[o:o + f.numel()] = f
+    return unpack_bytes(buf.to(device), [(tuple(t.shape), t.dtype) for t in tensors])
 
 
 @dataclass
@@ -61,8 +95,21 @@ class TimeStep:
         return self.terminated | self.truncated
 
     def to(self, device: torch.device | str) -> TimeStep:
-        """Copy every field to ``device``."""
-        return TimeStep(**{f.name: getattr(self, f.name).to(device) for f in fields(self)})
+        """This TimeStep on ``device``: itself when already there (all fields share one device,
+        the env's), else every field moved in one packed host-device copy (``move_packed``)."""
+        device = torch.device(device)
+        if _same_device(self.obs.device, device):
+            return self
+        names = [f.name for f in fields(self)]
+        moved = move_packed([getattr(self, n) for n in names], device)
+        return TimeStep(**dict(zip(names, moved, strict=True)))
+
+
+def _same_device(a: torch.device, b: torch.device) -> bool:
+    """Whether tensors on ``a`` are already on ``b`` (``cuda`` means the current CUDA device)."""
+    if a.type != b.type:
+        return False
+    return b.index is None or a.index == b.index
 
 
 @dataclass(frozen=True)
