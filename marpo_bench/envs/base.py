@@ -43,7 +43,7 @@ def packed_offsets(nbytes: Sequence[int]) -> tuple[list[int], int]:
 def unpack_bytes(buf: torch.Tensor, specs: Sequence[tuple[tuple[int, ...], torch.dtype]]) -> list[torch.Tensor]:
     """Views of a flat uint8 ``buf`` as tensors of the given (shape, dtype), laid out by
     ``packed_offsets`` (no copy)."""
-    sizes = [math.prod(shape) * torch.empty((), dtype=dt).element_size() for shape, dt in specs]
+    sizes = [math.prod(shape) * dt.itemsize for shape, dt in specs]
     offsets, _ = packed_offsets(sizes)
     return [buf[o:o + n].view(dt).view(shape) for o, n, (shape, dt) in zip(offsets, sizes, specs, strict=True)]
 
