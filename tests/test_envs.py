@@ -367,3 +367,15 @@ def test_timestep_to_its_own_device_is_the_same_object(envs: dict) -> None:
     env.reset(0)
     ts = env.step(torch.zeros(env.info.num_envs, env.info.num_agents, dtype=torch.int64))
     assert ts.to("cpu") is ts  # no copy on the learner's own device (the CPU default)
+
+
+def test_actions_for_jit_copies_so_a_reused_actions_tensor_cannot_change_a_pending_step() -> None:
+    from marpo_bench.envs.jax_mpe import actions_for_jit
+
+    for dtype in (torch.int64, torch.int32):  # int32 would otherwise be passed through as is
+        actions = torch.tensor([[1, 2, 3], [4, 0, 1]], dtype=dtype)
+        arr = actions_for_jit(actions, 2, 3)
+        actions.fill_(0)
+        assert arr.dtype == np.int32 and arr.tolist() == [[1, 2, 3], [4, 0, 1]]
+    with pytest.raises(ValueError, match=r"shape \(2, 3\)"):
+        actions_for_jit(torch.zeros(3, 2, dtype=torch.int64), 2, 3)

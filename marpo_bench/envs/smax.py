@@ -2,7 +2,7 @@
 
 E ``HeuristicEnemySMAX`` envs advance in one jitted, vmapped call per ``step`` (structure shared
 with ``jax_mpe.py``: the PRNG key and episode statistics live in the jitted carry, auto-reset
-happens inside the jitted function, torch and JAX exchange arrays via DLPack).
+happens inside the jitted function, outputs reach torch via DLPack, actions go in as NumPy).
 
 Settings (the same as JaxMARL's MAPPO/IPPO SMAX baselines, ``ENV_KWARGS`` of
 ``baselines/MAPPO/config/mappo_homogenous_rnn_smax.yaml`` and ``ippo_rnn_smax.yaml``):
@@ -236,7 +236,7 @@ class _Compiled:
         self.placeholder_states = jax.device_put(jax.tree.map(lambda x: jnp.zeros(x.shape, x.dtype), shapes), cpu)
         self.zero_ret = jax.device_put(jnp.zeros(E, jnp.float32), cpu)
         self.zero_len = jax.device_put(jnp.zeros(E, jnp.int32), cpu)
-        # Committed flags, like the DLPack-imported actions, so every call hits one compiled version.
+        # Committed flags (reset and step pass the same kind), so every call hits one compiled version.
         self.false, self.true = jax.device_put(jnp.array(False), cpu), jax.device_put(jnp.array(True), cpu)
         self.step: Callable[..., Any] = jax.jit(step_fn)
 
@@ -281,14 +281,11 @@ class SMAXVecEnv:
         self._step_jit = self._fn.step  # per instance, as in jax_mpe (the bench times it here)
         self._carry: _Carry | None = None
 
-    def _actions_to_jax(self, actions: torch.Tensor) -> jax.Array:
-        """[E, N] torch ints -> int32 JAX array via DLPack (the same input kind on every call)."""
-        import jax
+    def _actions_to_jax(self, actions: torch.Tensor) -> Any:
+        """[E, N] torch ints -> the int32 array the jitted step takes (the same kind on every call)."""
+        from marpo_bench.envs.jax_mpe import actions_for_jit
 
-        if tuple(actions.shape) != (self._E, self._N):
-            raise ValueError(f"actions must have shape {(self._E, self._N)}, got {tuple(actions.shape)}")
-        a = actions.detach().to("cpu", torch.int32).contiguous()
-        return jax.dlpack.from_dlpack(a)
+        return actions_for_jit(actions, self._E, self._N)
 
     def reset(self, seed: int) -> TimeStep:
         """Reset all E envs from ``jax.random.PRNGKey(seed)`` (compiles ``step`` on first use)."""
