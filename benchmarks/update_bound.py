@@ -26,25 +26,6 @@ import torch
 import marpo_bench  # noqa: F401  (sets passive OpenMP waiting before torch loads)
 
 
-def gemm_time(rows: int, dims: list[int], reps: int) -> float:
-    """Seconds for forward + backward GEMMs of an MLP with layer widths ``dims`` on ``rows`` rows."""
-    xs = [torch.randn(rows, d) for d in dims[:-1]]
-    ws = [torch.randn(o, i) for i, o in zip(dims[:-1], dims[1:], strict=True)]
-    gs = [torch.randn(rows, o) for o in dims[1:]]
-
-    def once() -> None:
-        for x, w, g in zip(xs, ws, gs, strict=True):
-            x @ w.t()  # forward
-            g @ w  # grad wrt input
-            g.t() @ x  # grad wrt weight
-
-    once()
-    t0 = time.perf_counter()
-    for _ in range(reps):
-        once()
-    return (time.perf_counter() - t0) / reps
-
-
 def gemms_time(shapes: list[tuple[int, int, int, int]], reps: int) -> tuple[float, float]:
     """Seconds and FLOPs for ``count`` products [m, k] @ [k, n] for each (m, k, n, count)."""
     mats = [(torch.randn(m, k), torch.randn(k, n), c) for m, k, n, c in shapes]
@@ -141,9 +122,12 @@ def main() -> None:
     T, E, N = cfg.rollout_len, cfg.num_envs, info.num_agents
     actor = [info.obs_dim, h, h, info.num_actions]
     critic = [info.state_dim, h, h, 1]
-    gemm_s = cfg.epochs * (gemm_time(T * E * N, actor, args.reps) + gemm_time(T * E, critic, args.reps))
-    flops = cfg.epochs * 6 * (T * E * N * sum(i * o for i, o in zip(actor[:-1], actor[1:], strict=True))
-                              + T * E * sum(i * o for i, o in zip(critic[:-1], critic[1:], strict=True)))
+    # per Linear layer (in i, out o) on ``rows`` rows: forward x W^T, input grad g W, weight grad g^T x
+    shapes = [shape for rows, dims in ((T * E * N, actor), (T * E, critic))
+              for i, o in zip(dims[:-1], dims[1:], strict=True)
+              for shape in ((rows, i, o, 1), (rows, o, i, 1), (o, rows, i, 1))]
+    gemm_s, flops = gemms_time(shapes, args.reps)
+    gemm_s, flops = cfg.epochs * gemm_s, cfg.epochs * flops
     steps = T * E
     print(f"threads={args.threads}  env steps per update={steps}")
     print(f"update (real):        {update_s * 1e3:8.1f} ms -> {steps / update_s:10,.0f} env steps/s (update only)")

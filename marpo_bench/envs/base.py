@@ -20,7 +20,6 @@ Conventions (see ``DESIGN.md`` and ``PITFALLS.md``):
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass, fields
 from typing import Protocol, runtime_checkable
@@ -40,24 +39,17 @@ def packed_offsets(nbytes: Sequence[int]) -> tuple[list[int], int]:
     return offsets, pos
 
 
-def unpack_bytes(buf: torch.Tensor, specs: Sequence[tuple[tuple[int, ...], torch.dtype]]) -> list[torch.Tensor]:
-    """Views of a flat uint8 ``buf`` as tensors of the given (shape, dtype), laid out by
-    ``packed_offsets`` (no copy)."""
-    sizes = [math.prod(shape) * dt.itemsize for shape, dt in specs]
-    offsets, _ = packed_offsets(sizes)
-    return [buf[o:o + n].view(dt).view(shape) for o, n, (shape, dt) in zip(offsets, sizes, specs, strict=True)]
-
-
 def move_packed(tensors: Sequence[torch.Tensor], device: torch.device | str) -> list[torch.Tensor]:
     """``tensors`` (any dtypes, one device) on ``device`` in *one* copy: their bytes are packed
-    into a single buffer, moved, and viewed back. Small per-step tensors cost a transfer latency
-    each on a GPU; this pays it once per step batch."""
+    into a single buffer (``packed_offsets``), moved, and viewed back. Small per-step tensors cost
+    a transfer latency each on a GPU; this pays it once per step batch."""
     flat = [t.detach().contiguous().view(-1).view(torch.uint8) for t in tensors]
     offsets, total = packed_offsets([f.numel() for f in flat])
     buf = torch.empty(total, dtype=torch.uint8, device=tensors[0].device)
     for o, f in zip(offsets, flat, strict=True):
         buf[o:o + f.numel()] = f
-    return unpack_bytes(buf.to(device), [(tuple(t.shape), t.dtype) for t in tensors])
+    buf = buf.to(device)
+    return [buf[o:o + f.numel()].view(t.dtype).view(t.shape) for o, f, t in zip(offsets, flat, tensors, strict=True)]
 
 
 @dataclass

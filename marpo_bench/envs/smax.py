@@ -55,6 +55,7 @@ from marpo_bench.envs.base import EnvInfo, TimeStep
 
 if TYPE_CHECKING:
     import jax
+    import numpy as np
 
 # JAX is imported on first construction, through ``jax_mpe`` (which sets JAX's CPU defaults first),
 # so the registry can import this module's task list without loading JAX.
@@ -281,7 +282,7 @@ class SMAXVecEnv:
         self._step_jit = self._fn.step  # per instance, as in jax_mpe (the bench times it here)
         self._carry: _Carry | None = None
 
-    def _actions_to_jax(self, actions: torch.Tensor) -> Any:
+    def _actions_to_jax(self, actions: torch.Tensor) -> np.ndarray:
         """[E, N] torch ints -> the int32 array the jitted step takes (the same kind on every call)."""
         from marpo_bench.envs.jax_mpe import actions_for_jit
 
