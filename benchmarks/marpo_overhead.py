@@ -34,12 +34,12 @@ def main() -> None:
     learners = {"mappo": MAPPO(MAPPOConfig(), env.info, "cpu", 0), "marpo": MARPO(MARPOConfig(), env.info, "cpu", 0)}
     ro, _, _ = learners["mappo"].collect(env, env.reset(0))
     for learner in learners.values():
-        learner.update(ro, 0.5)  # warm-up
+        learner.update(ro, env_steps=5_000_000)  # warm-up
     times: dict[str, list[float]] = {k: [] for k in learners}
     for _ in range(args.reps):
         for name, learner in learners.items():
             t0 = time.perf_counter()
-            learner.update(ro, 0.5)
+            learner.update(ro, env_steps=5_000_000)
             times[name].append(time.perf_counter() - t0)
     med = {k: statistics.median(v) * 1e3 for k, v in times.items()}
     print(f"threads={args.threads} reps={args.reps}: median update MAPPO {med['mappo']:.1f} ms, "

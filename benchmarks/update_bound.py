@@ -108,10 +108,10 @@ def main() -> None:
     algo = MAPPO(cfg, env.info, "cpu", 0)
     ts = env.reset(0)
     ro, ts, _ = algo.collect(env, ts)
-    algo.update(ro, 0.5)
+    algo.update(ro, env_steps=5_000_000)
     t0 = time.perf_counter()
     for _ in range(args.reps):
-        algo.update(ro, 0.5)
+        algo.update(ro, env_steps=5_000_000)
     update_s = (time.perf_counter() - t0) / args.reps
     t0 = time.perf_counter()
     for _ in range(args.reps):

@@ -115,7 +115,7 @@ class _PhaseClock:
 
 
 def _train_bench(algo: str, family: str, task: str, num_envs: int | None, seconds: float,
-                 threads: int) -> BenchRow:
+                 overrides: tuple[tuple[str, str], ...], threads: int) -> BenchRow:
     """Time whole ``learn()`` iterations (what a real run does), split into phases: env compute,
     torch<->env exchange, update, and the rest (policy forward, sampling, buffers, GAE)."""
     import torch
@@ -125,7 +125,7 @@ def _train_bench(algo: str, family: str, task: str, num_envs: int | None, second
     from marpo_bench.train import build_config, get_algorithm
 
     torch.set_num_threads(threads)
-    overrides = (("num_envs", str(num_envs)),) if num_envs else ()
+    overrides = (*overrides, *((("num_envs", str(num_envs)),) if num_envs else ()))
     cfg = build_config(RunSpec(algo, family, task, 0, 10**9, overrides))
     env = make_env(family, task, cfg.num_envs, agent_id=cfg.agent_id)
     learner = get_algorithm(algo)(cfg, env.info, "cpu", 0)
@@ -151,7 +151,8 @@ def _train_bench(algo: str, family: str, task: str, num_envs: int | None, second
     wrapper_ms, compute_ms, update_ms = (1000 * (b - a) / iters for a, b in zip(ph_a, ph_b, strict=True))
     env_ms, transfer_ms = (compute_ms, wrapper_ms - compute_ms) if clock.has_compute else (wrapper_ms, math.nan)
     policy_ms = 1000 * wall / iters - wrapper_ms - update_ms
-    return BenchRow("train", algo, f"{family}:{task}", env.info.num_envs, (s_b - s_a) / wall,
+    label = algo + "".join(f" {k}={v}" for k, v in overrides if k != "num_envs")
+    return BenchRow("train", label, f"{family}:{task}", env.info.num_envs, (s_b - s_a) / wall,
                     env_ms, transfer_ms, policy_ms, update_ms, _peak_rss_mb(), threads, wall)
 
 

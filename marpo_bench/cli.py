@@ -216,6 +216,8 @@ def bench(
     parallel: int = typer.Option(1, help="Identical measurements run at once, one process each, as "
                                          "`run --workers N` trains: env steps/s is their sum."),
     out: Path | None = typer.Option(None, help="Also write the table as Parquet."),
+    set_: list[str] = typer.Option([], "--set", help="Config override for the training rows, key=value or "
+                                                     "algo.key=value (as `run --set`), e.g. to time another recipe."),
 ) -> None:
     """Env steps/s (random actions) and training steps/s per algorithm, with peak memory; training
     rows split each iteration (ms) into env compute, torch<->env transfer, policy/bookkeeping and
@@ -223,6 +225,7 @@ def bench(
     import os
 
     from marpo_bench.bench import run_isolated
+    from marpo_bench.train import build_config
 
     try:
         algo_names = [a for a in algos.split(",") if a]
@@ -234,6 +237,10 @@ def bench(
         if any(x <= 0 for x in sizes) or seconds <= 0 or parallel <= 0 or threads < 0 or train_num_envs < 0:
             raise ConfigError("--num-envs, --seconds, --parallel must be positive and --threads, "
                               "--train-num-envs >= 0")
+        pairs = parse_set_options(set_)
+        for a in algo_names:  # bad keys or values fail here, before any process starts
+            for fam, task in env_pairs:
+                build_config(RunSpec(a, fam, task, 0, 10**9, pairs))
     except ValueError as exc:
         fail(str(exc))
     nthreads = threads or os.cpu_count() or 1
@@ -242,7 +249,7 @@ def bench(
         for e in sizes or ([1, 8] if fam == "mpe" else [64, 1024]):
             jobs.append(("env", (fam, task, e, seconds)))
         for a in algo_names:
-            jobs.append(("train", (a, fam, task, train_num_envs or None, seconds)))
+            jobs.append(("train", (a, fam, task, train_num_envs or None, seconds, pairs)))
     rows = []
     from rich.progress import track
 

@@ -20,6 +20,16 @@ class ConfigError(ValueError):
     """A user-facing, one-line configuration error."""
 
 
+@dataclass(frozen=True)
+class Recipe:
+    """An algorithm's defaults for one env family or task (an entry of its ``DEFAULTS_BY_FAMILY``
+    table, keyed ``family`` or ``family:task``) and where they come from: the published script or
+    config file and the values it sets, so every default can be checked against its source."""
+
+    source: str
+    values: dict[str, Any]
+
+
 # Torch threads per run. One: the suite's networks (64 units, a few thousand rows) are too small for
 # intra-op parallelism to pay, and a second thread waking per op costs more than it gives (measured
 # with `marpo-bench bench --threads 1` vs `--threads 2`, 2 cores: QMix on jax_mpe:simple_spread 1,428
@@ -187,6 +197,6 @@ def to_dict(cfg: Any) -> dict[str, Any]:
 
 
 __all__ = [
-    "ConfigError", "RunSpec", "apply_overrides", "field", "overrides_for",
+    "ConfigError", "Recipe", "RunSpec", "apply_overrides", "field", "overrides_for",
     "budget_for", "parse_budgets", "parse_set_options", "parse_steps", "to_dict",
 ]

@@ -66,14 +66,15 @@ def gumbel_max_sample(logits: torch.Tensor, generator: torch.Generator | None) -
     return torch.argmax(logits - torch.log(-torch.log(u)), dim=-1)
 
 
-class RecurrentActor(nn.Module):
-    """MAPPO's recurrent actor: ``MLP base -> GRU cell -> LayerNorm -> linear head``.
+class RecurrentNet(nn.Module):
+    """MAPPO's recurrent actor and critic (on-policy ``R_Actor`` / ``R_Critic``): ``MLP base -> GRU
+    cell -> LayerNorm -> linear head`` (head gain 0.01 for an actor's logits, 1 for a critic's value).
 
     ``step`` advances one time step for acting; ``unroll`` replays a sequence from a given hidden
     state, zeroing the hidden state where a new episode starts (``resets``)."""
 
     def __init__(self, in_dim: int, out_dim: int, hidden: int = 64, layers: int = 1,
-                 activation: str = "relu", input_norm: bool = True) -> None:
+                 activation: str = "relu", input_norm: bool = True, out_gain: float = 0.01) -> None:
         super().__init__()
         act = ACTIVATIONS[activation]
         gain = math.sqrt(2.0) if activation == "relu" else 5.0 / 3.0
@@ -87,20 +88,22 @@ class RecurrentActor(nn.Module):
         for name, p in self.gru.named_parameters():
             (nn.init.orthogonal_ if "weight" in name else nn.init.zeros_)(p)
         self.norm = nn.LayerNorm(hidden)
-        self.head = orthogonal_init(nn.Linear(hidden, out_dim), 0.01)
+        self.head = orthogonal_init(nn.Linear(hidden, out_dim), out_gain)
         self.hidden_size = hidden
 
     def step(self, x: torch.Tensor, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """One step: x [..., in], h [..., H] -> (logits [..., out], new h)."""
+        """One step: x [..., in], h [..., H] -> (output [..., out], new h)."""
         shape = x.shape[:-1]
         h_new = self.gru(self.base(x).reshape(-1, self.hidden_size), h.reshape(-1, self.hidden_size))
         return self.head(self.norm(h_new)).reshape(*shape, -1), h_new.reshape(*shape, self.hidden_size)
 
     def unroll(self, x: torch.Tensor, h0: torch.Tensor, resets: torch.Tensor) -> torch.Tensor:
-        """x [L, M, in], h0 [M, H], resets [L, M] bool (True: zero h before step j, j >= 1) ->
-        logits [L, M, out]."""
-        feats = self.base(x)
-        h, outs = h0, []
+        """x [L, *B, in], h0 [*B, H], resets [L, *B] bool (True: zero h before step j, j >= 1) ->
+        outputs [L, *B, out]."""
+        L, batch = x.shape[0], x.shape[1:-1]
+        feats = self.base(x.reshape(L, -1, x.shape[-1]))
+        resets = resets.reshape(L, -1)
+        h, outs = h0.reshape(-1, self.hidden_size), []
         # unbind, not feats[j]: indexing's backward writes each step's gradient into its own zeroed
         # copy of the whole [L, M, H] tensor (L full-size fills and adds per backward); unbind's
         # stacks them once. Same values, bit for bit.
@@ -109,4 +112,29 @@ class RecurrentActor(nn.Module):
                 h = h * (~resets[j]).unsqueeze(-1).to(h.dtype)
             h = self.gru(f, h)
             outs.append(h)
-        return self.head(self.norm(torch.stack(outs)))
+        out = self.head(self.norm(torch.stack(outs)))
+        return out.reshape(L, *batch, out.shape[-1])
+
+
+class PerAgent(nn.Module):
+    """One network per agent (on-policy's ``--share_policy`` off): agent i's inputs ``x[..., i, :]``
+    go through ``nets[i]``; the agent axis is the one before the features. Offers what the wrapped
+    networks offer (``forward``; ``step`` / ``unroll`` for recurrent ones) with the same shapes as a
+    shared network applied to all agents."""
+
+    def __init__(self, nets: list[nn.Module]) -> None:
+        super().__init__()
+        self.nets = nn.ModuleList(nets)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.stack([net(x[..., i, :]) for i, net in enumerate(self.nets)], dim=-2)
+
+    def step(self, x: torch.Tensor, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """x [..., N, in], h [..., N, H] -> (outputs [..., N, out], new h [..., N, H])."""
+        outs = [net.step(x[..., i, :], h[..., i, :]) for i, net in enumerate(self.nets)]
+        return torch.stack([o for o, _ in outs], dim=-2), torch.stack([hn for _, hn in outs], dim=-2)
+
+    def unroll(self, x: torch.Tensor, h0: torch.Tensor, resets: torch.Tensor) -> torch.Tensor:
+        """x [L, *B, N, in], h0 [*B, N, H], resets [L, *B, N] -> outputs [L, *B, N, out]."""
+        return torch.stack([net.unroll(x[..., i, :], h0[..., i, :], resets[..., i])
+                            for i, net in enumerate(self.nets)], dim=-2)

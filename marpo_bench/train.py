@@ -68,7 +68,7 @@ import torch
 
 from marpo_bench import store
 from marpo_bench.algos import ALGORITHMS, get_algorithm
-from marpo_bench.config import ConfigError, RunSpec, apply_overrides, overrides_for, to_dict
+from marpo_bench.config import ConfigError, Recipe, RunSpec, apply_overrides, overrides_for, to_dict
 from marpo_bench.envs import make_env
 from marpo_bench.envs.base import MultiAgentVecEnv, TimeStep
 
@@ -81,21 +81,34 @@ FAULT_ENV = "MARPO_BENCH_FAULT"
 FAULT_KINDS = ("nan", "raise", "exit")
 
 
+def recipe_entries(algo_cls: Any, family: str, task: str) -> list[tuple[str, Any]]:
+    """The entries of an algorithm's recipe table (``DEFAULTS_BY_FAMILY``) that apply to
+    ``family:task``, least specific first: the family's, then the task's (key ``family:task``).
+    An entry is a :class:`~marpo_bench.config.Recipe` (values and their source) or a plain dict."""
+    table = getattr(algo_cls, "DEFAULTS_BY_FAMILY", {})
+    return [(key, table[key]) for key in (family, f"{family}:{task}") if key in table]
+
+
 def build_config(spec: RunSpec) -> Any:
-    """The algorithm's config for this run: class defaults, then the env family's defaults (if the
-    algorithm defines ``DEFAULTS_BY_FAMILY``), then the user's ``--set`` overrides."""
+    """The algorithm's config for this run: class defaults, then its recipe for the env family and
+    for the task (``recipe_entries``), then the user's ``--set`` overrides, then the config's own
+    ``resolved()`` where it has one (every setting left to the algorithm filled in)."""
     algo_cls = get_algorithm(spec.algo)
     cfg = algo_cls.Config()
-    family_defaults = getattr(algo_cls, "DEFAULTS_BY_FAMILY", {}).get(spec.env, {})
-    if family_defaults:
-        cfg = apply_overrides(cfg, {k: str(v) for k, v in family_defaults.items()}, spec.algo)
+    for _, entry in recipe_entries(algo_cls, spec.env, spec.task):
+        values = entry.values if isinstance(entry, Recipe) else entry
+        cfg = apply_overrides(cfg, {k: str(v) for k, v in values.items()}, spec.algo)
     scoped = overrides_for(spec.algo, spec.overrides, set(ALGORITHMS))
     known = set(cfg.__dataclass_fields__)
     # Unscoped keys apply to every algorithm that has the setting; the CLI checks each is known
     # to at least one algorithm of the grid. Scoped keys (``algo.key``) must exist.
     scoped_keys = {k.split(".", 1)[1] for k, _ in spec.overrides if k.startswith(spec.algo + ".")}
     mine = {k: v for k, v in scoped.items() if k in known or k in scoped_keys}
-    return apply_overrides(cfg, mine, spec.algo)
+    cfg = apply_overrides(cfg, mine, spec.algo)
+    # Settings an algorithm fills itself (QMix's lineage defaults) are spelled out, so that run.json
+    # stores the values the run used, not nulls.
+    resolved = getattr(cfg, "resolved", None)
+    return resolved() if callable(resolved) else cfg
 
 
 def resolve_device(device: str) -> torch.device:
@@ -489,6 +502,8 @@ def train_run(spec: RunSpec, results: Path | None = None, study: str = "default"
     record: dict[str, Any] = {
         "run_id": spec.run_id, "algo": spec.algo, "env": spec.env, "task": spec.task, "seed": spec.seed,
         "budget": spec.steps, "overrides": [list(p) for p in spec.overrides], "config": to_dict(cfg),
+        "recipe": {key: entry.source for key, entry in recipe_entries(algo_cls, spec.env, spec.task)
+                   if isinstance(entry, Recipe)},
         "status": "running", "message": "", "started": resume["started"] if resume else _now(),
         "finished": None, "wall_seconds": resume["wall_seconds"] if resume else 0.0,
         "env_steps": resume["env_steps"] if resume else 0, "versions": _versions(),
@@ -579,8 +594,9 @@ def train_run(spec: RunSpec, results: Path | None = None, study: str = "default"
             fallback_seed = (spec.seed * 1_000_003 + start) % (2**31 - 1)
             exact = env.restore(resume["env"], spec.seed, fallback_seed)
             state = dict(resume["algo"])
-            if not exact and "rollout_h" in state:
-                state["rollout_h"] = None  # the episodes restart: so does the recurrent state
+            for key in ("rollout_h", "rollout_hc"):
+                if not exact and key in state:
+                    state[key] = None  # the episodes restart: so does the recurrent state
             algo.load_state_dict(state)
             rows[:] = resume["rows"]
             pending[:] = resume["pending"]

@@ -9,7 +9,7 @@ from marpo_bench.bench import run_isolated
 
 @pytest.mark.parametrize("algo", ["mappo", "qmix"])
 def test_train_bench_phases_are_positive_and_fit_in_the_iteration(algo):
-    row = run_isolated("train", (algo, "jax_mpe", "simple_spread", 8, 1.0), 1)
+    row = run_isolated("train", (algo, "jax_mpe", "simple_spread", 8, 1.0, ()), 1)
     assert row["kind"] == "train" and row["num_envs"] == 8 and row["env_steps_per_s"] > 0
     for k in ("env_ms", "transfer_ms", "policy_ms", "update_ms"):
         assert math.isfinite(row[k]) and row[k] >= 0, (k, row[k])
@@ -22,17 +22,17 @@ def test_train_bench_phases_are_positive_and_fit_in_the_iteration(algo):
 
 
 def test_train_bench_on_a_python_env_reports_no_transfer_split():
-    row = run_isolated("train", ("mappo", "mpe", "simple_spread", 2, 0.5), 1)
+    row = run_isolated("train", ("mappo", "mpe", "simple_spread", 2, 0.5, ()), 1)
     assert math.isnan(row["transfer_ms"]) and row["env_ms"] > 0 and row["update_ms"] > 0
 
 
 def test_train_bench_on_smax_separates_the_jitted_compute_from_the_exchange():
-    row = run_isolated("train", ("mappo", "smax", "3m", 8, 1.0), 1)
+    row = run_isolated("train", ("mappo", "smax", "3m", 8, 1.0, ()), 1)
     assert math.isfinite(row["transfer_ms"]) and row["transfer_ms"] >= 0 and row["env_ms"] > 0
 
 
 def test_parallel_bench_sums_env_steps_over_processes_and_averages_their_phases():
-    row = run_isolated("train", ("mappo", "jax_mpe", "simple_spread", 8, 1.0), 1, parallel=2)
+    row = run_isolated("train", ("mappo", "jax_mpe", "simple_spread", 8, 1.0, ()), 1, parallel=2)
     assert row["parallel"] == 2
     # Each process does 200 env steps per iteration (8 envs x 25 steps): the summed rate times the
     # mean iteration time is 2 x 200, up to the two processes' different speeds (Jensen's gap).

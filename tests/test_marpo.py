@@ -89,7 +89,7 @@ def test_marpo_objective_is_l0_plus_alpha_l1_by_hand():
     info = fake_info(N=1, obs_dim=3, S=2, A=2)
     algo = MARPO(MARPOConfig(clip="symmetric", alpha=0.3), info, "cpu", seed=0)
     mb, logp_all, adv = _ratio_batch([1.1, 0.9, 1.3, 1.0], [1.0, 2.0, -1.0, 0.5], [False, True, False, False])
-    surrogate, logs = algo.policy_objective(mb, logp_all, logp_all[1:], adv, progress=0.0)
+    surrogate, logs = algo.policy_objective(mb, logp_all, logp_all[1:], adv, env_steps=0)
     # L0 with [0.8, 1.2]: min(1.1, 1.1)=1.1; min(1.8, 1.8)=1.8; min(-1.3, -1.2)=-1.3; min(.5,.5)=.5
     l0 = (1.1 + 1.8 - 1.3 + 0.5) / 4
     l1 = (1.98 + 0.6) / 2
@@ -104,7 +104,7 @@ def test_reflection_term_is_nonzero_on_a_random_batch():
     mb = random_rollout(policy=algo, seed=3)
     logp_all = algo.log_probs(mb.obs, mb.avail)
     adv = torch.randn(mb.logp_old.shape, generator=torch.Generator().manual_seed(0))
-    _, logs = algo.policy_objective(mb, logp_all, logp_all[1:], adv, progress=0.1)
+    _, logs = algo.policy_objective(mb, logp_all, logp_all[1:], adv, env_steps=1_000_000)
     assert abs(logs["reflection_term"]) > 1e-4
 
 
@@ -121,7 +121,7 @@ def test_reflection_gradient_vanishes_where_both_ratios_are_clipped():
 def _loss_and_grads(algo, mb, adv):
     algo.actor.zero_grad()
     logp_all, logp_next = algo.policy_log_probs(mb)
-    surrogate, _ = algo.policy_objective(mb, logp_all, logp_next, adv, progress=0.3)
+    surrogate, _ = algo.policy_objective(mb, logp_all, logp_next, adv, env_steps=3_000_000)
     surrogate.backward()
     return surrogate.detach(), [p.grad.clone() for p in algo.actor.parameters()]
 
@@ -170,7 +170,7 @@ def test_delta_adapts_once_per_minibatch_and_is_checkpointed(monkeypatch):
     monkeypatch.setattr(marpo_mod, "update_delta", counting)
     info = fake_info()
     algo = MARPO(MARPOConfig(epochs=3, minibatches=2), info, "cpu", seed=0)
-    logs = algo.update(random_rollout(policy=algo, perturb=0.0), progress=0.2)
+    logs = algo.update(random_rollout(policy=algo, perturb=0.0), env_steps=2_000_000)
     assert len(calls) == 6
     assert calls[0] == pytest.approx(0.0, abs=1e-7)  # first minibatch: theta == snapshot, KL = 0
     assert all(k >= 0 for k in calls)
@@ -191,8 +191,8 @@ def test_main_clip_ppo_keeps_fixed_bounds_in_l0():
     kl = float(marpo_mod.categorical_kl(mb.logits_old, logp_all).mean())
     x1, x2 = kl_clip_bounds(update_delta(0.01, kl, 0.0, MARPOConfig()))
     assert 1.0 < x2 < r < 1.2
-    s_paper, _ = algo_paper.policy_objective(mb, logp_all, logp_all[1:], adv, progress=0.0)
-    s_code, _ = algo_code.policy_objective(mb, logp_all, logp_all[1:], adv, progress=0.0)
+    s_paper, _ = algo_paper.policy_objective(mb, logp_all, logp_all[1:], adv, env_steps=0)
+    s_code, _ = algo_code.policy_objective(mb, logp_all, logp_all[1:], adv, env_steps=0)
     assert float(s_paper) == pytest.approx(x2 / 2, abs=1e-5)  # clipped at the adaptive bound
     assert float(s_code) == pytest.approx(r / 2, abs=1e-5)  # inside PPO's [0.8, 1.2]
 

@@ -73,7 +73,7 @@ def test_mappo_update_changes_policy_and_reports_finite_metrics():
     algo = MAPPO(MAPPOConfig(epochs=2, minibatches=2), info, "cpu", seed=0)
     ro = random_rollout(policy=algo)
     before = [p.detach().clone() for p in algo.actor.parameters()]
-    logs = algo.update(ro, progress=0.5)
+    logs = algo.update(ro, env_steps=1_000)
     assert all(torch.isfinite(torch.tensor(v)) for v in logs.values())
     assert {"policy_loss", "value_loss", "entropy", "approx_kl", "clip_fraction", "grad_norm"} <= set(logs)
     assert any(not torch.equal(b, p) for b, p in zip(before, algo.actor.parameters(), strict=False))

@@ -19,7 +19,10 @@ MAPPO (shared PPO core) with a different policy objective, ``marpo-spec.md`` sec
        biased = max(KL_mb, kl_floor) + kl_bias * (1 - min(progress, 1))
        delta <- (1 - ema) * delta + ema * biased
    with KL_mb the exact categorical KL(pi_snapshot || pi_theta) averaged over the minibatch's alive
-   agents, pi_snapshot the policy that collected the rollout.
+   agents, pi_snapshot the policy that collected the rollout, and progress = env steps so far /
+   ``progress_horizon`` (default 10M, the paper's budget). The horizon is fixed, not the run's
+   budget: a budget is a stopping rule, so a 300k-step run follows the first 300k steps of a
+   10M-step run's delta path (keyed to the budget, a short run would compress the schedule).
 
 Switches (spec section 3): ``reflection`` (False: alpha is ignored), ``clip`` ("adaptive" |
 "symmetric" = PPO's [1-eps, 1+eps] everywhere), ``main_clip`` ("adaptive" = the paper's placement,
@@ -37,13 +40,17 @@ import numpy as np
 import torch
 from scipy.special import lambertw
 
+from baselines.mappo import MAPPO_RECIPES
 from marpo_bench.algos.ppo_core import OnPolicyAlgorithm, PPOConfig, Rollout, masked_mean, ppo_clip_surrogate
 
 
 @dataclass
 class MARPOConfig(PPOConfig):
-    """MARPO = MAPPO's defaults (the official code is a fork of MAPPO's) plus the paper's alpha 0.3
-    and the official code's delta schedule constants (delta0 0.01, floor 0.008, bias 0.08, EMA 0.08)."""
+    """MARPO = MAPPO's defaults and per-task recipes (the official code is a fork of MAPPO's and its
+    scripts are MAPPO's) plus the paper's alpha 0.3, the official code's delta schedule constants
+    (delta0 0.01, floor 0.008, bias 0.08, EMA 0.08) and the env steps over which delta's bias decays
+    (``progress_horizon``: the paper's 10M-step budget; the official code divides its step count by
+    the total, marpo-spec.md section 2)."""
 
     alpha: float = 0.3
     reflection: bool = True
@@ -53,6 +60,7 @@ class MARPOConfig(PPOConfig):
     kl_floor: float = 0.008
     kl_bias: float = 0.08
     delta_ema: float = 0.08
+    progress_horizon: int = 10_000_000
 
     def validate(self) -> None:
         super().validate()
@@ -62,6 +70,8 @@ class MARPOConfig(PPOConfig):
             raise ConfigError(f"alpha must be >= 0, got {self.alpha}")
         if self.delta0 <= 0 or self.kl_floor < 0 or self.kl_bias < 0 or not 0 <= self.delta_ema <= 1:
             raise ConfigError("need delta0 > 0, kl_floor >= 0, kl_bias >= 0 and 0 <= delta_ema <= 1")
+        if self.progress_horizon <= 0:
+            raise ConfigError(f"progress_horizon must be positive, got {self.progress_horizon}")
 
 
 def kl_clip_bounds(delta: float) -> tuple[float, float]:
@@ -75,6 +85,12 @@ def kl_clip_bounds(delta: float) -> tuple[float, float]:
     x1 = float(-lambertw(z, 0).real)
     x2 = float(-lambertw(z, -1).real)
     return x1, x2
+
+
+def schedule_progress(env_steps: int, horizon: int) -> float:
+    """How far delta's bias has decayed: env steps so far over the fixed ``progress_horizon``, at
+    most 1. Independent of the run's budget by construction."""
+    return min(env_steps / horizon, 1.0)
 
 
 def update_delta(delta: float, kl: float, progress: float, cfg: MARPOConfig) -> float:
@@ -114,13 +130,14 @@ class MARPO(OnPolicyAlgorithm):
     name = "marpo"
     Config = MARPOConfig
     cfg: MARPOConfig
+    DEFAULTS_BY_FAMILY = MAPPO_RECIPES  # the official MARPO scripts are MAPPO's (PITFALLS.md)
 
     def __init__(self, cfg: MARPOConfig, *args, **kwargs) -> None:
         super().__init__(cfg, *args, **kwargs)
         self.delta = cfg.delta0
 
     def policy_objective(self, mb: Rollout, logp_all: torch.Tensor, logp_next: torch.Tensor,
-                         adv: torch.Tensor, progress: float) -> tuple[torch.Tensor, dict[str, float]]:
+                         adv: torch.Tensor, env_steps: int) -> tuple[torch.Tensor, dict[str, float]]:
         """L0 + alpha * L1 with the configured clipping (spec sections 1-2)."""
         cfg = self.cfg
         logp = logp_all.gather(-1, mb.actions.unsqueeze(-1)).squeeze(-1)
@@ -130,7 +147,7 @@ class MARPO(OnPolicyAlgorithm):
             # delta adapts once per minibatch, before this minibatch's gradient step.
             with torch.no_grad():
                 kl = float(masked_mean(categorical_kl(mb.logits_old, logp_all.detach()), mb.alive))
-            self.delta = update_delta(self.delta, kl, progress, cfg)
+            self.delta = update_delta(self.delta, kl, schedule_progress(env_steps, cfg.progress_horizon), cfg)
             x1, x2 = kl_clip_bounds(self.delta)
             lo0, hi0 = (x1, x2) if cfg.main_clip == "adaptive" else (eps_lo, eps_hi)
             lo1, hi1 = x1, x2

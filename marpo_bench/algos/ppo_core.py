@@ -9,8 +9,12 @@ shared, so one value per env suffices and advantages broadcast to every agent.
 
 Minibatches are drawn over *environments* (each minibatch holds whole [T]-step trajectories of a
 subset of envs). This keeps (t, t+1) pairs together for MARPO's reflection term and lets a
-recurrent policy be added without changing the sampler; with one minibatch (MAPPO's MPE default)
-it is identical to MAPPO's sampler.
+recurrent policy be added without changing the sampler; with one minibatch (MAPPO's published
+default everywhere) it is identical to MAPPO's sampler.
+
+The published per-task recipes (which of these switches on-policy's scripts set, with their
+sources) live in ``baselines/mappo.py``; MARPO inherits them. The ``PPOConfig`` class defaults are
+the base they override (on-policy's ``config.py`` defaults where an env family has no recipe).
 """
 
 from __future__ import annotations
@@ -25,17 +29,18 @@ import torch
 from torch import nn
 
 from marpo_bench.envs.base import EnvInfo, MultiAgentVecEnv, TimeStep
-from marpo_bench.nets import MLP, RecurrentActor, gumbel_max_sample, masked_logits
+from marpo_bench.nets import MLP, PerAgent, RecurrentNet, gumbel_max_sample, masked_logits
 
 
 @dataclass
 class PPOConfig:
-    """Shared on-policy defaults: MAPPO's MPE recipe (Yu et al. 2022, Table/appendix; on-policy code
-    ``train_mpe.py`` / ``mpe_spread.sh``): 128 envs x 25 steps, 10 epochs, 1 minibatch, lr 7e-4,
-    gamma 0.99, GAE lambda 0.95, clip 0.2, entropy 0.01, value coef 1, Huber delta 10 with value
-    clipping, ValueNorm, grad-norm clip 10, Adam eps 1e-5, 64-unit MLPs with input LayerNorm.
-    Activation: ReLU, as the MAPPO paper states (the official spread script ends up with Tanh through
-    a ``store_false`` flag: PITFALLS.md)."""
+    """Shared on-policy settings. The class defaults are the base every recipe overrides: on-policy's
+    ``onpolicy/config.py`` defaults (gamma 0.99, GAE lambda 0.95, clip 0.2, entropy 0.01, value coef
+    1, Huber delta 10 with value clipping, ValueNorm, grad-norm clip 10, Adam eps 1e-5, 1 minibatch,
+    64-unit networks with input LayerNorm, ReLU) with the MPE scripts' 128 envs x 25 steps, lr 7e-4
+    and 10 epochs, as an MLP (non-recurrent) actor and critic. The published recipe of each env
+    family and task (recurrent actor and critic, activation, epochs, clip, shared policy, agent id,
+    time-limit bootstrap) is MAPPO's ``DEFAULTS_BY_FAMILY`` in ``baselines/mappo.py``."""
 
     num_envs: int = 128
     rollout_len: int = 25
@@ -55,10 +60,15 @@ class PPOConfig:
     max_grad_norm: float = 10.0
     hidden: int = 64
     layers: int = 2
-    activation: Literal["relu", "tanh"] = "relu"
-    agent_id: bool = True
-    recurrent: bool = False  # GRU actor (MAPPO's rMAPPO; required on SMAX/SMACv2)
-    chunk_len: int = 10  # BPTT chunk length of the recurrent actor (MAPPO's data_chunk_length)
+    activation: Literal["relu", "tanh"] = "relu"  # on-policy --use_ReLU (store_false: passing it gives Tanh)
+    agent_id: bool = True  # the env appends a one-hot agent id to each observation
+    recurrent: bool = False  # GRU actor (on-policy's rmappo R_Actor)
+    recurrent_critic: bool = False  # GRU critic (rmappo's R_Critic; on-policy's rmappo sets both)
+    chunk_len: int = 10  # BPTT chunk length of the recurrent nets (on-policy data_chunk_length 10)
+    share_policy: bool = True  # one actor for all agents (on-policy --share_policy, store_false)
+    # Truncated episodes (time limit) bootstrap from V(final state). on-policy's
+    # use_proper_time_limits is False: its recipes treat a time limit as terminal (no bootstrap).
+    bootstrap_truncation: bool = True
     eval_interval: int = 0  # env steps between evaluations; 0 = budget / 20
     eval_episodes: int = 32
     eval_mode: Literal["greedy", "sample"] = "greedy"
@@ -70,7 +80,7 @@ class PPOConfig:
         for name in ("num_envs", "rollout_len", "epochs", "minibatches", "hidden", "layers", "eval_episodes"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be positive, got {getattr(self, name)}")
-        if self.recurrent and (self.chunk_len <= 0 or self.rollout_len % self.chunk_len):
+        if (self.recurrent or self.recurrent_critic) and (self.chunk_len <= 0 or self.rollout_len % self.chunk_len):
             raise ConfigError(f"rollout_len ({self.rollout_len}) must be a multiple of chunk_len ({self.chunk_len})")
         if self.minibatches > self.num_envs:
             raise ConfigError(f"minibatches ({self.minibatches}) cannot exceed num_envs ({self.num_envs})")
@@ -172,6 +182,7 @@ class Rollout:
     advantages: torch.Tensor  # [T, E]
     returns: torch.Tensor  # [T, E] (denormalised)
     hidden: torch.Tensor | None = None  # [T, E, N, H] recurrent actor state before step t (reset applied)
+    hidden_critic: torch.Tensor | None = None  # [T, E, H] recurrent critic state before step t (reset applied)
 
     def select_envs(self, idx: torch.Tensor) -> Rollout:
         """The sub-rollout of envs ``idx`` (all T steps, so (t, t+1) pairs stay together)."""
@@ -180,35 +191,53 @@ class Rollout:
 
 @dataclass
 class ChunkedInputs:
-    """A recurrent actor's replay inputs, cut into chunks of ``L`` steps plus the next step (spec
-    section 1): ``obs`` [L+1, C, E, N, O], ``avail`` [L+1, C, E, N, A], ``starts`` [L+1, C, E, N]
-    (step opens a new episode), ``h0`` [C, E, N, H] (the stored hidden state at each chunk's
-    start). They depend only on the rollout, so an update builds them once for all its epochs."""
+    """The recurrent networks' replay inputs, cut into C = T / L chunks of ``L`` steps, each replayed
+    from the hidden state stored at its start. They depend only on the rollout, so an update builds
+    them once for all its epochs.
 
-    obs: torch.Tensor
-    avail: torch.Tensor
-    starts: torch.Tensor
-    h0: torch.Tensor
+    Actor (recurrent actor only; chunks of L + 1 steps, the extra one being step k + 1 for MARPO's
+    reflection on the chunk's last step, spec section 1): ``obs`` [L+1, C, E, N, O], ``avail``
+    [L+1, C, E, N, A], ``starts`` [L+1, C, E, N] (the step opens a new episode), ``h0`` [C, E, N, H].
+    Critic (recurrent critic only): ``state`` [L, C, E, S], ``env_starts`` [L, C, E], ``hc0`` [C, E, H]."""
+
+    obs: torch.Tensor | None = None
+    avail: torch.Tensor | None = None
+    starts: torch.Tensor | None = None
+    h0: torch.Tensor | None = None
+    state: torch.Tensor | None = None
+    env_starts: torch.Tensor | None = None
+    hc0: torch.Tensor | None = None
 
     @classmethod
     def from_rollout(cls, ro: Rollout, chunk_len: int) -> ChunkedInputs:
-        T = ro.actions.shape[0]
-        L, dev = chunk_len, ro.actions.device
+        T, E = ro.rewards.shape
+        L, dev = chunk_len, ro.rewards.device
         C = T // L
         idx = (torch.arange(C, device=dev)[:, None] * L
                + torch.arange(L + 1, device=dev)[None, :]).clamp(max=T - 1)  # [C, L+1]
 
-        def seq(x: torch.Tensor) -> torch.Tensor:  # [T, E, N, ...] -> [L+1, C, E, N, ...]
+        def seq(x: torch.Tensor) -> torch.Tensor:  # [T, E, ...] -> [L+1, C, E, ...]
             return x[idx].transpose(0, 1).contiguous()
 
-        starts = torch.zeros(ro.actions.shape, dtype=torch.bool, device=dev)
-        starts[1:] = ro.done[:-1].unsqueeze(-1)  # step t opens a new episode when step t-1 ended one
-        return cls(obs=seq(ro.obs), avail=seq(ro.avail), starts=seq(starts), h0=ro.hidden[idx[:, 0]])
+        starts = torch.zeros(T, E, dtype=torch.bool, device=dev)
+        starts[1:] = ro.done[:-1]  # step t opens a new episode when step t-1 ended one
+        out = cls()
+        if ro.hidden is not None:
+            out.obs, out.avail, out.h0 = seq(ro.obs), seq(ro.avail), ro.hidden[idx[:, 0]]
+            out.starts = seq(starts.unsqueeze(-1).expand(ro.actions.shape))
+        if ro.hidden_critic is not None:
+            out.state, out.env_starts = seq(ro.state)[:L], seq(starts)[:L]
+            out.hc0 = ro.hidden_critic[idx[:, 0]]
+        return out
 
     def select_envs(self, idx: torch.Tensor) -> ChunkedInputs:
         """The chunks of envs ``idx`` (as ``Rollout.select_envs``)."""
-        return ChunkedInputs(obs=self.obs[:, :, idx], avail=self.avail[:, :, idx],
-                             starts=self.starts[:, :, idx], h0=self.h0[:, idx])
+        def pick(x: torch.Tensor | None, axis: int) -> torch.Tensor | None:
+            return None if x is None else x.index_select(axis, idx)
+
+        return ChunkedInputs(obs=pick(self.obs, 2), avail=pick(self.avail, 2), starts=pick(self.starts, 2),
+                             h0=pick(self.h0, 1), state=pick(self.state, 2), env_starts=pick(self.env_starts, 2),
+                             hc0=pick(self.hc0, 1))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -228,22 +257,11 @@ def huber(x: torch.Tensor, delta: float) -> torch.Tensor:
     return torch.where(a <= delta, 0.5 * x**2, delta * (a - 0.5 * delta))
 
 
-# Per env family: MAPPO's SMAC recipe (on-policy code, ``train_smac.py`` scripts): recurrent actor
-# (GRU 64, chunk length 10), lr 5e-4, 5 epochs, 1 minibatch, 3,200 transitions per update. MAPPO
-# gathers them as 8 envs x 400 steps; here 64 envs x 50 steps, the same batch, so the vectorised
-# SMAX backend is used. Everything else is the PPOConfig (MPE) default.
-SMAC_DEFAULTS: dict[str, object] = {
-    "recurrent": True, "chunk_len": 10, "lr": 5e-4, "critic_lr": 5e-4, "epochs": 5, "minibatches": 1,
-    "num_envs": 64, "rollout_len": 50,
-}
-
-
 class OnPolicyAlgorithm:
     """MAPPO-style CTDE learner; subclasses supply the policy objective."""
 
     name = "ppo"
     Config = PPOConfig
-    DEFAULTS_BY_FAMILY: dict[str, dict[str, object]] = {"smax": SMAC_DEFAULTS, "smacv2": SMAC_DEFAULTS}
 
     def __init__(self, cfg: PPOConfig, env_info: EnvInfo, device: torch.device | str, seed: int) -> None:
         self.cfg = cfg
@@ -252,13 +270,14 @@ class OnPolicyAlgorithm:
         self.seed = seed
         with torch.random.fork_rng(devices=[]):  # seeded init without touching global RNG state
             torch.manual_seed(seed)
-            if cfg.recurrent:
-                self.actor: nn.Module = RecurrentActor(env_info.obs_dim, env_info.num_actions, cfg.hidden,
-                                                       cfg.layers, cfg.activation).to(self.device)
-            else:
-                self.actor = MLP(env_info.obs_dim, env_info.num_actions, cfg.hidden, cfg.layers,
-                                 cfg.activation, out_gain=0.01).to(self.device)
-            self.critic = MLP(env_info.state_dim, 1, cfg.hidden, cfg.layers, cfg.activation,
+            net = RecurrentNet if cfg.recurrent else MLP
+            actors = [net(env_info.obs_dim, env_info.num_actions, cfg.hidden, cfg.layers, cfg.activation,
+                          out_gain=0.01) for _ in range(1 if cfg.share_policy else env_info.num_agents)]
+            self.actor: nn.Module = (actors[0] if cfg.share_policy else PerAgent(actors)).to(self.device)
+            # One centralised critic V(s) per env: the team reward is shared, so agents' critics on the
+            # same state would learn the same function (on-policy's separated runner keeps one each).
+            net = RecurrentNet if cfg.recurrent_critic else MLP
+            self.critic = net(env_info.state_dim, 1, cfg.hidden, cfg.layers, cfg.activation,
                               out_gain=1.0).to(self.device)
         self.value_norm = ValueNorm().to(self.device) if cfg.value_norm else None
         self.actor_opt = torch.optim.Adam(self.actor.parameters(), lr=cfg.lr, eps=cfg.adam_eps)
@@ -267,6 +286,7 @@ class OnPolicyAlgorithm:
         self.gen.manual_seed(seed)
         self.np_rng = np.random.default_rng(seed)
         self._rollout_h: torch.Tensor | None = None  # recurrent actor state carried across rollouts
+        self._rollout_hc: torch.Tensor | None = None  # recurrent critic state carried across rollouts
 
     # -- acting -------------------------------------------------------------------------------
 
@@ -313,23 +333,33 @@ class OnPolicyAlgorithm:
             return logp_all, logp_all[1:]
         T, B, N = mb.actions.shape
         L = self.cfg.chunk_len
-        C = T // L
-        M = C * B * N
         ch = chunks if chunks is not None else ChunkedInputs.from_rollout(mb, L)
-
-        def seq(x: torch.Tensor) -> torch.Tensor:  # [L+1, C, B, N, ...] -> [L+1, C*B*N, ...]
-            return x.reshape(L + 1, M, *x.shape[4:])
-
-        logits = self.actor.unroll(seq(ch.obs), ch.h0.reshape(M, -1), seq(ch.starts))  # [L+1, M, A]
-        logp = torch.log_softmax(masked_logits(logits, seq(ch.avail)), dim=-1)
-        logp = logp.reshape(L + 1, C, B, N, -1).transpose(0, 1)  # [C, L+1, B, N, A]
+        logits = self.actor.unroll(ch.obs, ch.h0, ch.starts)  # [L+1, C, B, N, A]
+        logp = torch.log_softmax(masked_logits(logits, ch.avail), dim=-1)
+        logp = logp.transpose(0, 1)  # [C, L+1, B, N, A]
         logp_all = logp[:, :L].reshape(T, B, N, -1)
         logp_next = logp[:, 1:].reshape(T, B, N, -1)[:-1]
         return logp_all, logp_next
 
     def values(self, state: torch.Tensor) -> torch.Tensor:
-        """Critic output [...]: normalised values when ``value_norm`` is on."""
+        """Feed-forward critic output [...]: normalised values when ``value_norm`` is on."""
         return self.critic(state).squeeze(-1)
+
+    def critic_step(self, state: torch.Tensor, hc: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Recurrent critic, one step: V(s_t) [E] from state [E, S] and hidden [E, H] (reset
+        already applied), and the hidden state after s_t."""
+        v, hc = self.critic.step(state, hc)
+        return v.squeeze(-1), hc
+
+    def replay_values(self, mb: Rollout, chunks: ChunkedInputs | None = None) -> torch.Tensor:
+        """The current critic's values [T, B] over a minibatch; a recurrent critic replays each
+        chunk of ``chunk_len`` steps from the hidden state stored at its start (as rMAPPO)."""
+        if not self.cfg.recurrent_critic:
+            return self.values(mb.state)
+        T, B = mb.rewards.shape
+        ch = chunks if chunks is not None else ChunkedInputs.from_rollout(mb, self.cfg.chunk_len)
+        v = self.critic.unroll(ch.state, ch.hc0, ch.env_starts).squeeze(-1)  # [L, C, B]
+        return v.transpose(0, 1).reshape(T, B)
 
     def denorm(self, v: torch.Tensor) -> torch.Tensor:
         return self.value_norm.denormalize(v) if self.value_norm is not None else v
@@ -339,21 +369,35 @@ class OnPolicyAlgorithm:
     @torch.no_grad()
     def collect(self, env: MultiAgentVecEnv, ts: TimeStep) -> tuple[Rollout, TimeStep, list[float]]:
         """Run ``rollout_len`` steps in every env; returns the rollout, the next TimeStep and the
-        returns of the episodes that ended."""
-        T, dev = self.cfg.rollout_len, self.device
+        returns of the episodes that ended.
+
+        Advantages (GAE) bootstrap from V of the next state; at an episode's end from V(final
+        state) when it was truncated and ``bootstrap_truncation`` is on, else not at all. A
+        recurrent critic computes V step by step from its carried hidden state (V(final state)
+        continues the finished episode's hidden state)."""
+        cfg, T, dev = self.cfg, self.cfg.rollout_len, self.device
         keys = ("obs", "state", "avail", "alive", "actions", "logp_old", "logits_old", "rewards",
-                "terminated", "done", "final_state", "hidden")
+                "terminated", "done", "final_state", "hidden", "hidden_critic", "values", "hc_after")
         buf: dict[str, list[torch.Tensor]] = {k: [] for k in keys}
         finished: list[float] = []
-        h = self._rollout_h
-        if self.cfg.recurrent and (h is None or h.shape[0] != ts.obs.shape[0]):
-            h = self._zero_hidden(ts.obs.shape[0])
+        E = ts.obs.shape[0]
+        h, hc = self._rollout_h, self._rollout_hc
+        if cfg.recurrent and (h is None or h.shape[0] != E):
+            h = self._zero_hidden(E)
+        if cfg.recurrent_critic and (hc is None or hc.shape[0] != E):
+            hc = torch.zeros(E, cfg.hidden, device=dev)
         env_dev = ts.obs.device
         tsd = ts.to(dev)  # the learner's copy: one packed host-device transfer per step (TimeStep.to)
         for _ in range(T):
             if h is not None:
                 h = h * (~tsd.done).view(-1, 1, 1).to(h.dtype)  # new episode: fresh memory
                 buf["hidden"].append(h)
+            if hc is not None:
+                hc = hc * (~tsd.done).view(-1, 1).to(hc.dtype)
+                buf["hidden_critic"].append(hc)
+                v, hc = self.critic_step(tsd.state, hc)
+                buf["values"].append(v)
+                buf["hc_after"].append(hc)
             logp_all, h = self._step_policy(tsd, h)
             actions = gumbel_max_sample(logp_all, self.gen)
             buf["obs"].append(tsd.obs)
@@ -371,32 +415,45 @@ class OnPolicyAlgorithm:
             buf["final_state"].append(tsd.final_state)
             if bool(ts.done.any()):
                 finished.extend(ts.episode_return[ts.done].tolist())
-        self._rollout_h = h
+        self._rollout_h, self._rollout_hc = h, hc
         data = {k: torch.stack(v) for k, v in buf.items() if v}
         final_state = data.pop("final_state")
-        values = self.values(data["state"])  # [T, E] one batched critic pass
-        v_den = self.denorm(values)
-        # V of the state after each step: next state in-episode, or the final state of a finished one.
-        nxt = torch.cat([v_den[1:], self.denorm(self.values(tsd.state)).unsqueeze(0)])
         done = data["done"]
-        if bool(done.any()):
-            nxt[done] = self.denorm(self.values(final_state[done]))
-        adv, ret = compute_gae(data["rewards"], v_den, nxt, data["terminated"], done,
-                               self.cfg.gamma, self.cfg.gae_lambda)
+        truncated = done & ~data["terminated"]
+        if hc is None:
+            values = self.values(data["state"])  # [T, E] one batched critic pass
+            v_last = self.values(tsd.state)
+        else:
+            values, hc_after = data.pop("values"), data.pop("hc_after")
+            v_last, _ = self.critic_step(tsd.state, hc * (~tsd.done).view(-1, 1).to(hc.dtype))
+        v_den = self.denorm(values)
+        # V of the state after each step: the next state in-episode, or the final state of a
+        # truncated episode (only read where it is bootstrapped).
+        nxt = torch.cat([v_den[1:], self.denorm(v_last).unsqueeze(0)])
+        if cfg.bootstrap_truncation:
+            term = data["terminated"]
+            if bool(truncated.any()):
+                v_final = (self.values(final_state[truncated]) if hc is None
+                           else self.critic_step(final_state[truncated], hc_after[truncated])[0])
+                nxt[truncated] = self.denorm(v_final)
+        else:
+            term = done  # on-policy's use_proper_time_limits=False: a time limit ends the return
+        adv, ret = compute_gae(data["rewards"], v_den, nxt, term, done, cfg.gamma, cfg.gae_lambda)
         return Rollout(values=values, advantages=adv, returns=ret, **data), ts, finished
 
     # -- update ---------------------------------------------------------------------------------
 
     def policy_objective(self, mb: Rollout, logp_all: torch.Tensor, logp_next: torch.Tensor,
-                         adv: torch.Tensor, progress: float) -> tuple[torch.Tensor, dict[str, float]]:
+                         adv: torch.Tensor, env_steps: int) -> tuple[torch.Tensor, dict[str, float]]:
         """The surrogate to *maximise* on a minibatch (subclass hook). ``logp_all`` is the current
         masked log pi(.|o) [T, B, N, A]; ``logp_next`` [T-1, B, N, A] the next step's, as seen
-        from each step k (see ``policy_log_probs``); ``adv`` the normalised advantages [T, B, N]."""
+        from each step k (see ``policy_log_probs``); ``adv`` the normalised advantages [T, B, N];
+        ``env_steps`` the env steps collected so far (never the run's budget)."""
         raise NotImplementedError
 
-    def value_loss(self, mb: Rollout) -> torch.Tensor:
+    def value_loss(self, mb: Rollout, chunks: ChunkedInputs | None = None) -> torch.Tensor:
         """MAPPO's clipped Huber value loss in normalised space."""
-        v = self.values(mb.state)
+        v = self.replay_values(mb, chunks)
         target = self.value_norm.normalize(mb.returns) if self.value_norm is not None else mb.returns
         err = huber(target - v, self.cfg.huber_delta)
         if self.cfg.value_clip:
@@ -405,8 +462,9 @@ class OnPolicyAlgorithm:
         env_alive = mb.alive.any(-1)  # a value target exists while any agent of the team lives
         return masked_mean(err, env_alive)
 
-    def update(self, ro: Rollout, progress: float) -> dict[str, float]:
-        """PPO epochs x minibatches over envs. Returns the mean of each logged metric."""
+    def update(self, ro: Rollout, env_steps: int) -> dict[str, float]:
+        """PPO epochs x minibatches over envs, ``env_steps`` collected so far. Returns the mean of
+        each logged metric."""
         cfg = self.cfg
         if self.value_norm is not None:
             self.value_norm.update(ro.returns[ro.alive.any(-1)])
@@ -415,7 +473,8 @@ class OnPolicyAlgorithm:
         live = adv[ro.alive]
         adv = (adv - live.mean()) / (live.std() + 1e-5) if live.numel() > 1 else adv
         E = ro.rewards.shape[1]
-        chunks = ChunkedInputs.from_rollout(ro, cfg.chunk_len) if cfg.recurrent else None  # once, not per epoch
+        recurrent = cfg.recurrent or cfg.recurrent_critic
+        chunks = ChunkedInputs.from_rollout(ro, cfg.chunk_len) if recurrent else None  # once, not per epoch
         logs: dict[str, list[float]] = {}
         for _ in range(cfg.epochs):
             perm = torch.from_numpy(self.np_rng.permutation(E)).to(self.device)
@@ -425,10 +484,10 @@ class OnPolicyAlgorithm:
                 mb, mb_adv = (ro, adv) if whole else (ro.select_envs(idx), adv[:, idx])
                 mb_chunks = chunks if whole or chunks is None else chunks.select_envs(idx)
                 logp_all, logp_next = self.policy_log_probs(mb, mb_chunks)
-                surrogate, pol_logs = self.policy_objective(mb, logp_all, logp_next, mb_adv, progress)
+                surrogate, pol_logs = self.policy_objective(mb, logp_all, logp_next, mb_adv, env_steps)
                 entropy = masked_mean(-(logp_all.exp() * logp_all).sum(-1), mb.alive)
                 actor_loss = -surrogate - cfg.entropy_coef * entropy
-                v_loss = self.value_loss(mb)
+                v_loss = self.value_loss(mb, mb_chunks)
                 self.actor_opt.zero_grad(set_to_none=True)
                 self.critic_opt.zero_grad(set_to_none=True)
                 (actor_loss + cfg.value_coef * v_loss).backward()
@@ -456,13 +515,13 @@ class OnPolicyAlgorithm:
         state's recurrent state kept (the runner's env then returns its saved state on reset)."""
         ts = env.reset(seed)
         if not start_steps:
-            self._rollout_h = None
+            self._rollout_h = self._rollout_hc = None
         steps = start_steps
         per_iter = self.cfg.num_envs * self.cfg.rollout_len
         while steps < total_steps:
             ro, ts, finished = self.collect(env, ts)
             steps += per_iter
-            metrics = self.update(ro, progress=min(steps / total_steps, 1.0))
+            metrics = self.update(ro, env_steps=steps)
             metrics["train_return_mean"] = float(np.mean(finished)) if finished else math.nan
             on_iteration(steps, metrics)
 
@@ -475,7 +534,7 @@ class OnPolicyAlgorithm:
             "actor_opt": self.actor_opt.state_dict(), "critic_opt": self.critic_opt.state_dict(),
             "value_norm": self.value_norm.state_dict() if self.value_norm is not None else None,
             "gen": self.gen.get_state(), "np_rng": self.np_rng.bit_generator.state,
-            "rollout_h": self._rollout_h,
+            "rollout_h": self._rollout_h, "rollout_hc": self._rollout_hc,
         }
 
     def load_state_dict(self, sd: dict) -> None:
@@ -488,6 +547,7 @@ class OnPolicyAlgorithm:
         self.gen.set_state(sd["gen"])
         self.np_rng.bit_generator.state = sd["np_rng"]
         self._rollout_h = sd.get("rollout_h")
+        self._rollout_hc = sd.get("rollout_hc")
 
 
 def ppo_clip_surrogate(ratio: torch.Tensor, adv: torch.Tensor, lo: float, hi: float) -> torch.Tensor:
