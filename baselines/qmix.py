@@ -24,16 +24,38 @@ Lineage (PITFALLS.md): ``lineage`` names the code base whose defaults fill every
 Shared by both: gamma 0.99, buffer 5,000 episodes, target update every 200 episodes, double-Q,
 grad-norm clip 10, GRU hidden 64, mixing embed 32, 2-layer hypernets of width 64.
 
-The default lineage is ``pymarl``. Measured on ``jax_mpe:simple_spread`` (one torch thread, E = 8,
-greedy eval over 32 episodes; random policy about -80): both lineages reach about -55 to -60 by
-50-100k env steps, but ``pymarl2``'s Adam 1e-3 + TD(0.6) diverged (Q_tot blowing up, returns back
-to about random) after about 100-150k steps with raw and with standardised rewards, while
-``pymarl`` stayed at -58 to -67 up to the suite's default 300k steps with standardised rewards
-(MPE's family default); it also costs a third of the compute per update (batch 32 vs 128): about
-1,600 env steps/s including training vs about 650. Residual caveat: on one seed of two, pymarl's
-Q_tot kept creeping up after about 240k steps (TD loss rising, returns unchanged at 300k); soft
-target updates (``target_update=soft, tau=0.005``) slowed that creep, at the price of slower early
-learning.
+The default lineage is ``pymarl``. ``pymarl2``'s Adam 1e-3 + TD(0.6) diverged on
+``jax_mpe:simple_spread`` (Q_tot blowing up after 100-150k steps) and costs three times the compute
+per update (batch 128 vs 32).
+
+Recipes per env family (``QMIX_RECIPES``, each value citing its source; the lineage's value is one
+``--set`` away):
+- MPE: the time limit is terminal (``bootstrap_truncation=False``, JaxMARL's QMix) and rewards are
+  standardised (EPyMARL). Why: MPE observations and states carry no time, and every episode ends
+  at the 25-step limit, so a bootstrap there asks for the infinite-horizon value of a state (the
+  final slot) that is never itself a training input: Q_tot(s_T) is pure extrapolation and, with
+  gamma = 0.99, any bias in it is amplified up to 1 / (1 - gamma) = 100 times through the
+  self-referential targets. Measured (``jax_mpe:simple_spread``, seed 0, 300k env steps, greedy
+  return over 32 episodes; mean Q_tot vs the realised discounted return-to-go of the same replay
+  steps, standardised units):
+
+  ==========================  ==========================  =================================
+  bootstrap at the limit      return at 100k/200k/300k    Q_tot / realised at 100k, 300k
+  ==========================  ==========================  =================================
+  yes (pymarl; before)        -59.2 / -67.2 / -69.5       11.9 / 2.1,  96.9 / -0.5
+  no, standardised (recipe)   -60.6 / -59.2 / -57.9        6.8 / 2.5,   5.9 / 3.3
+  no, raw reward              -65.1 / -63.8 / -62.7       -18.2 / -33.3, -20.7 / -29.6 (raw)
+  ==========================  ==========================  =================================
+
+  In the first row Q_tot at the episode's last step reached 109 while the last reward,
+  standardised, was -0.04 (an infinite-horizon value of about -4): the growth is the bootstrap
+  feeding on itself, not the reward. The standardiser's lagging running mean makes the centred
+  reward of an improving policy positive (+0.1 to +0.3 per step), which sets the direction of the
+  drift but not its size.
+- SMAX: rewards x 10 (JaxMARL's ``REW_SCALE``): SMAX's team return lies in [0, 2], SMAC's (which
+  pymarl's settings were tuned on) in about [0, 20]. At x 1 on 2s3z (seed 0, 300k steps): mean
+  Q_tot about 0.3, TD loss about 1e-3, win rate 0.0 (results/paper). SMAX keeps pymarl's
+  bootstrap at its 100-step limit (battles mostly end earlier).
 
 Replay (vectorised, whole episodes; pymarl's ``EpisodeBatch``/``ReplayBuffer``)
 - Episodes are padded to ``T = episode_limit`` transitions plus one bootstrap slot (``T + 1`` obs /
@@ -47,7 +69,8 @@ Replay (vectorised, whole episodes; pymarl's ``EpisodeBatch``/``ReplayBuffer``)
   the episode's last step (exact on MPE; on SMAX, an agent dying on the very last step keeps its
   last mask there).
 - Terminated episodes never bootstrap (the target is the reward); truncated ones (time limit)
-  bootstrap from Q_tot(final obs, final state).
+  bootstrap from Q_tot(final obs, final state) unless ``bootstrap_truncation`` is off (MPE's
+  recipe), where the time limit counts as terminal (``no_bootstrap``).
 - Death masking follows pymarl: dead agents stay in the mixer and act through their avail mask
   (no-op only); a step is masked from the loss only when the whole team is dead.
 - Partially collected episodes at the end of ``learn`` are dropped (pymarl stores complete
@@ -76,15 +99,54 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from marpo_bench.config import Recipe
 from marpo_bench.envs.base import EnvInfo, MultiAgentVecEnv, TimeStep
 
-LINEAGE_DEFAULTS: dict[str, dict[str, Any]] = {
-    # oxwhirl/pymarl src/config/algs/qmix.yaml + src/config/default.yaml
-    "pymarl": {"optimizer": "rmsprop", "lr": 5e-4, "batch_size": 32, "epsilon_anneal_steps": 50_000,
-               "td_lambda": 0.0},
-    # hijkzzz/pymarl2 src/config/algs/qmix.yaml (nq_learner)
-    "pymarl2": {"optimizer": "adam", "lr": 1e-3, "batch_size": 128, "epsilon_anneal_steps": 100_000,
+# Recipes as data: every default below names the file it comes from and equals that file's value
+# (tests/test_qmix.py checks each entry against a transcription of its source).
+
+# The lineage's values for the settings QMixConfig leaves at None.
+LINEAGE_DEFAULTS: dict[str, Recipe] = {
+    "pymarl": Recipe(
+        source="oxwhirl/pymarl src/config/default.yaml (lr: 0.0005, batch_size: 32, optimiser RMSprop in "
+               "src/learners/q_learner.py) + src/config/algs/qmix.yaml (epsilon_anneal_time: 50000; "
+               "one-step targets in q_learner.py)",
+        values={"optimizer": "rmsprop", "lr": 5e-4, "batch_size": 32, "epsilon_anneal_steps": 50_000,
+                "td_lambda": 0.0},
+    ),
+    "pymarl2": Recipe(
+        source="hijkzzz/pymarl2 src/config/algs/qmix.yaml (optimizer: 'adam', lr: 0.001, batch_size: 128, "
+               "epsilon_anneal_time: 100000, td_lambda: 0.6; nq_learner)",
+        values={"optimizer": "adam", "lr": 1e-3, "batch_size": 128, "epsilon_anneal_steps": 100_000,
                 "td_lambda": 0.6},
+    ),
+}
+
+# Per env family: where this suite's env contract or reward scale differs from what the lineage
+# was tuned on (SMAC). Applied by ``train.build_config`` before the user's ``--set``; each value is
+# the cited code base's, and the lineage's own value is one ``--set`` away (pymarl:
+# ``bootstrap_truncation=true``, ``standardise_rewards=false``, ``reward_scale=1``).
+#
+# MPE (measured, jax_mpe:simple_spread seed 0, 300k steps, see the module docstring): bootstrapping
+# at the 25-step time limit made Q_tot an infinite-horizon value fed only by the network's
+# extrapolation to the never-trained final slot; mean Q_tot grew 6 -> 97 while the realised
+# discounted return of the same steps stayed at 2 -> -0.5 (standardised units) and the greedy
+# return fell from -59 to -69. With the time limit terminal: Q_tot 6 / realised 3, return -58.
+# Every MPE episode lasts exactly 25 steps, so centring the reward (standardising) shifts every
+# return by the same constant and leaves the optimal policy unchanged.
+_MPE = (
+    "FLAIROx/JaxMARL baselines/QLearning/qmix_rnn.py (target = r + (1 - dones['__all__']) * GAMMA * "
+    "q_next; MPE sets done at max_steps: the time limit is terminal, no bootstrap) + uoe-agents/epymarl "
+    "src/config/algs/qmix.yaml (standardise_rewards: True)"
+)
+QMIX_RECIPES: dict[str, Recipe] = {
+    "mpe": Recipe(source=_MPE, values={"bootstrap_truncation": False, "standardise_rewards": True}),
+    "jax_mpe": Recipe(source=_MPE, values={"bootstrap_truncation": False, "standardise_rewards": True}),
+    "smax": Recipe(
+        source="FLAIROx/JaxMARL baselines/QLearning/config/alg/ql_rnn_smax.yaml (REW_SCALE: 10., 'scale the "
+               "reward to the original scale of SMAC'; qmix_rnn.py multiplies the stored rewards by it)",
+        values={"reward_scale": 10.0},
+    ),
 }
 
 
@@ -108,7 +170,9 @@ class QMixConfig:
     optim_eps: float = 1e-5  # RMSprop eps (pymarl default.yaml); Adam keeps torch's 1e-8 (pymarl2)
     grad_norm_clip: float = 10.0  # pymarl default.yaml
     gamma: float = 0.99  # pymarl default.yaml
-    standardise_rewards: bool = False  # pymarl/pymarl2: none; EPyMARL qmix.yaml True (set for MPE below)
+    reward_scale: float = 1.0  # team reward x this before learning (JaxMARL ql_rnn_smax.yaml REW_SCALE: 10 on SMAX)
+    standardise_rewards: bool = False  # pymarl/pymarl2: none; EPyMARL qmix.yaml True
+    bootstrap_truncation: bool = True  # env contract + pymarl's episode_limit: bootstrap at truncation (not on MPE)
     td_lambda: float | None = None  # pymarl 0 (one-step targets) | pymarl2 0.6
     double_q: bool = True  # pymarl qmix.yaml double_q: True (pymarl2 nq_learner always double-Q)
     batch_size: int | None = None  # episodes per batch: pymarl 32 | pymarl2 128
@@ -129,7 +193,7 @@ class QMixConfig:
 
     def resolved(self) -> QMixConfig:
         """A copy with every ``None`` setting filled from the lineage (``LINEAGE_DEFAULTS``)."""
-        fill = {k: v for k, v in LINEAGE_DEFAULTS[self.lineage].items() if getattr(self, k) is None}
+        fill = {k: v for k, v in LINEAGE_DEFAULTS[self.lineage].values.items() if getattr(self, k) is None}
         return dataclasses.replace(self, **fill)
 
     def validate(self) -> None:
@@ -148,6 +212,8 @@ class QMixConfig:
                 raise ConfigError(f"{name} must be >= 0, got {getattr(c, name)}")
         if c.batch_size > c.buffer_size:
             raise ConfigError(f"batch_size ({c.batch_size}) cannot exceed buffer_size ({c.buffer_size})")
+        if c.reward_scale <= 0:
+            raise ConfigError(f"reward_scale must be positive, got {c.reward_scale}")
         if c.episodes_per_update <= 0 or c.lr <= 0 or c.grad_norm_clip <= 0 or c.optim_eps <= 0:
             raise ConfigError("episodes_per_update, lr, grad_norm_clip and optim_eps must be positive")
         if not 0.0 <= c.gamma <= 1.0 or not 0.0 <= c.td_lambda <= 1.0 or not 0.0 < c.tau <= 1.0:
@@ -240,6 +306,30 @@ def td_lambda_targets(rewards: torch.Tensor, terminated: torch.Tensor, filled: t
         g = rewards[:, t] + gamma * not_term[:, t] * ((1.0 - c) * next_q[:, t] + c * g)
         out[:, t] = g
     return out
+
+
+def no_bootstrap(terminated: torch.Tensor, filled: torch.Tensor, bootstrap_truncation: bool) -> torch.Tensor:
+    """[B, T] bool: the steps whose TD target does not bootstrap from the next state.
+
+    A terminated step never bootstraps. A truncated one (the episode's last valid step, not
+    terminated) bootstraps only with ``bootstrap_truncation``: the env contract's reading of a time
+    limit, and pymarl's (``terminated != env_info["episode_limit"]``). Without it, the time limit is
+    treated as terminal, as JaxMARL's QMix does (``1 - dones["__all__"]``, done at MPE's max_steps):
+    MPE observations carry no time, so a bootstrap there asks Q_tot for the infinite-horizon value
+    (reward / (1 - gamma)) of a 25-step task."""
+    if bootstrap_truncation:
+        return terminated
+    last = filled & ~torch.cat([filled[:, 1:], torch.zeros_like(filled[:, :1])], dim=1)
+    return terminated | last
+
+
+def learning_reward(reward: torch.Tensor, scale: float, standardiser: RunningMeanStd | None) -> torch.Tensor:
+    """The reward the TD targets use: the team reward times ``scale`` (JaxMARL's ``REW_SCALE``,
+    which brings SMAX's [0, 2] returns to SMAC's scale, where pymarl's settings were tuned), then
+    standardised by the running mean and std of the scaled rewards when a standardiser is given
+    (EPyMARL's ``standardise_rewards``)."""
+    r = reward * scale
+    return standardiser.normalize(r) if standardiser is not None else r
 
 
 # ----------------------------------------------------------------------------------------------
@@ -405,16 +495,7 @@ class QMix:
 
     name = "qmix"
     Config = QMixConfig
-    # MPE: EPyMARL's reward standardisation (its qmix.yaml default). MPE rewards are negative and
-    # bootstrapped through the 25-step time limit, so raw Q_tot heads to about -150 (r / (1 - gamma));
-    # there the mixer's ELU saturates and pymarl's recipe diverged (Q_tot -> +600) near 200k steps on
-    # jax_mpe:simple_spread; standardised, it stayed stable to 300k. MPE never terminates, so
-    # centring the reward leaves the optimal policy unchanged (on terminating envs it would not:
-    # hence not a global default).
-    DEFAULTS_BY_FAMILY: dict[str, dict[str, object]] = {
-        "mpe": {"standardise_rewards": True},
-        "jax_mpe": {"standardise_rewards": True},
-    }
+    DEFAULTS_BY_FAMILY = QMIX_RECIPES  # the env families' recipes (above), with their sources
 
     def __init__(self, cfg: QMixConfig, env_info: EnvInfo, device: torch.device | str, seed: int) -> None:
         cfg.validate()
@@ -508,9 +589,12 @@ class QMix:
         q, _ = agent(x, h0)
         return q.view(L, B, N, -1).permute(1, 0, 2, 3)
 
-    def targets(self, batch: EpisodeBatch, q_online: torch.Tensor | None = None) -> torch.Tensor:
+    def targets(self, batch: EpisodeBatch, q_online: torch.Tensor | None = None,
+                lam: float | None = None) -> torch.Tensor:
         """TD(lambda) targets [B, T] from the target networks (double-Q: argmax of the online
-        network over available actions). ``q_online``: the online [B, T+1, N, A] if computed."""
+        network over available actions) on the learning reward (``learning_reward``), bootstrapping
+        where ``no_bootstrap`` allows. ``q_online``: the online [B, T+1, N, A] if computed;
+        ``lam``: overrides ``td_lambda``."""
         with torch.no_grad():
             q_tgt = self._q_all(self.target_agent, batch)[:, 1:]
             avail_next = batch.avail[:, 1:]
@@ -523,9 +607,21 @@ class QMix:
             # Padded slots have no available action: keep their (masked-out) values finite.
             q_next = torch.where(avail_next.any(-1), q_next, torch.zeros_like(q_next))
             q_tot_next = self.target_mixer(q_next, batch.state[:, 1:])
-            reward = self.reward_ms.normalize(batch.reward) if self.cfg.standardise_rewards else batch.reward
-            return td_lambda_targets(reward, batch.terminated, batch.filled, q_tot_next,
-                                     self.cfg.gamma, self.cfg.td_lambda)
+            return td_lambda_targets(self._reward(batch), self._no_bootstrap(batch), batch.filled, q_tot_next,
+                                     self.cfg.gamma, lam=self.cfg.td_lambda if lam is None else lam)
+
+    def _reward(self, batch: EpisodeBatch) -> torch.Tensor:
+        ms = self.reward_ms if self.cfg.standardise_rewards else None
+        return learning_reward(batch.reward, self.cfg.reward_scale, ms)
+
+    def _no_bootstrap(self, batch: EpisodeBatch) -> torch.Tensor:
+        return no_bootstrap(batch.terminated, batch.filled, self.cfg.bootstrap_truncation)
+
+    def realised_returns(self, batch: EpisodeBatch) -> torch.Tensor:
+        """[B, T] discounted return-to-go of every stored step, from the stored (scaled,
+        standardised) rewards, bootstrapped at the episode's end exactly where the TD targets are
+        (lambda = 1 targets): what Q_tot of the behaviour policy should match on average."""
+        return self.targets(batch, lam=1.0)
 
     def loss(self, batch: EpisodeBatch) -> tuple[torch.Tensor, dict[str, float]]:
         """pymarl's masked squared TD error of Q_tot over valid steps (team not all dead)."""
@@ -543,7 +639,7 @@ class QMix:
     def update(self, batch: EpisodeBatch) -> dict[str, float]:
         """One gradient step; then the target update when due."""
         if self.cfg.standardise_rewards:
-            self.reward_ms.update(batch.reward[batch.filled])
+            self.reward_ms.update(self.cfg.reward_scale * batch.reward[batch.filled])
         loss, logs = self.loss(batch)
         self.opt.zero_grad(set_to_none=True)
         loss.backward()

@@ -13,6 +13,10 @@ simple_reference, 18,000 on simple_speaker_listener; on SMAX (recurrent, 64 envs
 epochs) 6,200-6,800 on 3m, 3,900 on 2s3z, 3,100 on 5m_vs_6m; QMix (8 envs, 32-episode batches, one
 update per 2 episodes) 1,500-1,760 on the MPE tasks, 1,100 on 3m, 800-840 on 2s3z and 5m_vs_6m.
 CPU-hours below are budget x runs / speed; evaluation and JIT compilation add about 25%.
+These speeds are the first round's recipes (MLP on MPE, 5 epochs on SMAX); the published recipes
+(README "Baselines") are slower: MAPPO on jax_mpe:simple_spread 2,600-2,800 env steps/s (GRU actor
+and critic), and SMAX at 15 epochs instead of 5. The presets' CPU-hours are to be re-measured with
+them.
 """
 
 from __future__ import annotations

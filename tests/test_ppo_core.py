@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from baselines.mappo import MAPPO, MAPPOConfig
@@ -77,6 +78,32 @@ def test_mappo_update_changes_policy_and_reports_finite_metrics():
     assert all(torch.isfinite(torch.tensor(v)) for v in logs.values())
     assert {"policy_loss", "value_loss", "entropy", "approx_kl", "clip_fraction", "grad_norm"} <= set(logs)
     assert any(not torch.equal(b, p) for b, p in zip(before, algo.actor.parameters(), strict=False))
+
+
+def test_mappo_update_logs_the_losses_of_its_minibatch_by_definition():
+    # one epoch, one minibatch: the logs are the losses at the networks the update started from
+    info = fake_info()
+    algo = MAPPO(MAPPOConfig(epochs=1, minibatches=1), info, "cpu", seed=0)
+    ro = random_rollout(policy=algo)
+    with torch.no_grad():
+        a = ro.advantages.unsqueeze(-1).expand_as(ro.logp_old)
+        a = (a - a.mean()) / (a.std() + 1e-5)  # everyone alive: normalised over all agents
+        logp_all = algo.log_probs(ro.obs, ro.avail)
+        r = (logp_all.gather(-1, ro.actions.unsqueeze(-1)).squeeze(-1) - ro.logp_old).exp()
+        policy_loss = -torch.min(r * a, r.clamp(0.8, 1.2) * a).mean()
+        entropy = -(logp_all.exp() * logp_all).sum(-1).mean()
+        # ValueNorm after its first update: the returns' own mean and (population) variance
+        ret = ro.returns.double()
+        target = ((ret - ret.mean()) / ret.var(unbiased=False).clamp(min=1e-2).sqrt()).float()
+        v, v_old = algo.values(ro.state), ro.values
+        v_clip = v_old + (v - v_old).clamp(-0.2, 0.2)
+        value_loss = torch.max(0.5 * (target - v) ** 2, 0.5 * (target - v_clip) ** 2).mean()  # |err| < 10
+    logs = algo.update(ro, 1_000)
+    assert logs["policy_loss"] == pytest.approx(float(policy_loss), abs=1e-5)
+    assert logs["entropy"] == pytest.approx(float(entropy), abs=1e-5)
+    assert logs["approx_kl"] == pytest.approx(float(((r - 1) - r.log()).mean()), abs=1e-6)
+    assert logs["clip_fraction"] == pytest.approx(float(((r < 0.8) | (r > 1.2)).float().mean()), abs=1e-6)
+    assert logs["value_loss"] == pytest.approx(float(value_loss), rel=1e-4)
 
 
 def test_recurrent_replay_reproduces_rollout_log_probs_across_chunks_and_episode_ends():
