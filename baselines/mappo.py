@@ -36,6 +36,9 @@ from marpo_bench.config import Recipe
 # - One centralised critic per env on the global state (on-policy: a copy per agent of the same
 #   centralised value; with separate policies one critic per agent, all on the same state and team
 #   reward).
+# - Separate policies (speaker-listener) share one loss, a mean over agents, and one gradient-norm
+#   clip; on-policy's separated runner trains each agent's policy as its own PPO problem (its own
+#   loss mean, clip, critic and ValueNorm). With Adam the loss's scale barely matters.
 # ----------------------------------------------------------------------------------------------
 
 _ONPOLICY = "marlbenchmark/on-policy onpolicy/config.py defaults"
@@ -85,10 +88,18 @@ _SMAX_TASKS = {
                              "recurrent, see above)", {"epochs": 15, "clip_eps": 0.05}),
 }
 
+_SMACV2 = Recipe(
+    source=("on-policy has no SMACv2 scripts: onpolicy/scripts/train/train_smac.py (rmappo) with config.py's "
+            "defaults (ppo_epoch 15, clip_param 0.2, lr 5e-4) and the SMAC scripts' 1 minibatch and 3,200 "
+            "transitions per update (here 64 x 50; SMACv2 runs one StarCraft II process per env: "
+            "--set num_envs=8 --set rollout_len=400)"),
+    values=dict(_SMAC.values),
+)
+
 MAPPO_RECIPES: dict[str, Recipe] = {
     "jax_mpe": _MPE, "mpe": _MPE,
     **{f"{fam}:{task}": r for fam in ("jax_mpe", "mpe") for task, r in _MPE_TASKS.items()},
-    "smax": _SMAC, "smacv2": _SMAC,
+    "smax": _SMAC, "smacv2": _SMACV2,
     **{f"smax:{task}": r for task, r in _SMAX_TASKS.items()},
 }
 """MAPPO's defaults per env family and task, with their sources (MARPO uses the same table)."""

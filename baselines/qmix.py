@@ -132,8 +132,9 @@ LINEAGE_DEFAULTS: dict[str, Recipe] = {
 # extrapolation to the never-trained final slot; mean Q_tot grew 6 -> 97 while the realised
 # discounted return of the same steps stayed at 2 -> -0.5 (standardised units) and the greedy
 # return fell from -59 to -69. With the time limit terminal: Q_tot 6 / realised 3, return -58.
-# Every MPE episode lasts exactly 25 steps, so centring the reward (standardising) shifts every
-# return by the same constant and leaves the optimal policy unchanged.
+# Every MPE episode lasts exactly 25 steps, so centring the reward (standardising) shifts the
+# return from step t by c (1 - gamma^(25 - t)) / (1 - gamma): a function of time, not of the action,
+# which leaves the optimal policy unchanged.
 _MPE = (
     "FLAIROx/JaxMARL baselines/QLearning/qmix_rnn.py (target = r + (1 - dones['__all__']) * GAMMA * "
     "q_next; MPE sets done at max_steps: the time limit is terminal, no bootstrap) + uoe-agents/epymarl "

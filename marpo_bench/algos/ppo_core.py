@@ -13,7 +13,7 @@ recurrent policy be added without changing the sampler; with one minibatch (MAPP
 default everywhere) it is identical to MAPPO's sampler.
 
 The published per-task recipes (which of these switches on-policy's scripts set, with their
-sources) live in ``baselines/mappo.py``; MARPO inherits them. The ``PPOConfig`` class defaults are
+sources) are ``MAPPO_RECIPES`` in ``baselines/mappo.py``; MARPO inherits them. The ``PPOConfig`` class defaults are
 the base they override (on-policy's ``config.py`` defaults where an env family has no recipe).
 """
 
@@ -40,7 +40,7 @@ class PPOConfig:
     64-unit networks with input LayerNorm, ReLU) with the MPE scripts' 128 envs x 25 steps, lr 7e-4
     and 10 epochs, as an MLP (non-recurrent) actor and critic. The published recipe of each env
     family and task (recurrent actor and critic, activation, epochs, clip, shared policy, agent id,
-    time-limit bootstrap) is MAPPO's ``DEFAULTS_BY_FAMILY`` in ``baselines/mappo.py``."""
+    time-limit bootstrap) is ``MAPPO_RECIPES`` in ``baselines/mappo.py``."""
 
     num_envs: int = 128
     rollout_len: int = 25
@@ -68,6 +68,8 @@ class PPOConfig:
     share_policy: bool = True  # one actor for all agents (on-policy --share_policy, store_false)
     # Truncated episodes (time limit) bootstrap from V(final state). on-policy's
     # use_proper_time_limits is False: its recipes treat a time limit as terminal (no bootstrap).
+    # Without the bootstrap the value of a state depends on the time left, which a GRU critic
+    # replaying from the episode's start can track and an MLP critic on a timeless state cannot.
     bootstrap_truncation: bool = True
     eval_interval: int = 0  # env steps between evaluations; 0 = budget / 20
     eval_episodes: int = 32
@@ -381,7 +383,8 @@ class OnPolicyAlgorithm:
         buf: dict[str, list[torch.Tensor]] = {k: [] for k in keys}
         finished: list[float] = []
         E = ts.obs.shape[0]
-        h, hc = self._rollout_h, self._rollout_hc
+        h = self._rollout_h if cfg.recurrent else None
+        hc = self._rollout_hc if cfg.recurrent_critic else None
         if cfg.recurrent and (h is None or h.shape[0] != E):
             h = self._zero_hidden(E)
         if cfg.recurrent_critic and (hc is None or hc.shape[0] != E):
@@ -466,8 +469,6 @@ class OnPolicyAlgorithm:
         """PPO epochs x minibatches over envs, ``env_steps`` collected so far. Returns the mean of
         each logged metric."""
         cfg = self.cfg
-        if self.value_norm is not None:
-            self.value_norm.update(ro.returns[ro.alive.any(-1)])
         # Advantages: shared team advantage per agent, normalised over alive agents (MAPPO).
         adv = ro.advantages.unsqueeze(-1).expand_as(ro.logp_old)
         live = adv[ro.alive]
@@ -487,6 +488,10 @@ class OnPolicyAlgorithm:
                 surrogate, pol_logs = self.policy_objective(mb, logp_all, logp_next, mb_adv, env_steps)
                 entropy = masked_mean(-(logp_all.exp() * logp_all).sum(-1), mb.alive)
                 actor_loss = -surrogate - cfg.entropy_coef * entropy
+                if self.value_norm is not None:
+                    # on-policy's cal_value_loss: the statistics take every minibatch's targets
+                    # (so epochs x minibatches times per rollout) just before normalising them.
+                    self.value_norm.update(mb.returns[mb.alive.any(-1)])
                 v_loss = self.value_loss(mb, mb_chunks)
                 self.actor_opt.zero_grad(set_to_none=True)
                 self.critic_opt.zero_grad(set_to_none=True)
