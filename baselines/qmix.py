@@ -497,6 +497,12 @@ class QMix:
     name = "qmix"
     Config = QMixConfig
     DEFAULTS_BY_FAMILY = QMIX_RECIPES  # the env families' recipes (above), with their sources
+    on_policy = False
+    # The episode being collected and the acting state are local to learn(), and the replay buffer
+    # is not saved (see train.py): a resume restarts mid-episode envs and refills the buffer.
+    resumes_mid_episode = False
+    resumes_exactly = False
+    metrics: tuple[str, ...] = ("td_loss", "q_mean", "grad_norm", "epsilon")
 
     def __init__(self, cfg: QMixConfig, env_info: EnvInfo, device: torch.device | str, seed: int) -> None:
         cfg.validate()
@@ -724,6 +730,9 @@ class QMix:
             "last_target_update_episode": self.last_target_update_episode, "update_credit": self.update_credit,
             "config": dataclasses.asdict(self.cfg),  # resolved: the lineage's values spelled out
         }
+
+    def forget_episodes(self) -> None:
+        """Nothing is carried across episodes outside learn()."""
 
     def load_state_dict(self, sd: dict) -> None:
         self.agent.load_state_dict(sd["agent"])

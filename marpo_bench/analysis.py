@@ -4,7 +4,7 @@ The pipeline (``DESIGN.md``, "Statistics"; ``PITFALLS.md``, "Statistics" and "Re
 
     store.load_study -> load_scores: complete runs only (the rest are listed, never dropped silently),
                         one task = (env family, task), common budget, final score = mean of the
-                        last K evaluation points, scores normalised with NORMALISATION
+                        last K evaluation points, scores normalised with the family's bounds
                      -> analyse: IQM / mean / median / optimality gap with stratified-bootstrap CIs,
                         probability of improvement, performance profiles, sample-efficiency curves
 
@@ -43,83 +43,60 @@ from typing import Any
 
 import numpy as np
 
-from marpo_bench import store
+from marpo_bench import registry, store
+from marpo_bench.envs.base import TaskBounds
+from marpo_bench.envs.mpe import ORACLE_STRATEGIES
 
 # --------------------------------------------------------------------------------------------
 # score normalisation
 
 
-@dataclass(frozen=True)
-class TaskBounds:
-    """How to map a task's raw final return to a [0, 1] score: ``(x - random) / (reference - random)``.
-
-    ``scale`` and ``episode_limit`` are those of the numbers (``run.json`` fields ``reward_scale`` and
-    ``episode_limit``); runs on another scale are never normalised with them (PITFALLS.md).
-    """
-
-    random: float
-    reference: float
-    scale: str
-    episode_limit: int
-    random_source: str
-    reference_source: str
-
-
-WIN_RATE_FAMILIES: tuple[str, ...] = ("smax", "smacv2")
-"""Env families scored by evaluation win rate, already in [0, 1]: no normalisation needed."""
-
-MEASUREMENT = (
-    "Each MPE row is measured by marpo_bench.analysis.measure_bounds(env, task): train.evaluate on "
-    "make_env(env, task, 512), i.e. one 25-step episode in each of 512 parallel envs with eval seed 123, for the "
-    "uniform-random policy (UniformRandomPolicy, sampled actions) and for a scripted oracle (MPEOracle, "
-    "deterministic) that reads goals and positions from the observations and steers with a one-step look-ahead. "
-    "The oracle is a strong, reproducible reference on exactly this scale, not an optimum: learned policies may "
-    "exceed it (scores above 1 are clipped for aggregation and listed). ± is the standard error over the episodes."
-)
-"""How the numbers of :data:`NORMALISATION` were obtained (printed above the table in the report)."""
-
-_HOW = {
-    "simple_spread": "agents take the landmark assignment with the least total distance",
-    "simple_reference": "each agent says the other's goal, then moves to the goal it hears",
-    "simple_speaker_listener": "the speaker says the goal, the listener moves to the goal it hears",
-}
-# Measured with measure_bounds() (see MEASUREMENT) when the table was added; MPE on the suite's
-# team_sum scale, 25-step episodes. tests/test_analysis.py re-measures them (slow test).
-_MEASURED: dict[tuple[str, str], tuple[float, float, float, float]] = {  # random, sem, reference, sem
-    ("jax_mpe", "simple_spread"): (-80.54, 1.03, -22.24, 0.40),
-    ("jax_mpe", "simple_reference"): (-57.85, 0.81, -15.56, 0.32),
-    ("jax_mpe", "simple_speaker_listener"): (-81.51, 2.70, -15.35, 0.68),
-    ("mpe", "simple_spread"): (-77.00, 0.97, -21.37, 0.41),
-    ("mpe", "simple_reference"): (-55.68, 0.86, -14.62, 0.33),
-    ("mpe", "simple_speaker_listener"): (-79.06, 3.02, -14.43, 0.69),
-}
-
-NORMALISATION: dict[tuple[str, str], TaskBounds] = {
-    key: TaskBounds(
-        random=rnd, reference=ref, scale="team_sum", episode_limit=25,
-        random_source=f"uniform-random policy over available actions (± {rnd_se:.2f})",
-        reference_source=f"scripted oracle: {_HOW[key[1]]} (± {ref_se:.2f})",
-    )
-    for key, (rnd, rnd_se, ref, ref_se) in _MEASURED.items()
-}
-"""Per-task bounds for return-scored tasks, keyed by ``(env family, task)``. Families ``mpe`` (mpe2,
-reference dynamics) and ``jax_mpe`` (JaxMARL) are measured separately: a task is identified by its
-family too, and mpe2 scores 1-6% higher than JaxMARL in all six measurements (0.6-2.5 standard
-errors each; a small systematic difference between the two implementations)."""
+def _family(env: str) -> Any:
+    """The registered env family ``env`` (None for a family not installed here, e.g. a plugin's
+    runs read on another machine: scored as raw returns)."""
+    return registry.env_families().get(env)
 
 
 def score_kind(env: str) -> str:
-    """``"win_rate"`` for families scored by evaluation win rate, else ``"return"``."""
-    return "win_rate" if env in WIN_RATE_FAMILIES else "return"
+    """How a family's runs are scored: ``"win_rate"`` or ``"return"`` (its ``EnvFamily.score``)."""
+    fam = _family(env)
+    return fam.score if fam is not None else "return"
+
+
+def task_bounds(env: str, task: str) -> TaskBounds | None:
+    """The normalisation bounds of a return-scored task, from its family's declaration (or None)."""
+    fam = _family(env)
+    return fam.bounds.get(task) if fam is not None and fam.score == "return" else None
+
+
+def normalisation_table() -> dict[tuple[str, str], TaskBounds]:
+    """Every registered task's bounds, keyed by ``(env family, task)``. A task is identified by its
+    family too: two implementations of one game (mpe and jax_mpe) are measured separately."""
+    return {(name, task): b for name, fam in registry.env_families().items() if fam.score == "return"
+            for task, b in fam.bounds.items()}
+
+
+def bounds_measurements() -> dict[str, str]:
+    """How each family's bounds were obtained (``EnvFamily.measurement``), one text per distinct text."""
+    out: dict[str, str] = {}
+    for name, fam in registry.env_families().items():
+        if fam.bounds and fam.measurement:
+            out.setdefault(fam.measurement, name)
+    return {text: name for text, name in out.items()}
+
+
+def win_rate_families() -> tuple[str, ...]:
+    """The registered families scored by evaluation win rate (already in [0, 1])."""
+    return tuple(name for name, fam in registry.env_families().items() if fam.score == "win_rate")
 
 
 def normalise(values: np.ndarray | float, env: str, task: str) -> np.ndarray:
     """Raw final values -> normalised scores (unclipped). Win rates pass through; a return task
-    without bounds in :data:`NORMALISATION` gives NaN (the task is then left out of aggregates)."""
+    without bounds (:func:`task_bounds`) gives NaN (the task is then left out of aggregates)."""
     v = np.asarray(values, dtype=np.float64)
     if score_kind(env) == "win_rate":
         return v.copy()
-    b = NORMALISATION.get((env, task))
+    b = task_bounds(env, task)
     if b is None:
         return np.full_like(v, np.nan)
     return (v - b.random) / (b.reference - b.random)
@@ -168,8 +145,8 @@ class MPEOracle:
     agents' observations at once, so the spread assignment is the same for every agent."""
 
     def __init__(self, task: str) -> None:
-        if task not in _HOW:
-            raise ValueError(f"no oracle for MPE task {task!r}; valid: {', '.join(_HOW)}")
+        if task not in ORACLE_STRATEGIES:
+            raise ValueError(f"no oracle for MPE task {task!r}; valid: {', '.join(ORACLE_STRATEGIES)}")
         self.task = task
 
     def initial_act_state(self, num_envs: int) -> None:
@@ -208,7 +185,7 @@ class MPEOracle:
 
 
 def measure_bounds(env: str, task: str, episodes: int = 512, seed: int = 123) -> dict[str, float]:
-    """Re-measure a row of :data:`NORMALISATION` with the suite's own evaluation: the uniform-random
+    """Re-measure a row of the MPE families' bounds with the suite's own evaluation: the uniform-random
     policy (sampled) and the scripted oracle (deterministic), one episode per parallel env.
     Returns mean and standard error of both. Needs the env backend (slow: seconds per task)."""
     from marpo_bench.envs import make_env
@@ -731,7 +708,7 @@ def load_scores(study_path: Path, last_k: int = 3, baseline: str | None = None,
     tasks: list[TaskData] = []
     for (env, task), runs in sorted(groups.items()):
         kind = score_kind(env)
-        bounds = NORMALISATION.get((env, task)) if kind == "return" else None
+        bounds = task_bounds(env, task)
         if kind == "return":
             want_scale = bounds.scale if bounds else Counter(r.get("reward_scale") for r in runs).most_common(1)[0][0]
             want_limit = bounds.episode_limit if bounds else Counter(
@@ -796,10 +773,12 @@ def load_scores(study_path: Path, last_k: int = 3, baseline: str | None = None,
             why = ("no normalisation bounds for its returns" if not t.normalisable else
                    "not run by " + ", ".join(a for a in algos if a not in t.runs))
             notes.append(f"{t.key} is left out of the aggregate statistics ({why}); see its own table and curves")
-    fams = {t.env for t in tasks}
-    if {"smax", "smacv2"} <= fams:
-        notes.append("SMAX (JaxMARL) and SMACv2 (StarCraft II) tasks are different games; their win rates "
-                     "are not comparable across families")
+    fams = sorted({t.env for t in tasks})
+    for i, a in enumerate(fams):
+        fam = _family(a)
+        for b in fams[i + 1:]:
+            if fam is not None and b in fam.not_comparable_with:
+                notes.append(fam.not_comparable_with[b])
     if not agg:
         notes.append("no task is run by every algorithm with a normalised score: aggregate statistics skipped")
     for t in tasks:

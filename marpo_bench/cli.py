@@ -10,8 +10,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from marpo_bench import store
-from marpo_bench.algos import ALGORITHMS
+from marpo_bench import registry, store
 from marpo_bench.config import (
     DEFAULT_THREADS,
     ConfigError,
@@ -21,7 +20,7 @@ from marpo_bench.config import (
     parse_set_options,
     parse_steps,
 )
-from marpo_bench.envs import ENV_FAMILIES, parse_env
+from marpo_bench.envs import check_backend, parse_env
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Train and compare cooperative MARL algorithms (MARPO, MAPPO, QMix).")
@@ -33,6 +32,13 @@ DEFAULT_ALGOS = "mappo,marpo"
 DEFAULT_ENVS = "jax_mpe:simple_spread"
 DEFAULT_SEEDS = 2
 DEFAULT_STEPS = "300k"
+
+
+@app.callback()
+def _startup() -> None:
+    """Say once, one line each, which plugins were left out and why (the rest works as usual)."""
+    for problem in registry.problems():
+        err_console.print(f"[yellow]warning:[/yellow] {problem}", highlight=False, soft_wrap=True)
 
 
 def fail(message: str) -> None:
@@ -47,17 +53,14 @@ def plan_grid(algos: str, envs: str, seeds: int, steps: str, sets: list[str], de
 
     algo_names = [a.strip() for a in algos.split(",") if a.strip()]
     if not algo_names:
-        raise ConfigError(f"no algorithm given; valid: {', '.join(sorted(ALGORITHMS))}")
+        raise ConfigError(f"no algorithm given; valid: {', '.join(registry.algorithm_names())}")
     for a in algo_names:
-        if a not in ALGORITHMS:
-            raise ConfigError(f"unknown algorithm {a!r}; valid: {', '.join(sorted(ALGORITHMS))}")
+        registry.algorithm_entry(a)  # ValueError naming the valid ones
     env_pairs = [parse_env(e.strip()) for e in envs.split(",") if e.strip()]
     if not env_pairs:
         raise ConfigError("no env given; e.g. --envs jax_mpe:simple_spread (see `marpo-bench list envs`)")
     for fam in dict.fromkeys(f for f, _ in env_pairs):
-        check = ENV_FAMILIES[fam].get("check")
-        if check is not None:
-            check()  # a missing backend (e.g. StarCraft II) stops the grid before any run starts
+        check_backend(fam)  # a missing backend (e.g. StarCraft II) stops the grid before any run starts
     if seeds <= 0:
         raise ConfigError(f"--seeds must be a positive number of seeds, got {seeds}")
     budgets = parse_budgets(steps)
@@ -180,17 +183,25 @@ def run(
 def list_(what: str = typer.Argument(..., help="algos | envs | presets")) -> None:
     """List the registered algorithms, envs or presets with one-line descriptions."""
     table = Table(show_header=True, header_style="bold")
+    reg = registry.registry()
     if what == "algos":
-        table.add_column("algo")
-        table.add_column("description")
-        for name, (_, _, desc) in sorted(ALGORITHMS.items()):
-            table.add_row(name, desc)
+        for col in ("algo", "description", "from"):
+            table.add_column(col)
+        for name in registry.algorithm_names():
+            entry = reg.algorithms[name]
+            table.add_row(name, entry.description, entry.origin)
     elif what == "envs":
-        table.add_column("env")
-        table.add_column("description")
-        for fam, spec in ENV_FAMILIES.items():
-            for task in spec["tasks"]:
-                table.add_row(f"{fam}:{task}", spec["description"])
+        for col in ("env", "description", "from"):
+            table.add_column(col)
+        for fam_name, fam in reg.families.items():
+            try:
+                tasks = fam.task_names()
+            except Exception as exc:  # a plugin's task list that cannot be read: say so, list the rest
+                err_console.print(f"[yellow]warning:[/yellow] env family {fam_name!r}: its tasks could not be "
+                                  f"read ({type(exc).__name__}: {exc})", highlight=False, soft_wrap=True)
+                continue
+            for task in tasks:
+                table.add_row(f"{fam_name}:{task}", fam.description, reg.family_origin[fam_name])
     elif what == "presets":
         from marpo_bench.presets import PRESETS
 
@@ -230,8 +241,7 @@ def bench(
     try:
         algo_names = [a for a in algos.split(",") if a]
         for a in algo_names:
-            if a not in ALGORITHMS:
-                raise ConfigError(f"unknown algorithm {a!r}; valid: {', '.join(sorted(ALGORITHMS))}")
+            registry.algorithm_entry(a)  # ValueError naming the valid ones
         env_pairs = [parse_env(e.strip()) for e in envs.split(",") if e.strip()]
         sizes = [int(x) for x in num_envs.split(",") if x.strip()]
         if any(x <= 0 for x in sizes) or seconds <= 0 or parallel <= 0 or threads < 0 or train_num_envs < 0:
@@ -246,7 +256,7 @@ def bench(
     nthreads = threads or os.cpu_count() or 1
     jobs: list[tuple[str, tuple]] = []
     for fam, task in env_pairs:
-        for e in sizes or ([1, 8] if fam == "mpe" else [64, 1024]):
+        for e in sizes or registry.env_family(fam).bench_sizes:
             jobs.append(("env", (fam, task, e, seconds)))
         for a in algo_names:
             jobs.append(("train", (a, fam, task, train_num_envs or None, seconds, pairs)))

@@ -335,8 +335,8 @@ class QueueSink:
     def write_record(self, record: dict) -> None:
         self.queue.put(("record", self.run_id, record))
 
-    def write_metrics(self, rows: list[dict]) -> None:
-        self.queue.put(("metrics", self.run_id, rows))
+    def write_metrics(self, rows: list[dict], extra_columns: tuple[str, ...] = ()) -> None:
+        self.queue.put(("metrics", self.run_id, (rows, tuple(extra_columns))))
 
     def write_checkpoint(self, state: dict) -> None:
         self.queue.put(("checkpoint", self.run_id, state))
@@ -508,7 +508,8 @@ class _DriverStore:
                 path.mkdir(parents=True, exist_ok=True)
                 store.write_run_json(path, {**payload, "writer": writer_info()})
             elif kind == "metrics":
-                store.write_metrics(path, payload)
+                rows, extra_columns = payload
+                store.write_metrics(path, rows, extra_columns=extra_columns)
             elif kind == "checkpoint":
                 store.save_checkpoint(path, payload)
         except (OSError, ValueError, TypeError, store.StoreError) as exc:

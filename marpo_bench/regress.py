@@ -304,13 +304,12 @@ def train_specs(specs: Sequence[RunSpec], results: Path, study: str, workers: in
     return train_jobs([(s, study) for s in specs], results, workers, console)
 
 
-# Relative cost per env step of each (algorithm, family) with default configs, measured on 2 cores
-# (one thread per run): orders the pool's queue, longest first.
-_COST = {("qmix", "smax"): 10.0, ("qmix", "jax_mpe"): 7.5, ("mappo", "smax"): 1.5, ("marpo", "smax"): 1.5}
-
-
 def _cost(spec: RunSpec) -> float:
-    return spec.steps * _COST.get((spec.algo, spec.env), 1.0)
+    """Relative cost of a run (its family's ``cost`` hint per env step): orders the pool's queue,
+    longest first."""
+    from marpo_bench.registry import env_family
+
+    return spec.steps * env_family(spec.env).cost.get(spec.algo, 1.0)
 
 
 # --------------------------------------------------------------------------------------------

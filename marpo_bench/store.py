@@ -26,6 +26,7 @@ import operator
 import os
 import pickle
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -285,8 +286,16 @@ def _refuse_if_complete(run_path: Path, filename: str) -> None:
 # metrics.parquet
 
 
-def _schema() -> pa.Schema:
-    fields = [pa.field(n, t, nullable=(n != "env_steps")) for n, t in METRIC_COLUMNS.items()]
+def _columns(extra_columns: Sequence[str] = ()) -> dict[str, pa.DataType]:
+    """The schema's columns: :data:`METRIC_COLUMNS`, then an algorithm's declared float columns."""
+    clash = [c for c in extra_columns if c in RUN_KEY_COLUMNS]
+    if clash:
+        raise ValueError(f"metric column(s) {', '.join(clash)} would clash with the run keys; rename them")
+    return {**METRIC_COLUMNS, **{c: _F64 for c in extra_columns if c not in METRIC_COLUMNS}}
+
+
+def _schema(extra_columns: Sequence[str] = ()) -> pa.Schema:
+    fields = [pa.field(n, t, nullable=(n != "env_steps")) for n, t in _columns(extra_columns).items()]
     return pa.schema(fields, metadata={PARQUET_VERSION_KEY: str(SCHEMA_VERSION).encode()})
 
 
@@ -317,15 +326,16 @@ def _as_float(value: Any, column: str, row: int) -> float:
         raise TypeError(f"metrics row {row}: {column}={value!r} is not a number") from None
 
 
-def _metrics_table(rows: list[dict]) -> pa.Table:
-    unknown = sorted({k for r in rows for k in r} - METRIC_COLUMNS.keys())
+def _metrics_table(rows: list[dict], extra_columns: Sequence[str] = ()) -> pa.Table:
+    columns = _columns(extra_columns)
+    unknown = sorted({k for r in rows for k in r} - columns.keys())
     if unknown:
         raise ValueError(
-            f"unknown metric column(s) {', '.join(unknown)}; add them to "
-            f"marpo_bench.store.METRIC_COLUMNS (a schema change) or stop logging them"
+            f"unknown metric column(s) {', '.join(unknown)}; declare them in the algorithm's `metrics` "
+            f"(stored as extra float columns) or stop logging them"
         )
     arrays = []
-    for name, dtype in METRIC_COLUMNS.items():
+    for name, dtype in columns.items():
         if name == "env_steps":
             values = []
             for i, r in enumerate(rows):
@@ -341,17 +351,19 @@ def _metrics_table(rows: list[dict]) -> pa.Table:
             values = [_as_float(r.get(name), name, i) for i, r in enumerate(rows)]
             # From a numpy array, NaN stays a NaN value (not a null).
             arrays.append(pa.array(np.asarray(values, dtype=np.float64), type=dtype))
-    return pa.Table.from_arrays(arrays, schema=_schema())
+    return pa.Table.from_arrays(arrays, schema=_schema(extra_columns))
 
 
-def write_metrics(run_path: Path, rows: list[dict], *, overwrite: bool = False) -> None:
+def write_metrics(run_path: Path, rows: list[dict], *, overwrite: bool = False,
+                  extra_columns: Sequence[str] = ()) -> None:
     """Write all evaluation rows of a run as ``<run_path>/metrics.parquet``, atomically.
 
-    Rows are dicts keyed by :data:`METRIC_COLUMNS`; omitted values and None become NaN (null for
-    ``eval_episodes``), never dropped rows. Unknown keys raise ValueError rather than vanishing.
-    Refuses (StoreError) to replace the metrics of a complete run unless ``overwrite=True``.
+    Rows are dicts keyed by :data:`METRIC_COLUMNS` and ``extra_columns`` (float metrics an
+    algorithm declares beyond them, stored after them); omitted values and None become NaN (null
+    for ``eval_episodes``), never dropped rows. Unknown keys raise ValueError rather than
+    vanishing. Refuses (StoreError) to replace the metrics of a complete run unless ``overwrite=True``.
     """
-    table = _metrics_table(list(rows))
+    table = _metrics_table(list(rows), extra_columns)
     run_path = Path(run_path)
     if not overwrite:
         _refuse_if_complete(run_path, METRICS_PARQUET)

@@ -49,7 +49,6 @@ dies, as in a crash), at the first iteration with env steps >= step of the runs 
 from __future__ import annotations
 
 import contextlib
-import copy
 import functools
 import math
 import os
@@ -66,11 +65,11 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
-from marpo_bench import store
-from marpo_bench.algos import ALGORITHMS, get_algorithm
+from marpo_bench import registry, store
+from marpo_bench.algos import get_algorithm
 from marpo_bench.config import ConfigError, Recipe, RunSpec, apply_overrides, overrides_for, to_dict
 from marpo_bench.envs import make_env
-from marpo_bench.envs.base import MultiAgentVecEnv, TimeStep
+from marpo_bench.envs.base import MultiAgentVecEnv, SnapshotEnv, TimeStep
 
 ProgressFn = Callable[[int, int], None]  # (env_steps_done, total)
 
@@ -90,15 +89,20 @@ def recipe_entries(algo_cls: Any, family: str, task: str) -> list[tuple[str, Any
 
 
 def build_config(spec: RunSpec) -> Any:
-    """The algorithm's config for this run: class defaults, then its recipe for the env family and
-    for the task (``recipe_entries``), then the user's ``--set`` overrides, then the config's own
-    ``resolved()`` where it has one (every setting left to the algorithm filled in)."""
+    """The algorithm's config for this run: class defaults, then the env family's defaults for
+    this algorithm (``EnvFamily.algo_defaults``, for families the algorithm's own table does not
+    know), then its recipe for the env family and for the task (``recipe_entries``), then the
+    user's ``--set`` overrides, then the config's own ``resolved()`` where it has one (every
+    setting left to the algorithm filled in)."""
     algo_cls = get_algorithm(spec.algo)
     cfg = algo_cls.Config()
+    family_defaults = registry.env_family(spec.env).algo_defaults.get(spec.algo, {})
+    if family_defaults:
+        cfg = apply_overrides(cfg, {k: str(v) for k, v in family_defaults.items()}, spec.algo)
     for _, entry in recipe_entries(algo_cls, spec.env, spec.task):
         values = entry.values if isinstance(entry, Recipe) else entry
         cfg = apply_overrides(cfg, {k: str(v) for k, v in values.items()}, spec.algo)
-    scoped = overrides_for(spec.algo, spec.overrides, set(ALGORITHMS))
+    scoped = overrides_for(spec.algo, spec.overrides, set(registry.algorithm_names()))
     known = set(cfg.__dataclass_fields__)
     # Unscoped keys apply to every algorithm that has the setting; the CLI checks each is known
     # to at least one algorithm of the grid. Scoped keys (``algo.key``) must exist.
@@ -275,8 +279,9 @@ class RunSink(Protocol):
         """Replace run.json."""
         ...
 
-    def write_metrics(self, rows: list[dict]) -> None:
-        """Replace metrics.parquet with all rows so far."""
+    def write_metrics(self, rows: list[dict], extra_columns: tuple[str, ...] = ()) -> None:
+        """Replace metrics.parquet with all rows so far (``extra_columns``: float columns beyond
+        ``store.METRIC_COLUMNS`` that the algorithm declares)."""
         ...
 
     def write_checkpoint(self, state: dict) -> None:
@@ -328,8 +333,8 @@ class StoreSink:
         self.run_path.mkdir(parents=True, exist_ok=True)
         store.write_run_json(self.run_path, {**record, "writer": writer_info()})
 
-    def write_metrics(self, rows: list[dict]) -> None:
-        store.write_metrics(self.run_path, rows)
+    def write_metrics(self, rows: list[dict], extra_columns: tuple[str, ...] = ()) -> None:
+        store.write_metrics(self.run_path, rows, extra_columns=extra_columns)
 
     def write_checkpoint(self, state: dict) -> None:
         store.save_checkpoint(self.run_path, state)
@@ -339,31 +344,14 @@ class StoreSink:
 # env state at iteration boundaries
 
 
-def _leaf_to_tensor(leaf: Any) -> torch.Tensor:
-    arr = np.asarray(leaf)
-    if arr.dtype in (np.uint32, np.uint64):  # torch has no general unsigned support; int64 is lossless
-        arr = arr.astype(np.int64)
-    return torch.from_numpy(np.array(arr, copy=True))
-
-
-def _weak(x: Any) -> Any:
-    """``x`` as a weakly typed JAX array, as some carry leaves are, so the restored carry hits the
-    already compiled step; an extra compile (same results) if this JAX lacks the internal."""
-    try:
-        from jax._src.lax import lax as _lax
-
-        return _lax._convert_element_type(x, x.dtype, weak_type=True)
-    except (ImportError, AttributeError, TypeError):
-        return x
-
-
 class CheckpointableEnv:
-    """A MultiAgentVecEnv that can save its state at an iteration boundary and restore it.
+    """A MultiAgentVecEnv whose state can be saved at an iteration boundary and restored.
 
     After :meth:`restore`, the next ``reset(seed)`` returns the saved TimeStep instead of
     resetting, so an algorithm's ``learn`` continues where the checkpoint was taken without
-    knowing about checkpoints. JAX envs save their carry; mpe2 envs their generators' states
-    before the last auto-reset (only valid when every env just started an episode).
+    knowing about checkpoints. The env's own state comes from the env (``SnapshotEnv``: JAX envs
+    save their carry, mpe2 envs their generators' states before the last reset); an env without
+    it, or one that cannot capture its state now, restarts its episodes on resume.
     """
 
     def __init__(self, env: MultiAgentVecEnv) -> None:
@@ -372,14 +360,6 @@ class CheckpointableEnv:
         self.device = env.device
         self.last: TimeStep | None = None
         self._pending: TimeStep | None = None
-        self._rng_before_step: list[dict] | None = None
-
-    def _kind(self) -> str:
-        if self.info.family in ("jax_mpe", "smax") and hasattr(self.env, "_carry"):
-            return "jax"
-        if self.info.family == "mpe" and hasattr(self.env, "_rngs") and hasattr(self.env, "_reset_env"):
-            return "mpe"
-        return "none"
 
     def reset(self, seed: int) -> TimeStep:
         ts, self._pending = self._pending, None
@@ -389,8 +369,6 @@ class CheckpointableEnv:
         return ts
 
     def step(self, actions: torch.Tensor) -> TimeStep:
-        if self._kind() == "mpe":
-            self._rng_before_step = [copy.deepcopy(r.bit_generator.state) for r in self.env._rngs]
         self.last = self.env.step(actions)
         return self.last
 
@@ -399,59 +377,32 @@ class CheckpointableEnv:
 
     def snapshot(self, mid_episode_ok: bool) -> dict:
         """The env state now (a checkpoint-safe dict of tensors and plain values). ``kind`` is
-        ``none`` when it cannot be captured exactly (then a resume restarts the episodes)."""
+        ``none`` when it cannot be captured exactly (then a resume restarts the episodes): the env
+        cannot snapshot, or cannot now, or the episodes are mid-way and the algorithm cannot resume
+        them (``mid_episode_ok`` False)."""
         ts = self.last
         if ts is None:
             raise RuntimeError("snapshot() before reset()")
-        at_start = bool(ts.done.all())
-        kind = self._kind()
-        out: dict[str, Any] = {"kind": "none"}
-        if kind == "jax" and (mid_episode_ok or at_start):
-            import jax
-
-            leaves = jax.tree_util.tree_leaves(self.env._carry)
-            out = {"kind": "jax", "leaves": [_leaf_to_tensor(x) for x in leaves],
-                   "dtypes": [str(np.asarray(x).dtype) for x in leaves],
-                   "weak": [bool(getattr(x, "weak_type", False)) for x in leaves]}
-        elif kind == "mpe" and at_start and self._rng_before_step is not None:
-            out = {"kind": "mpe", "rng_states": copy.deepcopy(self._rng_before_step)}
-        if out["kind"] != "none":
-            out["timestep"] = {f.name: getattr(ts, f.name).detach().cpu().clone() for f in fields(ts)}
+        state = None
+        if isinstance(self.env, SnapshotEnv) and (mid_episode_ok or bool(ts.done.all())):
+            state = self.env.snapshot()
+        if state is None:
+            return {"kind": "none"}
+        out = {"kind": "env", **state}
+        out["timestep"] = {f.name: getattr(ts, f.name).detach().cpu().clone() for f in fields(ts)}
         return out
 
     def restore(self, snap: dict, seed: int, fallback_seed: int) -> bool:
         """Put the env in the state of ``snap``; the next ``reset`` returns its TimeStep. Returns
         False when the snapshot holds no env state: the env then restarts from ``fallback_seed``."""
-        kind = snap.get("kind", "none")
-        if kind == "none" or kind != self._kind():
+        if snap.get("kind", "none") == "none" or not isinstance(self.env, SnapshotEnv):
             self._pending = self.env.reset(fallback_seed)
             return False
-        self.env.reset(seed)  # builds (and compiles) everything the state goes into
-        if kind == "jax":
-            import jax
-
-            template, treedef = jax.tree_util.tree_flatten(self.env._carry)
-            saved = list(zip(snap["leaves"], snap["dtypes"], snap["weak"], strict=True))
-            if len(saved) != len(template):
-                raise store.StoreError("checkpoint env state does not match this env (leaf count); "
-                                       "delete checkpoint.pt to restart the run from scratch")
-            cpu = jax.devices("cpu")[0]
-            leaves = []
-            for tmpl, (t, dtype, weak) in zip(template, saved, strict=True):
-                arr = t.numpy().astype(dtype)
-                if arr.shape != tuple(tmpl.shape) or arr.dtype != tmpl.dtype:
-                    raise store.StoreError("checkpoint env state does not match this env (shapes); "
-                                           "delete checkpoint.pt to restart the run from scratch")
-                x = jax.device_put(arr, cpu)
-                leaves.append(_weak(x) if weak else x)
-            self.env._carry = jax.tree_util.tree_unflatten(treedef, leaves)
-        else:  # mpe: re-run each env's last reset from its generator state before that reset
-            if len(snap["rng_states"]) != self.info.num_envs:
-                raise store.StoreError("checkpoint env state does not match this env (num_envs); "
-                                       "delete checkpoint.pt to restart the run from scratch")
-            for e, state in enumerate(snap["rng_states"]):
-                self.env._rngs[e].bit_generator.state = state
-                self.env._reset_env(e, np.zeros((self.info.num_agents, self.env._D), dtype=np.float32))
+        try:
+            self.env.restore({k: v for k, v in snap.items() if k != "timestep"}, seed)
+        except ValueError as exc:
+            raise store.StoreError(f"checkpoint env state: {exc}; delete checkpoint.pt to restart the run "
+                                   "from scratch") from None
         self._pending = TimeStep(**{k: v.to(self.device) for k, v in snap["timestep"].items()})
         return True
 
@@ -528,11 +479,11 @@ def train_run(spec: RunSpec, results: Path | None = None, study: str = "default"
         eval_env = make_env(spec.env, spec.task, cfg.eval_episodes, device="cpu", agent_id=cfg.agent_id)
         record.update(reward_scale=env.info.reward_scale, episode_limit=env.info.episode_limit)
         algo = algo_cls(cfg, env.info, device, spec.seed)
-        # On-policy learners hold all in-flight episode state (the GRU state) in their state_dict;
-        # QMix's staging buffer and acting state are local to its learn(): restart mid-episode envs.
-        from marpo_bench.algos.ppo_core import OnPolicyAlgorithm
-
-        mid_episode_ok = isinstance(algo, OnPolicyAlgorithm)
+        # Whether the algorithm's state_dict holds all in-flight episode state (e.g. the GRU state
+        # carried across rollouts); if not, mid-episode envs restart on resume.
+        mid_episode_ok = bool(algo_cls.resumes_mid_episode)
+        declared = {"train_return_mean", *algo_cls.metrics}
+        extra_columns = tuple(m for m in algo_cls.metrics if m not in store.METRIC_COLUMNS)
         deterministic = cfg.eval_mode == "greedy"
         eval_seed = 10_000_019 * (spec.seed + 1)  # eval episodes never share seeds with training
         rows: list[dict[str, Any]] = []
@@ -549,7 +500,7 @@ def train_run(spec: RunSpec, results: Path | None = None, study: str = "default"
                     row[key] = float(np.mean(vals)) if vals else math.nan
                 pending.clear()
             rows.append(row)
-            sink.write_metrics(rows)
+            sink.write_metrics(rows, extra_columns)
             record.update(env_steps=steps, wall_seconds=row["wall_seconds"])
             sink.write_record(record)
 
@@ -571,8 +522,12 @@ def train_run(spec: RunSpec, results: Path | None = None, study: str = "default"
                         os._exit(17)
                     if fault.kind == "raise":
                         raise RuntimeError(f"injected fault at env step {steps} ({FAULT_ENV})")
-                    loss = next((k for k in ("policy_loss", "td_loss", "value_loss") if k in metrics), "loss")
+                    loss = next((k for k in metrics if k.endswith("loss")), "loss")
                     metrics[loss] = math.nan
+            undeclared = sorted(set(metrics) - declared)
+            if undeclared:
+                raise ConfigError(f"{spec.algo} reports metric(s) {', '.join(undeclared)} that its class does not "
+                                  "declare in `metrics` (see marpo_bench.algos.Algorithm)")
             bad = [k for k, v in metrics.items() if k != "train_return_mean" and not math.isfinite(v)]
             if bad:
                 raise FloatingPointError(f"non-finite {bad[0]} at env step {steps}")
@@ -593,23 +548,22 @@ def train_run(spec: RunSpec, results: Path | None = None, study: str = "default"
             start = last_steps = int(resume["env_steps"])
             fallback_seed = (spec.seed * 1_000_003 + start) % (2**31 - 1)
             exact = env.restore(resume["env"], spec.seed, fallback_seed)
-            state = dict(resume["algo"])
-            for key in ("rollout_h", "rollout_hc"):
-                if not exact and key in state:
-                    state[key] = None  # the episodes restart: so does the recurrent state
-            algo.load_state_dict(state)
+            algo.load_state_dict(resume["algo"])
+            if not exact:
+                algo.forget_episodes()  # the episodes restart: so does any state carried across them
             rows[:] = resume["rows"]
             pending[:] = resume["pending"]
             next_eval, next_ckpt = int(resume["next_eval"]), int(resume["next_checkpoint"])
-            # QMix: the replay buffer is not restored. CPU reductions split by thread count, so
-            # another count (e.g. another --threads) gives other bits (checkpoints without the
-            # count predate it: their runs used one count throughout).
+            # ``resumes_exactly`` False: the algorithm does not save all it learns from (QMix's
+            # replay buffer). CPU reductions split by thread count, so another count (e.g. another
+            # --threads) gives other bits (checkpoints without the count predate it: their runs
+            # used one count throughout).
             same_threads = resume.get("torch_threads", torch.get_num_threads()) == torch.get_num_threads()
-            record["resume_exact"] = exact and mid_episode_ok and same_threads
+            record["resume_exact"] = exact and bool(algo_cls.resumes_exactly) and same_threads
             if not same_threads:
                 record["resume_note"] = (f"resumed with {torch.get_num_threads()} torch threads, checkpointed with "
                                          f"{resume['torch_threads']}: the same math, not the same bits")
-            sink.write_metrics(rows)  # drop rows evaluated after the checkpoint: they are recomputed
+            sink.write_metrics(rows, extra_columns)  # drop rows evaluated after the checkpoint: they are recomputed
             sink.write_record(record)
             if progress is not None:
                 progress(min(start, spec.steps), spec.steps)

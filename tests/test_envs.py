@@ -14,7 +14,8 @@ import numpy as np
 import pytest
 import torch
 
-from marpo_bench.envs import ENV_FAMILIES, list_envs, make_env, parse_env
+from marpo_bench.envs import list_envs, make_env, parse_env
+from marpo_bench.registry import env_families
 from marpo_bench.envs.base import PACK_ALIGN, MultiAgentVecEnv, TimeStep, move_packed, packed_offsets
 from marpo_bench.envs.mpe import MPE_TASKS
 
@@ -99,7 +100,7 @@ def test_make_env_rejects_unknown_task_before_importing_a_backend() -> None:
 
 def test_list_envs_names_every_family_task_with_a_description() -> None:
     names = dict(list_envs())
-    assert set(names) == {f"{f}:{t}" for f in ENV_FAMILIES for t in ENV_FAMILIES[f]["tasks"]}
+    assert set(names) == {f"{n}:{t}" for n, f in env_families().items() for t in f.task_names()}
     assert {f"{f}:{t}" for f, t in ALL} <= set(names)
     assert all(isinstance(d, str) and d and "\n" not in d for d in names.values())
 
@@ -370,7 +371,7 @@ def test_timestep_to_its_own_device_is_the_same_object(envs: dict) -> None:
 
 
 def test_actions_for_jit_copies_so_a_reused_actions_tensor_cannot_change_a_pending_step() -> None:
-    from marpo_bench.envs.jax_mpe import actions_for_jit
+    from marpo_bench.envs._jax import actions_for_jit
 
     for dtype in (torch.int64, torch.int32):  # int32 would otherwise be passed through as is
         actions = torch.tensor([[1, 2, 3], [4, 0, 1]], dtype=dtype)

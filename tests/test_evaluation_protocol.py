@@ -30,6 +30,10 @@ class StubAlgo:
     """Trains nothing: 100 env steps per iteration; records every ``act`` call's ``deterministic``."""
 
     Config = StubConfig
+    on_policy = True
+    resumes_mid_episode = True
+    resumes_exactly = True
+    metrics = ("policy_loss",)
     instances: list[StubAlgo] = []
 
     def __init__(self, cfg, env_info, device, seed) -> None:
@@ -54,6 +58,9 @@ class StubAlgo:
         return {}
 
     def load_state_dict(self, sd: dict) -> None:
+        pass
+
+    def forget_episodes(self) -> None:
         pass
 
 

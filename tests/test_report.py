@@ -23,7 +23,7 @@ import pytest
 from typer.testing import CliRunner
 
 from marpo_bench import store
-from marpo_bench.analysis import NORMALISATION, analyse
+from marpo_bench.analysis import analyse, task_bounds
 from marpo_bench.cli import app
 from marpo_bench.config import RunSpec
 from marpo_bench.report import render_html, write_report
@@ -73,7 +73,7 @@ def _rows(spec: RunSpec, rng: np.random.Generator, upto: int | None = None) -> l
             row["eval_win_rate"] = float(np.clip(np.round(32 * (progress + rng.normal(0, 0.08))) / 32, 0, 1))
             row["eval_return_mean"] = 20 * row["eval_win_rate"]
         else:
-            b = NORMALISATION[(spec.env, spec.task)]
+            b = task_bounds(spec.env, spec.task)
             row["eval_return_mean"] = b.random + (b.reference - b.random) * (progress + rng.normal(0, 0.06))
         row["policy_loss"] = float(rng.normal())
         rows.append(row)
@@ -92,7 +92,7 @@ def write_synthetic_study(study: Path, algos: list[str], tasks: list[tuple[str, 
                 path = store.run_dir(study.parent, study.name, spec.run_id)
                 rows = _rows(spec, rng)
                 if incomplete and algo == algos[0] and (env, task) == tasks[0] and seed == 0:
-                    b = NORMALISATION.get((env, task))
+                    b = task_bounds(env, task)
                     if b is not None:  # better than the reference: clipped and listed
                         for row in rows[-3:]:
                             row["eval_return_mean"] = b.reference + 5.0

@@ -196,9 +196,9 @@ def test_cli_run_on_smacv2_without_it_exits_2_with_one_line_before_any_run(tmp_p
 
 
 def test_check_smacv2_names_what_is_missing(monkeypatch, tmp_path):
-    from marpo_bench.envs import ENV_FAMILIES
+    from marpo_bench.registry import env_family
 
-    assert ENV_FAMILIES["smacv2"]["check"] is smacv2_mod.check_smacv2
+    assert env_family("smacv2").check is smacv2_mod.check_smacv2
 
     def message() -> str:
         with pytest.raises(ValueError) as exc:

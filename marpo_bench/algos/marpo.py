@@ -130,6 +130,8 @@ class MARPO(OnPolicyAlgorithm):
     name = "marpo"
     Config = MARPOConfig
     cfg: MARPOConfig
+    metrics = (*OnPolicyAlgorithm.metrics, "reflection_term", "clip_low_mean", "clip_low_p5", "clip_low_p95",
+               "clip_high_mean", "clip_high_p5", "clip_high_p95", "kl_delta")
     DEFAULTS_BY_FAMILY = MAPPO_RECIPES  # the official MARPO scripts are MAPPO's (PITFALLS.md)
 
     def __init__(self, cfg: MARPOConfig, *args, **kwargs) -> None:

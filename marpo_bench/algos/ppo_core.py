@@ -264,6 +264,11 @@ class OnPolicyAlgorithm:
 
     name = "ppo"
     Config = PPOConfig
+    on_policy = True
+    # All in-flight episode state (the GRU states carried across rollouts) is in the state_dict.
+    resumes_mid_episode = True
+    resumes_exactly = True
+    metrics: tuple[str, ...] = ("policy_loss", "value_loss", "entropy", "grad_norm", "approx_kl", "clip_fraction")
 
     def __init__(self, cfg: PPOConfig, env_info: EnvInfo, device: torch.device | str, seed: int) -> None:
         self.cfg = cfg
@@ -553,6 +558,10 @@ class OnPolicyAlgorithm:
         self.np_rng.bit_generator.state = sd["np_rng"]
         self._rollout_h = sd.get("rollout_h")
         self._rollout_hc = sd.get("rollout_hc")
+
+    def forget_episodes(self) -> None:
+        """The env restarted its episodes (an inexact resume): so do the carried GRU states."""
+        self._rollout_h = self._rollout_hc = None
 
 
 def ppo_clip_surrogate(ratio: torch.Tensor, adv: torch.Tensor, lo: float, hi: float) -> torch.Tensor:

@@ -20,9 +20,9 @@ Conventions (see ``DESIGN.md`` and ``PITFALLS.md``):
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass, fields
-from typing import Protocol, runtime_checkable
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, fields
+from typing import Any, Literal, Protocol, runtime_checkable
 
 import torch
 
@@ -138,6 +138,93 @@ class MultiAgentVecEnv(Protocol):
     def close(self) -> None:
         """Release resources (processes, device buffers)."""
         ...
+
+
+@runtime_checkable
+class SnapshotEnv(Protocol):
+    """What an env adds to :class:`MultiAgentVecEnv` for an *exact* resume (optional).
+
+    A checkpoint is taken at an iteration boundary; the runner keeps the TimeStep it continues
+    from, the env keeps everything else (PRNG keys, simulator state, episode statistics). An env
+    without these methods resumes inexactly: its episodes restart from a fresh seed and the run
+    records ``resume_exact: false``.
+    """
+
+    def snapshot(self) -> dict[str, Any] | None:
+        """The env's state now, as a dict of tensors and plain values (``torch.save``-able with
+        ``weights_only=True``), or None when the current state cannot be captured exactly (e.g.
+        mid-episode for envs that can only replay their resets)."""
+        ...
+
+    def restore(self, snap: dict[str, Any], seed: int) -> None:
+        """Put the env into the state of ``snap`` (taken by an identically built env); ``seed`` is
+        the run's env seed, for an env that must reset (build, compile) before it can take a state.
+        A snapshot that does not fit this env raises ``ValueError`` naming what differs."""
+        ...
+
+
+ScoreKind = Literal["return", "win_rate"]
+
+
+@dataclass(frozen=True)
+class TaskBounds:
+    """Normalisation bounds of a return-scored task: score = (return - random) / (reference - random).
+
+    ``scale`` and ``episode_limit`` are those of the numbers (``run.json`` fields ``reward_scale``
+    and ``episode_limit``); runs on another scale are never normalised with them.
+    """
+
+    random: float
+    reference: float
+    scale: str
+    episode_limit: int
+    random_source: str
+    reference_source: str
+
+
+EnvFactory = Callable[..., MultiAgentVecEnv]
+"""``factory(task, num_envs, device, agent_id) -> MultiAgentVecEnv``."""
+
+
+@dataclass(frozen=True)
+class EnvFamily:
+    """Everything the suite needs to know about one env family, declared in the family's own file
+    and registered by name (built-in, or a plugin's ``marpo_bench.envs`` entry point).
+
+    - ``tasks``: the valid task names, or a function returning them (read from the backend when
+      first needed, e.g. every SMAX map the installed jaxmarl knows).
+    - ``factory``: builds E parallel envs of a task (imports its backend lazily).
+    - ``score``: how a run is scored: ``"return"`` (normalised with ``bounds`` where the task has
+      them) or ``"win_rate"`` (already in [0, 1]).
+    - ``bounds``: per-task :class:`TaskBounds`; a return task without them is reported raw.
+    - ``measurement``: how ``bounds`` were obtained (printed in the report).
+    - ``cost``: relative cost per env step by algorithm name (1.0 when absent), used only to order
+      a worker pool's queue longest-first.
+    - ``bench_sizes``: the E values ``marpo-bench bench`` times by default.
+    - ``algo_defaults``: per-algorithm config values for this family (applied before the
+      algorithm's own recipe table and the user's ``--set``), for families an algorithm's recipe
+      table does not know.
+    - ``check``: raises a one-line ``ValueError`` when the backend is not usable here.
+    - ``not_comparable_with``: a note printed when this family's scores sit beside another family's
+      in one study (e.g. two implementations of one game), keyed by the other family's name.
+    """
+
+    name: str
+    description: str
+    tasks: Sequence[str] | Callable[[], Sequence[str]]
+    factory: EnvFactory
+    score: ScoreKind = "return"
+    bounds: Mapping[str, TaskBounds] = field(default_factory=dict)
+    measurement: str = ""
+    cost: Mapping[str, float] = field(default_factory=dict)
+    bench_sizes: tuple[int, ...] = (64, 1024)
+    algo_defaults: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    check: Callable[[], None] | None = None
+    not_comparable_with: Mapping[str, str] = field(default_factory=dict)
+
+    def task_names(self) -> tuple[str, ...]:
+        """The valid task names (calls ``tasks`` when it is a function)."""
+        return tuple(self.tasks() if callable(self.tasks) else self.tasks)
 
 
 def agent_id_onehot(num_envs: int, num_agents: int, device: torch.device | str) -> torch.Tensor:

@@ -19,13 +19,14 @@ mpe2 is imported lazily (in the constructor), so this module is cheap to import.
 
 from __future__ import annotations
 
+import copy
 import importlib
 from typing import Any
 
 import numpy as np
 import torch
 
-from marpo_bench.envs.base import EnvInfo, TimeStep, agent_id_onehot
+from marpo_bench.envs.base import EnvFamily, EnvInfo, TaskBounds, TimeStep, agent_id_onehot
 
 MPE_TASKS: tuple[str, ...] = ("simple_spread", "simple_reference", "simple_speaker_listener")
 """Tasks both MPE backends provide."""
@@ -95,12 +96,14 @@ class MPEVecEnv:
         self._avail = avail.to(self.device)
         self._onehot = agent_id_onehot(num_envs, self._N, self.device)
         self._rngs: list[np.random.Generator] = []
+        self._rng_at_reset: list[dict] = []  # each generator's state before its env's last reset
         self._ep_return = np.zeros(num_envs, dtype=np.float64)
         self._ep_length = np.zeros(num_envs, dtype=np.int64)
 
     # ------------------------------------------------------------------ helpers
     def _reset_env(self, e: int, out: np.ndarray) -> None:
         """Reset env ``e`` with the next seed of its generator; write its padded obs into ``out``."""
+        self._rng_at_reset[e] = copy.deepcopy(self._rngs[e].bit_generator.state)
         obs, _ = self._envs[e].reset(seed=int(self._rngs[e].integers(2**31 - 1)))
         self._fill(out, obs)
         self._ep_return[e] = 0.0
@@ -151,6 +154,7 @@ class MPEVecEnv:
         if seed < 0:
             raise ValueError(f"seed must be non-negative, got {seed}")
         self._rngs = [np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(e,))) for e in range(self._E)]
+        self._rng_at_reset = [{} for _ in range(self._E)]
         obs = np.zeros((self._E, self._N, self._D), dtype=np.float32)
         for e in range(self._E):
             self._reset_env(e, obs[e])
@@ -200,8 +204,83 @@ class MPEVecEnv:
             self._reset_env(e, obs_next[e])
         return self._timestep(obs_next, final_obs, reward, terminated, truncated, episode_return, episode_length)
 
+    def snapshot(self) -> dict[str, Any] | None:
+        """Each generator's state before its env's last reset, when every env has just been reset
+        (mpe2's simulator state cannot be read generically, but a reset can be replayed); None
+        mid-episode. MAPPO's default rollout (25 steps = the horizon) ends at episode starts."""
+        if not self._rngs or bool(self._ep_length.any()):
+            return None
+        return {"kind": "mpe", "rng_states": copy.deepcopy(self._rng_at_reset)}
+
+    def restore(self, snap: dict[str, Any], seed: int) -> None:
+        """Replay each env's last reset from the generator state saved in ``snap``."""
+        if snap.get("kind") != "mpe" or len(snap.get("rng_states", ())) != self._E:
+            raise ValueError("the saved env state does not match this env (kind or num_envs)")
+        self.reset(seed)
+        for e, state in enumerate(snap["rng_states"]):
+            self._rngs[e].bit_generator.state = state
+            self._reset_env(e, np.zeros((self._N, self._D), dtype=np.float32))
+
     def close(self) -> None:
         """Close every PettingZoo env."""
         for env in self._envs:
             env.close()
         self._envs = []
+
+
+# ------------------------------------------------------------------------------------------------
+# The family: normalisation bounds (shared with jax_mpe.py, measured per backend) and registration
+
+MPE_MEASUREMENT = (
+    "Each MPE row is measured by marpo_bench.analysis.measure_bounds(env, task): train.evaluate on "
+    "make_env(env, task, 512), i.e. one 25-step episode in each of 512 parallel envs with eval seed 123, for the "
+    "uniform-random policy (UniformRandomPolicy, sampled actions) and for a scripted oracle (MPEOracle, "
+    "deterministic) that reads goals and positions from the observations and steers with a one-step look-ahead. "
+    "The oracle is a strong, reproducible reference on exactly this scale, not an optimum: learned policies may "
+    "exceed it (scores above 1 are clipped for aggregation and listed). ± is the standard error over the episodes."
+)
+"""How the MPE families' normalisation bounds were obtained (printed above the table in the report)."""
+
+ORACLE_STRATEGIES: dict[str, str] = {  # how analysis.MPEOracle plays each task
+    "simple_spread": "agents take the landmark assignment with the least total distance",
+    "simple_reference": "each agent says the other's goal, then moves to the goal it hears",
+    "simple_speaker_listener": "the speaker says the goal, the listener moves to the goal it hears",
+}
+
+
+def mpe_bounds(measured: dict[str, tuple[float, float, float, float]]) -> dict[str, TaskBounds]:
+    """Per-task bounds from measured (random, its sem, reference, its sem) on the team_sum scale."""
+    return {
+        task: TaskBounds(
+            random=rnd, reference=ref, scale="team_sum", episode_limit=DEFAULT_MAX_CYCLES,
+            random_source=f"uniform-random policy over available actions (± {rnd_se:.2f})",
+            reference_source=f"scripted oracle: {ORACLE_STRATEGIES[task]} (± {ref_se:.2f})",
+        )
+        for task, (rnd, rnd_se, ref, ref_se) in measured.items()
+    }
+
+
+# Measured with measure_bounds() (see MPE_MEASUREMENT); tests/test_analysis.py re-measures them
+# (slow test). mpe2 scores 1-6% higher than JaxMARL in all six measurements (0.6-2.5 standard errors
+# each: a small systematic difference between the implementations), so each family has its own.
+_MEASURED = {  # random, sem, reference, sem
+    "simple_spread": (-77.00, 0.97, -21.37, 0.41),
+    "simple_reference": (-55.68, 0.86, -14.62, 0.33),
+    "simple_speaker_listener": (-79.06, 3.02, -14.43, 0.69),
+}
+
+
+def _make(task: str, num_envs: int, device: torch.device | str, agent_id: bool) -> MPEVecEnv:
+    return MPEVecEnv(task, num_envs, device=device, agent_id=agent_id)
+
+
+FAMILY = EnvFamily(
+    name="mpe",
+    description="PettingZoo MPE via mpe2: reference dynamics, one Python env per slot (CPU)",
+    tasks=MPE_TASKS,
+    factory=_make,
+    score="return",
+    bounds=mpe_bounds(_MEASURED),
+    measurement=MPE_MEASUREMENT,
+    bench_sizes=(1, 8),
+)

@@ -59,7 +59,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from marpo_bench.envs.base import EnvInfo, TimeStep
+from marpo_bench.envs.base import EnvFamily, EnvInfo, TimeStep
 
 SMACV2_TASKS: tuple[str, ...] = (
     "protoss_5_vs_5",
@@ -437,3 +437,19 @@ class SMACv2VecEnv:
             if p.is_alive():
                 p.terminate()
                 p.join(timeout=5)
+
+
+def _make(task: str, num_envs: int, device: torch.device | str, agent_id: bool) -> SMACv2VecEnv:
+    return SMACv2VecEnv(task, num_envs, device=device, agent_id=agent_id)
+
+
+FAMILY = EnvFamily(
+    name="smacv2",
+    description="real SMACv2 (StarCraft II, one process per env); needs smacv2 and SC2PATH",
+    tasks=SMACV2_TASKS,
+    factory=_make,
+    score="win_rate",
+    check=check_smacv2,
+    not_comparable_with={"smax": "SMAX (JaxMARL) and SMACv2 (StarCraft II) tasks are different games; their "
+                                 "win rates are not comparable across families"},
+)

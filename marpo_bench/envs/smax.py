@@ -51,13 +51,13 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 import torch
 
-from marpo_bench.envs.base import EnvInfo, TimeStep
+from marpo_bench.envs.base import EnvFamily, EnvInfo, TimeStep
 
 if TYPE_CHECKING:
     import jax
     import numpy as np
 
-# JAX is imported on first construction, through ``jax_mpe`` (which sets JAX's CPU defaults first),
+# JAX is imported on first construction, through ``_jax`` (which sets JAX's CPU defaults first),
 # so the registry can import this module's task list without loading JAX.
 
 SMAX_TASKS: tuple[str, ...] = (
@@ -112,10 +112,10 @@ def won_from_reward(terminal_reward: jax.Array, bonus: float = WON_BATTLE_BONUS)
 
 
 def _jaxmarl() -> Any:
-    """Import jaxmarl (and JAX) through ``jax_mpe``: its CPU defaults and import silencing."""
-    from marpo_bench.envs.jax_mpe import _import_jaxmarl
+    """Import jaxmarl (and JAX) through ``_jax``: JAX's CPU defaults and import silencing."""
+    from marpo_bench.envs._jax import import_jaxmarl
 
-    return _import_jaxmarl()
+    return import_jaxmarl()
 
 
 class _Carry(NamedTuple):
@@ -135,10 +135,10 @@ class _Compiled:
     """
 
     def __init__(self, task: str, num_envs: int, agent_id: bool, max_steps: int) -> None:
-        jaxmarl = _jaxmarl()  # first: jax_mpe sets JAX's defaults before JAX loads
-        import jax
-        import jax.numpy as jnp
+        jaxmarl = _jaxmarl()  # first: _jax sets JAX's defaults before JAX loads
         from jaxmarl.environments.smax import map_name_to_scenario
+
+        from marpo_bench.envs._jax import jax, jnp
 
         env = jaxmarl.make(
             "HeuristicEnemySMAX", scenario=map_name_to_scenario(task), max_steps=max_steps, **SMAX_ENV_KWARGS
@@ -284,7 +284,7 @@ class SMAXVecEnv:
 
     def _actions_to_jax(self, actions: torch.Tensor) -> np.ndarray:
         """[E, N] torch ints -> the int32 array the jitted step takes (the same kind on every call)."""
-        from marpo_bench.envs.jax_mpe import actions_for_jit
+        from marpo_bench.envs._jax import actions_for_jit
 
         return actions_for_jit(actions, self._E, self._N)
 
@@ -292,9 +292,7 @@ class SMAXVecEnv:
         """Reset all E envs from ``jax.random.PRNGKey(seed)`` (compiles ``step`` on first use)."""
         if seed < 0:
             raise ValueError(f"seed must be non-negative, got {seed}")
-        import jax
-
-        from marpo_bench.envs.jax_mpe import _to_torch
+        from marpo_bench.envs._jax import jax, to_torch
 
         fn = self._fn
         key = jax.device_put(jax.random.PRNGKey(seed), jax.devices("cpu")[0])
@@ -302,18 +300,18 @@ class SMAXVecEnv:
         carry, out = fn.step(carry, self._actions_to_jax(self._noop), fn.true)
         self._carry = carry
         dev = self.device
-        obs2, state2, avail, alive = (_to_torch(x, dev) for x in out[:4])
+        obs2, state2, avail, alive = (to_torch(x, dev) for x in out[:4])
         o, s = obs2[0], state2[0]
         return TimeStep.first(o, s, avail, alive)
 
     def step(self, actions: torch.Tensor) -> TimeStep:
         """Step all E envs with ``actions`` [E, N] in one jitted call; auto-reset finished envs."""
-        from marpo_bench.envs.jax_mpe import _to_torch
+        from marpo_bench.envs._jax import to_torch
 
         if self._carry is None:
             raise RuntimeError("call reset(seed) before step()")
         self._carry, out = self._step_jit(self._carry, self._actions_to_jax(actions), self._fn.false)
-        obs2, state2, avail, alive, scalars, flags = (_to_torch(x, self.device) for x in out)
+        obs2, state2, avail, alive, scalars, flags = (to_torch(x, self.device) for x in out)
         return TimeStep(
             obs=obs2[0],
             state=state2[0],
@@ -329,6 +327,19 @@ class SMAXVecEnv:
             won=scalars[2],
         )
 
+    def snapshot(self) -> dict[str, Any] | None:
+        """The jitted carry (PRNG key, env states, episode statistics): exact at any step."""
+        from marpo_bench.envs._jax import carry_snapshot
+
+        return None if self._carry is None else carry_snapshot(self._carry)
+
+    def restore(self, snap: dict[str, Any], seed: int) -> None:
+        """Rebuild the carry of ``snap`` on this env (reset first: it compiles the step)."""
+        from marpo_bench.envs._jax import carry_restore
+
+        self.reset(seed)
+        self._carry = carry_restore(self._carry, snap)
+
     def compiled_step_count(self) -> int:
         """How many versions of the jitted step exist (1 after warm-up: no recompilation)."""
         return int(self._fn.step._cache_size())  # type: ignore[attr-defined]
@@ -336,3 +347,21 @@ class SMAXVecEnv:
     def close(self) -> None:
         """Drop the device state (JAX frees the buffers once unreferenced)."""
         self._carry = None
+
+
+def _make(task: str, num_envs: int, device: torch.device | str, agent_id: bool) -> SMAXVecEnv:
+    return SMAXVecEnv(task, num_envs, device=device, agent_id=agent_id)
+
+
+FAMILY = EnvFamily(
+    name="smax",
+    description="JaxMARL SMAX vs its heuristic enemy: SMAC-like StarCraft micro without SC2 (not SMAC numbers)",
+    tasks=SMAX_TASKS,
+    factory=_make,
+    score="win_rate",
+    # Relative cost per env step with default configs, measured on 2 cores (one thread per run):
+    # orders a worker pool's queue, longest first.
+    cost={"qmix": 10.0, "mappo": 1.5, "marpo": 1.5},
+    not_comparable_with={"smacv2": "SMAX (JaxMARL) and SMACv2 (StarCraft II) tasks are different games; their "
+                                   "win rates are not comparable across families"},
+)

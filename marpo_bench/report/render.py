@@ -23,7 +23,13 @@ from typing import Any
 import jinja2
 
 from marpo_bench import store
-from marpo_bench.analysis import MEASUREMENT, METRIC_NAMES, NORMALISATION, WIN_RATE_FAMILIES, Analysis
+from marpo_bench.analysis import (
+    METRIC_NAMES,
+    Analysis,
+    bounds_measurements,
+    normalisation_table,
+    win_rate_families,
+)
 from marpo_bench.report import plots
 
 FORMATS = ("html", "pdf")
@@ -140,7 +146,7 @@ def _provenance(res: Analysis) -> dict[str, Any]:
 def _normalisation_rows(res: Analysis) -> list[dict[str, Any]]:
     present = {t.key for t in res.data.tasks}
     rows = []
-    for (env, task), b in NORMALISATION.items():
+    for (env, task), b in normalisation_table().items():
         rows.append({"task": f"{env}:{task}", "kind": "return", "random": fmt(b.random, 2),
                      "reference": fmt(b.reference, 2), "scale": f"{b.scale}, {b.episode_limit}-step episodes",
                      "random_source": b.random_source, "reference_source": b.reference_source,
@@ -197,7 +203,8 @@ def context(res: Analysis, seed_traces: bool = False) -> dict[str, Any]:
         "summary_by_task": summary_by_task, "poi_matrix": poi_matrix, "normalisation": _normalisation_rows(res),
         "clipped": sorted(d.clipped(), key=lambda r: (r.env, r.task, r.algo, r.seed)),
         "prov": _provenance(res), "seed_traces": seed_traces, "families": families,
-        "win_rate_families": WIN_RATE_FAMILIES, "measurement": MEASUREMENT, "ci": round(100 * res.confidence),
+        "win_rate_families": win_rate_families(), "measurement": " ".join(bounds_measurements()),
+        "ci": round(100 * res.confidence),
         "timings": res.timings, "colours": plots.colours(d.algos),
         "agg_runs": {a: sum(len(d.task(k).runs[a]) for k in d.agg_tasks) for a in d.algos},
     }
