@@ -21,17 +21,19 @@ from marpo_bench.config import (
     parse_steps,
 )
 from marpo_bench.envs import check_backend, parse_env
+from marpo_bench.presets import (  # the default grid and bench rows live with the presets
+    BENCH_ALGOS,
+    BENCH_ENVS,
+    DEFAULT_ALGOS,
+    DEFAULT_ENVS,
+    DEFAULT_SEEDS,
+    DEFAULT_STEPS,
+)
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Train and compare cooperative MARL algorithms (MARPO, MAPPO, QMix).")
 console = Console()
 err_console = Console(stderr=True)
-
-# The embedded default study: small enough to finish in a few minutes on 2 CPU cores.
-DEFAULT_ALGOS = "mappo,marpo"
-DEFAULT_ENVS = "jax_mpe:simple_spread"
-DEFAULT_SEEDS = 2
-DEFAULT_STEPS = "300k"
 
 
 @app.callback()
@@ -58,7 +60,7 @@ def plan_grid(algos: str, envs: str, seeds: int, steps: str, sets: list[str], de
         registry.algorithm_entry(a)  # ValueError naming the valid ones
     env_pairs = [parse_env(e.strip()) for e in envs.split(",") if e.strip()]
     if not env_pairs:
-        raise ConfigError("no env given; e.g. --envs jax_mpe:simple_spread (see `marpo-bench list envs`)")
+        raise ConfigError(f"no env given; e.g. --envs {DEFAULT_ENVS} (see `marpo-bench list envs`)")
     for fam in dict.fromkeys(f for f, _ in env_pairs):
         check_backend(fam)  # a missing backend (e.g. StarCraft II) stops the grid before any run starts
     if seeds <= 0:
@@ -216,8 +218,8 @@ def list_(what: str = typer.Argument(..., help="algos | envs | presets")) -> Non
 
 @app.command()
 def bench(
-    algos: str = typer.Option("mappo,marpo", help="Algorithms to time in training ('' for none)."),
-    envs: str = typer.Option("jax_mpe:simple_spread,mpe:simple_spread", help="Comma-separated family:task."),
+    algos: str = typer.Option(BENCH_ALGOS, help="Algorithms to time in training ('' for none)."),
+    envs: str = typer.Option(BENCH_ENVS, help="Comma-separated family:task."),
     num_envs: str = typer.Option("", help="Comma-separated E for env-only rows (default per family); "
                                         "training uses the algorithm's default E unless --train-num-envs."),
     train_num_envs: int = typer.Option(0, help="Override E for training rows (0 = algorithm default)."),

@@ -88,7 +88,7 @@ class RunSpec:
 
     algo: str
     env: str  # env family, e.g. "jax_mpe"
-    task: str
+    task: str  # canonical task name, parameters included (e.g. "simple_spread?num_agents=5")
     seed: int
     steps: int  # env-step budget: every env step of every parallel env counts (PITFALLS.md)
     overrides: tuple[tuple[str, str], ...] = ()  # raw ``--set`` pairs, applied in order
@@ -103,7 +103,8 @@ class RunSpec:
             sort_keys=True,
         )
         digest = hashlib.sha256(payload.encode()).hexdigest()[:8]
-        return f"{self.algo}__{self.env}-{self.task}__s{self.seed}__{digest}"
+        task = self.task.replace("?", ".").replace("&", ",")  # a task's parameters, path-safe
+        return f"{self.algo}__{self.env}-{task}__s{self.seed}__{digest}"
 
 
 def _convert(value: str, tp: Any, key: str) -> Any:

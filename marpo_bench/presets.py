@@ -25,6 +25,16 @@ from dataclasses import dataclass
 
 from marpo_bench.config import ConfigError
 
+# The embedded default study (`marpo-bench run` without grid flags): small enough to finish in a few
+# minutes on 2 CPU cores.
+DEFAULT_ALGOS = "mappo,marpo"
+DEFAULT_ENVS = "jax_mpe:simple_spread"
+DEFAULT_SEEDS = 2
+DEFAULT_STEPS = "300k"
+# `marpo-bench bench`'s default rows: both MPE backends, the suite's fast path and its reference.
+BENCH_ALGOS = "mappo,marpo"
+BENCH_ENVS = "jax_mpe:simple_spread,mpe:simple_spread"
+
 ALL_ALGOS = "mappo,marpo,qmix"
 MPE_ENVS = "jax_mpe:simple_spread,jax_mpe:simple_reference,jax_mpe:simple_speaker_listener"
 SMAX_PAPER_ENVS = "smax:3m,smax:2s3z,smax:5m_vs_6m"

@@ -83,9 +83,12 @@ FAULT_KINDS = ("nan", "raise", "exit")
 def recipe_entries(algo_cls: Any, family: str, task: str) -> list[tuple[str, Any]]:
     """The entries of an algorithm's recipe table (``DEFAULTS_BY_FAMILY``) that apply to
     ``family:task``, least specific first: the family's, then the task's (key ``family:task``).
-    An entry is a :class:`~marpo_bench.config.Recipe` (values and their source) or a plain dict."""
+    An entry is a :class:`~marpo_bench.config.Recipe` (values and their source) or a plain dict.
+    A task with parameters takes its base task's entry (``simple_spread?num_agents=5``:
+    ``simple_spread``'s)."""
     table = getattr(algo_cls, "DEFAULTS_BY_FAMILY", {})
-    return [(key, table[key]) for key in (family, f"{family}:{task}") if key in table]
+    base = task.partition("?")[0]
+    return [(key, table[key]) for key in (family, f"{family}:{base}") if key in table]
 
 
 def build_config(spec: RunSpec) -> Any:

@@ -15,9 +15,9 @@ import pytest
 import torch
 
 from marpo_bench.envs import list_envs, make_env, parse_env
-from marpo_bench.registry import env_families
 from marpo_bench.envs.base import PACK_ALIGN, MultiAgentVecEnv, TimeStep, move_packed, packed_offsets
 from marpo_bench.envs.mpe import MPE_TASKS
+from marpo_bench.registry import env_families
 
 FAMILIES = ("mpe", "jax_mpe")
 HORIZON = 25

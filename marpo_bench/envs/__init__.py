@@ -1,5 +1,10 @@
 """Envs by name: ``family:task`` -> a vectorised env, through the registry (``marpo_bench/registry.py``).
 
+Tasks with parameters: ``family:task?name=value&name=value`` (quote it in a shell), e.g.
+``jax_mpe:simple_spread?num_agents=5``. A task's parameters are declared by its family
+(``EnvFamily.params``); the canonical name sorts them and drops those equal to their default, so
+``jax_mpe:simple_spread?num_agents=3`` *is* ``jax_mpe:simple_spread`` (same run ids).
+
 Each family declares itself (tasks, factory, score kind, bounds, cost hints) as an
 :class:`~marpo_bench.envs.base.EnvFamily` in its own file; built-ins and plugins are found by the
 registry. Factories import their backend lazily, so importing this package imports neither JAX
@@ -8,9 +13,11 @@ nor mpe2.
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 
-from marpo_bench.envs.base import EnvFamily, EnvInfo, MultiAgentVecEnv, TimeStep, agent_id_onehot
+from marpo_bench.envs.base import EnvFamily, EnvInfo, MultiAgentVecEnv, TaskParam, TimeStep, agent_id_onehot
 
 __all__ = [
     "EnvFamily",
@@ -22,6 +29,7 @@ __all__ = [
     "list_envs",
     "make_env",
     "parse_env",
+    "split_task",
 ]
 
 
@@ -31,23 +39,66 @@ def _family(name: str) -> EnvFamily:
     return env_family(name)
 
 
-def _check(family: str, task: str) -> EnvFamily:
-    """The family, after a one-line ``ValueError`` naming the valid choices for an unknown family or task."""
+def _convert(param: TaskParam, raw: str, where: str) -> Any:
+    try:
+        if param.type is bool:
+            if raw.lower() not in ("true", "false", "1", "0"):
+                raise ValueError
+            value: Any = raw.lower() in ("true", "1")
+        else:
+            value = param.type(raw)
+    except ValueError:
+        raise ValueError(f"bad value {raw!r} for {param.name} in {where}: expected {param.type.__name__}; "
+                         f"{param.describe()}") from None
+    if (param.low is not None and value < param.low) or (param.high is not None and value > param.high):
+        raise ValueError(f"{param.name}={raw} is out of range in {where}; {param.describe()}")
+    return value
+
+
+def _parse(family: str, task: str) -> tuple[EnvFamily, str, dict[str, Any]]:
+    """The family, the base task and its typed parameters (defaults omitted), after one-line
+    ``ValueError``s naming the valid choices for an unknown family, task or parameter."""
     fam = _family(family)
+    base, sep, query = task.partition("?")
     tasks = fam.task_names()
-    if task not in tasks:
-        raise ValueError(f"unknown task {task!r} for env family {family!r}; valid tasks: {', '.join(tasks)}")
-    return fam
+    if base not in tasks:
+        raise ValueError(f"unknown task {base!r} for env family {family!r}; valid tasks: {', '.join(tasks)}")
+    declared = {p.name: p for p in fam.params.get(base, ())}
+    where = f"{family}:{task}"
+    params: dict[str, Any] = {}
+    for item in query.split("&") if sep else ():
+        key, eq, raw = item.partition("=")
+        if key not in declared:
+            valid = "; ".join(p.describe() for p in declared.values()) or "none"
+            raise ValueError(f"unknown parameter {key!r} in {where}; valid parameters of {family}:{base}: {valid}")
+        if not eq or not raw:
+            raise ValueError(f"parameter {key!r} in {where} has no value: use {key}=VALUE")
+        if key in params:
+            raise ValueError(f"parameter {key!r} is given twice in {where}")
+        params[key] = _convert(declared[key], raw, where)
+    return fam, base, {k: v for k, v in sorted(params.items()) if v != declared[k].default}
+
+
+def split_task(family: str, task: str) -> tuple[str, dict[str, Any]]:
+    """``task?name=value&...`` -> (base task, typed parameters that differ from their defaults)."""
+    _, base, params = _parse(family, task)
+    return base, params
+
+
+def _canonical(base: str, params: dict[str, Any]) -> str:
+    query = "&".join(f"{k}={str(v).lower() if isinstance(v, bool) else v}" for k, v in params.items())
+    return f"{base}?{query}" if query else base
 
 
 def parse_env(name: str) -> tuple[str, str]:
-    """Split and validate ``"family:task"`` (e.g. ``"mpe:simple_spread"``) into ``(family, task)``."""
+    """Split and validate ``"family:task"`` (e.g. ``"mpe:simple_spread"``, or with parameters
+    ``"jax_mpe:simple_spread?num_agents=5"``) into ``(family, canonical task)``."""
     family, sep, task = name.partition(":")
     if not sep:
         valid = ", ".join(n for n, _ in list_envs())
         raise ValueError(f"env name {name!r} is not 'family:task'; valid names: {valid}")
-    _check(family, task)
-    return family, task
+    _, base, params = _parse(family, task)
+    return family, _canonical(base, params)
 
 
 def check_backend(family: str) -> None:
@@ -60,9 +111,9 @@ def check_backend(family: str) -> None:
 def make_env(
     family: str, task: str, num_envs: int, device: torch.device | str = "cpu", agent_id: bool = True
 ) -> MultiAgentVecEnv:
-    """Build ``num_envs`` parallel envs of ``family:task`` on ``device``."""
-    fam = _check(family, task)
-    return fam.factory(task, num_envs, device, agent_id)
+    """Build ``num_envs`` parallel envs of ``family:task`` (parameters included) on ``device``."""
+    fam, base, params = _parse(family, task)
+    return fam.factory(base, num_envs, device, agent_id, **params)
 
 
 def list_envs() -> list[tuple[str, str]]:

@@ -183,7 +183,24 @@ class TaskBounds:
 
 
 EnvFactory = Callable[..., MultiAgentVecEnv]
-"""``factory(task, num_envs, device, agent_id) -> MultiAgentVecEnv``."""
+"""``factory(task, num_envs, device, agent_id, **task_params) -> MultiAgentVecEnv``."""
+
+
+@dataclass(frozen=True)
+class TaskParam:
+    """A parameter a task takes (``family:task?name=value``): its type, default and meaning.
+    ``low``/``high`` bound a numeric value (inclusive)."""
+
+    name: str
+    type: type  # int, float, bool or str
+    default: Any
+    help: str
+    low: float | None = None
+    high: float | None = None
+
+    def describe(self) -> str:
+        rng = f", {self.low:g}..{self.high:g}" if self.low is not None and self.high is not None else ""
+        return f"{self.name} ({self.type.__name__}{rng}, default {self.default}: {self.help})"
 
 
 @dataclass(frozen=True)
@@ -204,6 +221,8 @@ class EnvFamily:
     - ``algo_defaults``: per-algorithm config values for this family (applied before the
       algorithm's own recipe table and the user's ``--set``), for families an algorithm's recipe
       table does not know.
+    - ``params``: per task, the parameters it takes (:class:`TaskParam`); the factory receives the
+      given ones as keyword arguments (``family:task?name=value&name=value``).
     - ``check``: raises a one-line ``ValueError`` when the backend is not usable here.
     - ``not_comparable_with``: a note printed when this family's scores sit beside another family's
       in one study (e.g. two implementations of one game), keyed by the other family's name.
@@ -219,6 +238,7 @@ class EnvFamily:
     cost: Mapping[str, float] = field(default_factory=dict)
     bench_sizes: tuple[int, ...] = (64, 1024)
     algo_defaults: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    params: Mapping[str, tuple[TaskParam, ...]] = field(default_factory=dict)
     check: Callable[[], None] | None = None
     not_comparable_with: Mapping[str, str] = field(default_factory=dict)
 

@@ -29,7 +29,15 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from marpo_bench.envs.base import EnvFamily, EnvInfo, TimeStep
-from marpo_bench.envs.mpe import DEFAULT_MAX_CYCLES, MPE_MEASUREMENT, MPE_TASKS, check_task, mpe_bounds
+from marpo_bench.envs.mpe import (
+    DEFAULT_MAX_CYCLES,
+    MPE_MEASUREMENT,
+    MPE_TASKS,
+    SPREAD_PARAMS,
+    check_task,
+    mpe_bounds,
+    task_name,
+)
 
 if TYPE_CHECKING:
     import jax
@@ -51,10 +59,12 @@ class _Compiled:
     facts. Shared by every ``JaxMPEVecEnv`` of that configuration in the process (``_compiled``
     caches it), so train and eval envs, and successive runs in one worker, compile once."""
 
-    def __init__(self, task: str, num_envs: int, agent_id: bool, max_cycles: int) -> None:
+    def __init__(self, task: str, num_envs: int, agent_id: bool, max_cycles: int, num_agents: int | None) -> None:
         from marpo_bench.envs._jax import import_jaxmarl, jax, jnp
 
         env_id, kwargs = _JAXMARL_TASKS[task]
+        if num_agents is not None:  # simple_spread only (SPREAD_PARAMS): N agents and N landmarks
+            kwargs = {**kwargs, "num_agents": num_agents, "num_landmarks": num_agents}
         env = import_jaxmarl().make(env_id, max_steps=max_cycles, **kwargs)
         agents: list[str] = list(env.agents)
         obs_sizes = [int(env.observation_space(a).shape[0]) for a in agents]
@@ -122,8 +132,8 @@ class _Compiled:
 
 
 @functools.lru_cache(maxsize=16)
-def _compiled(task: str, num_envs: int, agent_id: bool, max_cycles: int) -> _Compiled:
-    return _Compiled(task, num_envs, agent_id, max_cycles)
+def _compiled(task: str, num_envs: int, agent_id: bool, max_cycles: int, num_agents: int | None) -> _Compiled:
+    return _Compiled(task, num_envs, agent_id, max_cycles, num_agents)
 
 
 class JaxMPEVecEnv:
@@ -136,18 +146,19 @@ class JaxMPEVecEnv:
         device: torch.device | str = "cpu",
         agent_id: bool = True,
         max_cycles: int = DEFAULT_MAX_CYCLES,
+        num_agents: int | None = None,
     ) -> None:
         check_task(task)
         if num_envs < 1:
             raise ValueError(f"num_envs must be >= 1, got {num_envs}")
-        fn = _compiled(task, num_envs, bool(agent_id), max_cycles)
+        fn = _compiled(task, num_envs, bool(agent_id), max_cycles, num_agents)
         self._fn = fn
         E, N, D, A = fn.E, fn.N, fn.D, fn.A
         self.device = torch.device(device)
         self._E, self._N = E, N
         self.info = EnvInfo(
             family="jax_mpe",
-            task=task,
+            task=task_name(task, num_agents),
             num_envs=E,
             num_agents=N,
             obs_dim=D + (N if agent_id else 0),
@@ -249,8 +260,8 @@ _MEASURED = {
 }
 
 
-def _make(task: str, num_envs: int, device: torch.device | str, agent_id: bool) -> JaxMPEVecEnv:
-    return JaxMPEVecEnv(task, num_envs, device=device, agent_id=agent_id)
+def _make(task: str, num_envs: int, device: torch.device | str, agent_id: bool, **params: Any) -> JaxMPEVecEnv:
+    return JaxMPEVecEnv(task, num_envs, device=device, agent_id=agent_id, **params)
 
 
 FAMILY = EnvFamily(
@@ -264,4 +275,5 @@ FAMILY = EnvFamily(
     # Relative cost per env step with default configs, measured on 2 cores (one thread per run):
     # orders a worker pool's queue, longest first.
     cost={"qmix": 7.5},
+    params={"simple_spread": SPREAD_PARAMS},
 )

@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from marpo_bench.envs.base import EnvFamily, EnvInfo, TaskBounds, TimeStep, agent_id_onehot
+from marpo_bench.envs.base import EnvFamily, EnvInfo, TaskBounds, TaskParam, TimeStep, agent_id_onehot
 
 MPE_TASKS: tuple[str, ...] = ("simple_spread", "simple_reference", "simple_speaker_listener")
 """Tasks both MPE backends provide."""
@@ -40,6 +40,15 @@ _MPE2_TASKS: dict[str, tuple[str, dict[str, Any]]] = {
     "simple_reference": ("mpe2.simple_reference_v3", {"local_ratio": 0.5}),
     "simple_speaker_listener": ("mpe2.simple_speaker_listener_v4", {}),
 }
+
+
+SPREAD_PARAMS = (TaskParam("num_agents", int, 3, "agents, and as many landmarks", low=1, high=10),)
+"""simple_spread's parameter (``jax_mpe:simple_spread?num_agents=5``), in both MPE families."""
+
+
+def task_name(task: str, num_agents: int | None) -> str:
+    """The canonical task name of an env built with these parameters (``EnvInfo.task``)."""
+    return task if num_agents in (None, 3) else f"{task}?num_agents={num_agents}"
 
 
 def check_task(task: str) -> None:
@@ -58,11 +67,14 @@ class MPEVecEnv:
         device: torch.device | str = "cpu",
         agent_id: bool = True,
         max_cycles: int = DEFAULT_MAX_CYCLES,
+        num_agents: int | None = None,
     ) -> None:
         check_task(task)
         if num_envs < 1:
             raise ValueError(f"num_envs must be >= 1, got {num_envs}")
         module_name, kwargs = _MPE2_TASKS[task]
+        if num_agents is not None:  # simple_spread only (SPREAD_PARAMS): N agents and N landmarks
+            kwargs = {**kwargs, "N": num_agents}
         module = importlib.import_module(module_name)
         self._envs = [
             module.parallel_env(max_cycles=max_cycles, continuous_actions=False, **kwargs) for _ in range(num_envs)
@@ -80,7 +92,7 @@ class MPEVecEnv:
         self._A = max(self._num_actions)
         self.info = EnvInfo(
             family="mpe",
-            task=task,
+            task=task_name(task, num_agents),
             num_envs=num_envs,
             num_agents=self._N,
             obs_dim=self._D + (self._N if agent_id else 0),
@@ -270,8 +282,8 @@ _MEASURED = {  # random, sem, reference, sem
 }
 
 
-def _make(task: str, num_envs: int, device: torch.device | str, agent_id: bool) -> MPEVecEnv:
-    return MPEVecEnv(task, num_envs, device=device, agent_id=agent_id)
+def _make(task: str, num_envs: int, device: torch.device | str, agent_id: bool, **params: Any) -> MPEVecEnv:
+    return MPEVecEnv(task, num_envs, device=device, agent_id=agent_id, **params)
 
 
 FAMILY = EnvFamily(
@@ -283,4 +295,5 @@ FAMILY = EnvFamily(
     bounds=mpe_bounds(_MEASURED),
     measurement=MPE_MEASUREMENT,
     bench_sizes=(1, 8),
+    params={"simple_spread": SPREAD_PARAMS},
 )

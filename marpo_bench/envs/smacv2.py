@@ -439,8 +439,8 @@ class SMACv2VecEnv:
                 p.join(timeout=5)
 
 
-def _make(task: str, num_envs: int, device: torch.device | str, agent_id: bool) -> SMACv2VecEnv:
-    return SMACv2VecEnv(task, num_envs, device=device, agent_id=agent_id)
+def _make(task: str, num_envs: int, device: torch.device | str, agent_id: bool, **params: Any) -> SMACv2VecEnv:
+    return SMACv2VecEnv(task, num_envs, device=device, agent_id=agent_id, **params)
 
 
 FAMILY = EnvFamily(

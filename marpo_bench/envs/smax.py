@@ -45,8 +45,11 @@ Unavailable actions are not checked (a device sync per step); passing one is und
 
 from __future__ import annotations
 
+import ast
 import functools
+import importlib.util
 from collections.abc import Callable
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 import torch
@@ -60,17 +63,32 @@ if TYPE_CHECKING:
 # JAX is imported on first construction, through ``_jax`` (which sets JAX's CPU defaults first),
 # so the registry can import this module's task list without loading JAX.
 
-SMAX_TASKS: tuple[str, ...] = (
-    "3m",
-    "2s3z",
-    "3s5z",
-    "5m_vs_6m",
-    "8m",
-    "3s_vs_5z",
-    "10m_vs_11m",
-    "smacv2_5_units",
-    "smacv2_10_units",
-)
+
+
+@functools.cache
+def smax_maps() -> tuple[str, ...]:
+    """Every map the installed jaxmarl's SMAX knows: the keys of its ``MAP_NAME_TO_SCENARIO``,
+    read from jaxmarl's source without importing it (listing the tasks must not load JAX); the
+    import itself where the source cannot be read. A one-line ``ValueError`` without jaxmarl."""
+    spec = importlib.util.find_spec("jaxmarl")
+    if spec is None:
+        raise ValueError("SMAX needs the jaxmarl package: pip install jaxmarl (`make install` installs it)")
+    for root in spec.submodule_search_locations or ():
+        path = Path(root) / "environments" / "smax" / "smax_env.py"
+        try:
+            tree = ast.parse(path.read_text())
+        except (OSError, SyntaxError):
+            continue
+        for node in tree.body:
+            if (isinstance(node, ast.Assign) and isinstance(node.value, ast.Dict)
+                    and any(isinstance(t, ast.Name) and t.id == "MAP_NAME_TO_SCENARIO" for t in node.targets)):
+                names = tuple(k.value for k in node.value.keys if isinstance(k, ast.Constant))
+                if names:
+                    return names
+    from jaxmarl.environments.smax.smax_env import MAP_NAME_TO_SCENARIO  # pragma: no cover (fallback)
+
+    return tuple(MAP_NAME_TO_SCENARIO)
+
 
 # JaxMARL's SMAX baselines' ENV_KWARGS (MAPPO and IPPO configs), passed to HeuristicEnemySMAX.
 SMAX_ENV_KWARGS: dict[str, Any] = {"see_enemy_actions": True, "walls_cause_death": True, "attack_mode": "closest"}
@@ -81,8 +99,8 @@ NOOP_ACTION = 4  # SMAX's "stop": the only action a dead agent has
 
 def check_task(task: str) -> None:
     """Raise a one-line ``ValueError`` for an unknown SMAX map."""
-    if task not in SMAX_TASKS:
-        raise ValueError(f"unknown SMAX task {task!r}; valid tasks: {', '.join(SMAX_TASKS)}")
+    if task not in smax_maps():
+        raise ValueError(f"unknown SMAX task {task!r}; valid tasks: {', '.join(smax_maps())}")
 
 
 def battle_over(ally_alive: jax.Array, enemy_alive: jax.Array) -> jax.Array:
@@ -349,14 +367,14 @@ class SMAXVecEnv:
         self._carry = None
 
 
-def _make(task: str, num_envs: int, device: torch.device | str, agent_id: bool) -> SMAXVecEnv:
-    return SMAXVecEnv(task, num_envs, device=device, agent_id=agent_id)
+def _make(task: str, num_envs: int, device: torch.device | str, agent_id: bool, **params: Any) -> SMAXVecEnv:
+    return SMAXVecEnv(task, num_envs, device=device, agent_id=agent_id, **params)
 
 
 FAMILY = EnvFamily(
     name="smax",
     description="JaxMARL SMAX vs its heuristic enemy: SMAC-like StarCraft micro without SC2 (not SMAC numbers)",
-    tasks=SMAX_TASKS,
+    tasks=smax_maps,
     factory=_make,
     score="win_rate",
     # Relative cost per env step with default configs, measured on 2 cores (one thread per run):
