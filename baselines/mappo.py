@@ -3,7 +3,7 @@ NeurIPS 2022 Datasets & Benchmarks), on the shared PPO core.
 
 Everything but the policy objective (rollouts, GAE, ValueNorm, clipped Huber value loss,
 epochs x minibatches, masking, init) lives in ``marpo_bench/algos/ppo_core.py``. MAPPO's objective
-is PPO's clipped surrogate per agent, averaged over alive agents (``marpo-spec.md`` section 0):
+is PPO's clipped surrogate per agent, averaged over alive agents (``docs/algorithms.md`` §0):
 
     L_clip = E[ min( r_t A_t , clip(r_t, 1 - eps, 1 + eps) A_t ) ],   eps = 0.2
 """

@@ -13,9 +13,9 @@ Structure
   whole episodes, gradient-norm clipping, hard target updates every N episodes or soft updates.
 - Acting: epsilon-greedy over available actions; epsilon anneals linearly over env steps (every step
   of every parallel env counts). ``act(deterministic=True)`` is greedy (epsilon 0), the evaluation
-  protocol of pymarl/EPyMARL for QMix (PITFALLS.md); ``deterministic=False`` uses the current epsilon.
+  protocol of pymarl/EPyMARL for QMix (docs/algorithms.md, pitfalls); ``deterministic=False`` uses the current epsilon.
 
-Lineage (PITFALLS.md): ``lineage`` names the code base whose defaults fill every setting left at
+Lineage (docs/algorithms.md, pitfalls): ``lineage`` names the code base whose defaults fill every setting left at
 ``None`` (see ``LINEAGE_DEFAULTS``):
 - ``pymarl``  (oxwhirl/pymarl ``qmix.yaml`` + ``default.yaml``): RMSprop lr 5e-4 (alpha 0.99, eps
   1e-5), batch 32 episodes, epsilon 1 -> 0.05 over 50k steps, one-step targets.

@@ -1,6 +1,6 @@
 """Analysis of a study: per-task normalised scores and rliable-style statistics with bootstrap CIs.
 
-The pipeline (``DESIGN.md``, "Statistics"; ``PITFALLS.md``, "Statistics" and "Returns and scales")::
+The pipeline (``docs/algorithms.md``, "Comparison pitfalls")::
 
     store.load_study -> load_scores: complete runs only (the rest are listed, never dropped silently),
                         one task = (env family, task), common budget, final score = mean of the
@@ -476,7 +476,7 @@ def mean_band(values: np.ndarray, x: np.ndarray, reps: int, confidence: float, r
 @contextlib.contextmanager
 def seeded_global_numpy(seed: int) -> Iterator[None]:
     """Seed the global ``np.random`` for the duration, then restore its previous state: rliable's
-    bootstrap draws from the global generator whatever ``random_state`` says (PITFALLS.md)."""
+    bootstrap draws from the global generator whatever ``random_state`` says (docs/algorithms.md, pitfalls)."""
     state = np.random.get_state()
     np.random.seed(seed)
     try:

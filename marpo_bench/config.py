@@ -90,7 +90,7 @@ class RunSpec:
     env: str  # env family, e.g. "jax_mpe"
     task: str  # canonical task name, parameters included (e.g. "simple_spread?num_agents=5")
     seed: int
-    steps: int  # env-step budget: every env step of every parallel env counts (PITFALLS.md)
+    steps: int  # env-step budget: every env step of every parallel env counts (docs/algorithms.md, pitfalls)
     overrides: tuple[tuple[str, str], ...] = ()  # raw ``--set`` pairs, applied in order
     device: str = "cpu"
 

@@ -60,7 +60,7 @@ def masked_logits(logits: torch.Tensor, avail: torch.Tensor) -> torch.Tensor:
 
 def gumbel_max_sample(logits: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
     """Sample from ``Categorical(logits=logits)`` by Gumbel-max (much cheaper than
-    ``torch.distributions.Categorical`` on large batches; PITFALLS.md)."""
+    ``torch.distributions.Categorical`` on large batches; docs/algorithms.md (pitfalls))."""
     u = torch.rand(logits.shape, generator=generator, device=logits.device)
     u = u.clamp_(min=1e-20, max=1.0 - 1e-7)
     return torch.argmax(logits - torch.log(-torch.log(u)), dim=-1)

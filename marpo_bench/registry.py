@@ -31,7 +31,7 @@ ALGO_GROUP = "marpo_bench.algorithms"
 # Built-in env families: module holding its ``FAMILY`` declaration (cheap to import: backends load
 # when an env is built).
 _BUILTIN_FAMILIES = ("marpo_bench.envs.mpe", "marpo_bench.envs.jax_mpe", "marpo_bench.envs.smax",
-                     "marpo_bench.envs.smacv2")
+                     "marpo_bench.envs.smacv2", "marpo_bench.envs.pettingzoo")
 
 
 @dataclass(frozen=True)
@@ -124,6 +124,13 @@ def refresh() -> Registry:
     """Rebuild the registry (after installing a plugin in this process; tests)."""
     registry.cache_clear()
     return registry()
+
+
+def plugin_distributions() -> set[str]:
+    """The distributions that registered a family or an algorithm here (their versions go in run.json)."""
+    reg = registry()
+    origins = [*reg.family_origin.values(), *(a.origin for a in reg.algorithms.values())]
+    return {o.removeprefix("plugin ") for o in origins if o.startswith("plugin ")}
 
 
 def problems() -> tuple[str, ...]:

@@ -1,6 +1,6 @@
 """The run store: where each run's results live on disk, in a versioned, crash-safe layout.
 
-Layout (see ``DESIGN.md``, "Stored results")::
+Layout::
 
     <results>/<study>/runs/<run_id>/run.json         what ran, how, and its status
     <results>/<study>/runs/<run_id>/metrics.parquet  one row per evaluation point

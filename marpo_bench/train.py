@@ -1,7 +1,7 @@
 """One training run, end to end: RunSpec -> env + algorithm -> periodic evaluation -> checkpoints -> store.
 
 The runner owns evaluation, checkpoints and storage so every algorithm is evaluated, logged and
-resumed the same way (PITFALLS.md: one evaluation mode per run, recorded; env steps counted over
+resumed the same way (docs/algorithms.md, pitfalls: one evaluation mode per run, recorded; env steps counted over
 every parallel env; no silent NaN).
 
 Where results go: a :class:`RunSink`. :class:`StoreSink` writes the run directory directly (local
@@ -198,7 +198,10 @@ def _versions() -> dict[str, str]:
     from importlib import metadata
 
     out = {"python": platform.python_version()}
-    for pkg in ("marpo-bench", "torch", "numpy", "pandas", "pyarrow", "jax", "jaxmarl", "mpe2", "pettingzoo"):
+    # the core, then every registered env family's backend packages and every plugin's distribution
+    backends = {p for fam in registry.env_families().values() for p in fam.packages}
+    extra = sorted(backends | registry.plugin_distributions())
+    for pkg in ("marpo-bench", "torch", "numpy", "pandas", "pyarrow", *extra):
         try:
             out[pkg] = metadata.version(pkg)
         except metadata.PackageNotFoundError:

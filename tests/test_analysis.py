@@ -149,7 +149,7 @@ def test_normalisation_table_maps_random_to_0_and_reference_to_1():
         assert b.reference > b.random and b.scale == "team_sum" and b.episode_limit == 25
         np.testing.assert_allclose(A.normalise([b.random, b.reference], env, task), [0.0, 1.0])
         assert b.random_source and b.reference_source
-    assert -95 < table[("jax_mpe", "simple_spread")].random < -65  # PITFALLS: random ~ -80
+    assert -95 < table[("jax_mpe", "simple_spread")].random < -65  # a uniform-random policy scores about -80
     np.testing.assert_array_equal(A.normalise([0.25, 1.0], "smax", "3m"), [0.25, 1.0])  # win rate as is
     assert math.isnan(float(A.normalise(-10.0, "jax_mpe", "no_such_task")))
 

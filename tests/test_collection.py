@@ -1,5 +1,5 @@
 """PPO data collection (``collect``) on a scripted env whose critic is a known function of the state:
-which steps bootstrap, from which state, and which do not (PITFALLS.md: a time limit is truncation,
+which steps bootstrap, from which state, and which do not (docs/algorithms.md, pitfalls: a time limit is truncation,
 not termination)."""
 
 from __future__ import annotations

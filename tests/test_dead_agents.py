@@ -1,7 +1,7 @@
 """Dead agents and dead teams in the PPO update (MAPPO and MARPO), on small hand-checked rollouts:
 advantage normalisation, value loss, ValueNorm, MARPO's L0 and reflection pairs, the entropy bonus.
 SMAX's dead agents can only take the no-op: they carry no policy gradient, and a step whose whole
-team is dead has no value target (``marpo-spec.md`` section 0)."""
+team is dead has no value target (``docs/algorithms.md`` §0)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""How a run is evaluated (README, PITFALLS.md "Evaluation"): ``train_run`` evaluates a stub algorithm
+"""How a run is evaluated (README, docs/algorithms.md, "Comparison pitfalls"): ``train_run`` evaluates a stub algorithm
 that records what it is asked, on scripted envs that record their seeds; ``evaluate`` keeps the
 first episode of each env. Greedy actions when ``eval_mode`` is greedy, a fresh seed at every
 evaluation point, never a training seed."""

@@ -1,4 +1,4 @@
-"""MARPO at the level of its math (marpo-spec.md sections 1-3), then its equivalence to MAPPO."""
+"""MARPO at the level of its math (docs/algorithms.md §1-§3), then its equivalence to MAPPO."""
 
 from __future__ import annotations
 
@@ -106,7 +106,7 @@ def test_reflection_term_on_a_random_batch_is_its_definition_and_nonzero():
     logp_all = algo.log_probs(mb.obs, mb.avail)
     adv = torch.randn(mb.logp_old.shape, generator=torch.Generator().manual_seed(0))
     _, logs = algo.policy_objective(mb, logp_all, logp_all[1:], adv, env_steps=1_000_000)
-    # spec section 1, written out: alpha * mean over valid pairs (same episode, alive at k and k+1) of
+    # §1, written out: alpha * mean over valid pairs (same episode, alive at k and k+1) of
     # min(r_k r_k1 A_k1, clip(r_k) clip(r_k1) A_k1), clipped by the adaptive bounds the logs report
     with torch.no_grad():
         r = (logp_all.gather(-1, mb.actions.unsqueeze(-1)).squeeze(-1) - mb.logp_old).exp()

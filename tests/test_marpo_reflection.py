@@ -1,4 +1,4 @@
-"""Where MARPO's adaptive bounds apply (marpo-spec.md section 2): the reflection term L1 is clipped by
+"""Where MARPO's adaptive bounds apply (docs/algorithms.md §2): the reflection term L1 is clipped by
 the KL-derived bounds of this minibatch, the same ones the logs report, in both placements."""
 
 from __future__ import annotations

@@ -157,8 +157,8 @@ def test_smax_rejects_unknown_tasks_and_bad_actions():
     from marpo_bench.envs import make_env
     from marpo_bench.envs.smax import SMAXVecEnv
 
-    with pytest.raises(ValueError, match="unknown task '27m_vs_30m'"):
-        make_env("smax", "27m_vs_30m", 2)
+    with pytest.raises(ValueError, match="unknown task '99m_vs_1z'"):
+        make_env("smax", "99m_vs_1z", 2)
     with pytest.raises(ValueError, match="num_envs must be >= 1"):
         SMAXVecEnv("3m", 0)
     env = SMAXVecEnv("3m", E)

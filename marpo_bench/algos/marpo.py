@@ -1,18 +1,18 @@
 """MARPO: Multi-Agent Reflective Policy Optimization (Wu, Gan, Xing, Fu, 2025; arXiv 2512.22832).
 
-MAPPO (shared PPO core) with a different policy objective, ``marpo-spec.md`` sections 1-2:
+MAPPO (shared PPO core) with a different policy objective (``docs/algorithms.md`` §1-§4; the § below):
 
-1. Reflection (spec section 1). Besides the current step's clipped surrogate L0, the objective
+1. Reflection (docs/algorithms.md §1). Besides the current step's clipped surrogate L0, the objective
    reuses the *next* step of the same agent's trajectory:
        L1 = E_k[ valid_k * min( rho_k rho_{k+1} A_{k+1},
                                 clip(rho_k, x1, x2) clip(rho_{k+1}, x1, x2) A_{k+1} ) ]
        objective = L0 + alpha * L1            (alpha = 0.3)
    valid_k masks episode ends (k is the last step of its episode), the rollout's last step, and
    dead agents. A_{k+1} is the next step's normalised advantage in both branches. The released
-   code's L1 is identically zero (its next-step advantages are never written, spec warning); this
+   code's L1 is identically zero (its next-step advantages are never written, §1); this
    file computes A_{k+1} by a time shift of the same advantage tensor.
 
-2. KL-derived dynamic asymmetric clipping (spec section 2). The bounds x1 < 1 < x2 are the roots
+2. KL-derived dynamic asymmetric clipping (§2). The bounds x1 < 1 < x2 are the roots
    of f(r) = r - 1 - ln r = delta (the per-sample k3 KL estimator), in closed form with Lambert W:
        x1 = -W_0(-e^{-(1+delta)}),   x2 = -W_{-1}(-e^{-(1+delta)})
    delta adapts once per minibatch, before its gradient step:
@@ -24,7 +24,7 @@ MAPPO (shared PPO core) with a different policy objective, ``marpo-spec.md`` sec
    budget: a budget is a stopping rule, so a 300k-step run follows the first 300k steps of a
    10M-step run's delta path (keyed to the budget, a short run would compress the schedule).
 
-Switches (spec section 3): ``reflection`` (False: alpha is ignored), ``clip`` ("adaptive" |
+Switches (§3): ``reflection`` (False: alpha is ignored), ``clip`` ("adaptive" |
 "symmetric" = PPO's [1-eps, 1+eps] everywhere), ``main_clip`` ("adaptive" = the paper's placement,
 bounds in L0 too | "ppo" = the official code's, adaptive bounds in L1 only). With
 ``reflection=False`` and ``clip="symmetric"`` MARPO is exactly MAPPO (a test asserts it).
@@ -50,7 +50,7 @@ class MARPOConfig(PPOConfig):
     scripts are MAPPO's) plus the paper's alpha 0.3, the official code's delta schedule constants
     (delta0 0.01, floor 0.008, bias 0.08, EMA 0.08) and the env steps over which delta's bias decays
     (``progress_horizon``: the paper's 10M-step budget; the official code divides its step count by
-    the total, marpo-spec.md section 2)."""
+    the total, docs/algorithms.md §2)."""
 
     alpha: float = 0.3
     reflection: bool = True
@@ -75,7 +75,7 @@ class MARPOConfig(PPOConfig):
 
 
 def kl_clip_bounds(delta: float) -> tuple[float, float]:
-    """The two roots x1 < 1 < x2 of r - 1 - ln r = delta (spec section 2, Lambert W closed form).
+    """The two roots x1 < 1 < x2 of r - 1 - ln r = delta (§2, Lambert W closed form).
 
     The bounds are asymmetric (x2 - 1 > 1 - x1): a ratio may grow further than it may shrink for
     the same KL budget."""
@@ -94,7 +94,7 @@ def schedule_progress(env_steps: int, horizon: int) -> float:
 
 
 def update_delta(delta: float, kl: float, progress: float, cfg: MARPOConfig) -> float:
-    """One step of delta's schedule (spec section 2): EMA of max(KL, floor) plus a decaying bias."""
+    """One step of delta's schedule (§2): EMA of max(KL, floor) plus a decaying bias."""
     biased = max(kl, cfg.kl_floor) + cfg.kl_bias * (1.0 - min(progress, 1.0))
     return (1.0 - cfg.delta_ema) * delta + cfg.delta_ema * biased
 
@@ -107,7 +107,7 @@ def categorical_kl(logp_old: torch.Tensor, logp_new: torch.Tensor) -> torch.Tens
 
 def reflection_term(rho_k: torch.Tensor, rho_next: torch.Tensor, adv_next: torch.Tensor,
                     valid: torch.Tensor, lo: float, hi: float) -> torch.Tensor:
-    """L1 of spec section 1 on time-major [T-1, ...] tensors: pair k uses step k's ratio and step
+    """L1 of §1 on time-major [T-1, ...] tensors: pair k uses step k's ratio and step
     k+1's ratio and advantage. ``valid`` says whether the pair may be used (same episode, agent
     alive at both steps; the rollout's last step has no pair). Normalised by max(#valid, 1) as in
     the official code."""
@@ -132,7 +132,7 @@ class MARPO(OnPolicyAlgorithm):
     cfg: MARPOConfig
     metrics = (*OnPolicyAlgorithm.metrics, "reflection_term", "clip_low_mean", "clip_low_p5", "clip_low_p95",
                "clip_high_mean", "clip_high_p5", "clip_high_p95", "kl_delta")
-    DEFAULTS_BY_FAMILY = MAPPO_RECIPES  # the official MARPO scripts are MAPPO's (PITFALLS.md)
+    DEFAULTS_BY_FAMILY = MAPPO_RECIPES  # the official MARPO scripts are MAPPO's (docs/algorithms.md, pitfalls)
 
     def __init__(self, cfg: MARPOConfig, *args, **kwargs) -> None:
         super().__init__(cfg, *args, **kwargs)
@@ -140,7 +140,7 @@ class MARPO(OnPolicyAlgorithm):
 
     def policy_objective(self, mb: Rollout, logp_all: torch.Tensor, logp_next: torch.Tensor,
                          adv: torch.Tensor, env_steps: int) -> tuple[torch.Tensor, dict[str, float]]:
-        """L0 + alpha * L1 with the configured clipping (spec sections 1-2)."""
+        """L0 + alpha * L1 with the configured clipping (§1-§2)."""
         cfg = self.cfg
         logp = logp_all.gather(-1, mb.actions.unsqueeze(-1)).squeeze(-1)
         ratio = torch.exp(logp - mb.logp_old)
@@ -195,7 +195,7 @@ class MARPO(OnPolicyAlgorithm):
 
 
 # ----------------------------------------------------------------------------------------------
-# Ablations (spec section 3) as named algorithms, so one study (and its report) holds them beside
+# Ablations (§3) as named algorithms, so one study (and its report) holds them beside
 # MARPO under their own names. Each changes one default; every other setting is MARPO's.
 # ----------------------------------------------------------------------------------------------
 
@@ -231,7 +231,7 @@ class MARPOSymmetricClip(MARPO):
 @dataclass
 class MARPOPPOMainClipConfig(MARPOConfig):
     """MARPO with the official code's clip placement: the KL-derived bounds in L1 only, PPO's fixed
-    [1 - eps, 1 + eps] in L0 (marpo-spec.md section 2, "Where the bounds apply")."""
+    [1 - eps, 1 + eps] in L0 (docs/algorithms.md §2, "Where the bounds apply")."""
 
     main_clip: Literal["adaptive", "ppo"] = "ppo"
 

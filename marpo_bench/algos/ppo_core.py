@@ -3,7 +3,7 @@ and the PPO update loop. Only the *policy objective* differs between the two alg
 subclass implements ``policy_objective`` (MAPPO in ``baselines/mappo.py``, MARPO in
 ``marpo_bench/algos/marpo.py``).
 
-Structure (CTDE, ``marpo-spec.md`` section 0): a shared actor pi(a_i | o_i, id_i) over discrete
+Structure (CTDE, ``docs/algorithms.md`` §0): a shared actor pi(a_i | o_i, id_i) over discrete
 actions with availability masks; a centralised critic V(s) on the global state. The team reward is
 shared, so one value per env suffices and advantages broadcast to every agent.
 
@@ -145,7 +145,7 @@ def compute_gae(
 
     ``next_values[t]`` is V of the state after step t: the next state of the same episode, or the
     *final* state of an episode that ended at t. A terminal step does not bootstrap; a truncated
-    one (time limit) does (PITFALLS.md). The recursion stops at any episode end (``done``):
+    one (time limit) does (docs/algorithms.md, pitfalls). The recursion stops at any episode end (``done``):
         delta_t = r_t + gamma * (1 - term_t) * V(s'_t) - V(s_t)
         A_t     = delta_t + gamma * lam * (1 - done_t) * A_{t+1}
     Returns (advantages, returns = advantages + values)."""
@@ -198,7 +198,7 @@ class ChunkedInputs:
     them once for all its epochs.
 
     Actor (recurrent actor only; chunks of L + 1 steps, the extra one being step k + 1 for MARPO's
-    reflection on the chunk's last step, spec section 1): ``obs`` [L+1, C, E, N, O], ``avail``
+    reflection on the chunk's last step, §1): ``obs`` [L+1, C, E, N, O], ``avail``
     [L+1, C, E, N, A], ``starts`` [L+1, C, E, N] (the step opens a new episode), ``h0`` [C, E, N, H].
     Critic (recurrent critic only): ``state`` [L, C, E, S], ``env_starts`` [L, C, E], ``hc0`` [C, E, H]."""
 
@@ -332,7 +332,7 @@ class OnPolicyAlgorithm:
 
         Feed-forward: ``logp_next = logp_all[1:]``. Recurrent: the rollout is cut into chunks of
         ``chunk_len`` steps, each replayed from its stored hidden state over chunk_len + 1 steps
-        (spec section 1); the extra step gives step k+1 for the chunk's last k, continuing the same
+        (docs/algorithms.md §1); the extra step gives step k+1 for the chunk's last k, continuing the same
         hidden state (the official code restarts it from h_k: an off-by-one not copied here).
         ``chunks``: those replay inputs of ``mb`` if already built (``ChunkedInputs``)."""
         if not self.cfg.recurrent:
@@ -565,5 +565,5 @@ class OnPolicyAlgorithm:
 
 
 def ppo_clip_surrogate(ratio: torch.Tensor, adv: torch.Tensor, lo: float, hi: float) -> torch.Tensor:
-    """Elementwise PPO surrogate min(r A, clip(r, lo, hi) A) (spec eq. L_clip / L0)."""
+    """Elementwise PPO surrogate min(r A, clip(r, lo, hi) A) (§0, L_clip)."""
     return torch.min(ratio * adv, ratio.clamp(lo, hi) * adv)

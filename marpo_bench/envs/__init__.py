@@ -60,23 +60,27 @@ def _parse(family: str, task: str) -> tuple[EnvFamily, str, dict[str, Any]]:
     ``ValueError``s naming the valid choices for an unknown family, task or parameter."""
     fam = _family(family)
     base, sep, query = task.partition("?")
-    tasks = fam.task_names()
-    if base not in tasks:
+    if fam.check_task is not None:  # open-ended tasks (e.g. an import path)
+        fam.check_task(base)
+    elif base not in (tasks := fam.task_names()):
         raise ValueError(f"unknown task {base!r} for env family {family!r}; valid tasks: {', '.join(tasks)}")
     declared = {p.name: p for p in fam.params.get(base, ())}
     where = f"{family}:{task}"
     params: dict[str, Any] = {}
     for item in query.split("&") if sep else ():
         key, eq, raw = item.partition("=")
+        if not eq or not raw:
+            raise ValueError(f"parameter {key!r} in {where} has no value: use {key}=VALUE")
+        if fam.free_params is not None and key.isidentifier() and key not in params:
+            params[key] = fam.free_params(raw)
+            continue
         if key not in declared:
             valid = "; ".join(p.describe() for p in declared.values()) or "none"
             raise ValueError(f"unknown parameter {key!r} in {where}; valid parameters of {family}:{base}: {valid}")
-        if not eq or not raw:
-            raise ValueError(f"parameter {key!r} in {where} has no value: use {key}=VALUE")
         if key in params:
             raise ValueError(f"parameter {key!r} is given twice in {where}")
         params[key] = _convert(declared[key], raw, where)
-    return fam, base, {k: v for k, v in sorted(params.items()) if v != declared[k].default}
+    return fam, base, {k: v for k, v in sorted(params.items()) if k not in declared or v != declared[k].default}
 
 
 def split_task(family: str, task: str) -> tuple[str, dict[str, Any]]:

@@ -3,7 +3,7 @@
 All tensors are torch tensors on the env's ``device``. Shapes use E = parallel envs, N = agents,
 A = discrete actions (padded to the largest action set across agents; unavailable ones masked).
 
-Conventions (see ``DESIGN.md`` and ``PITFALLS.md``):
+Conventions (see ``docs/algorithms.md``, "Env conventions" and "Comparison pitfalls"):
 - ``reward`` is the *team* reward of the transition; how it is formed from per-agent rewards is
   stated by ``EnvInfo.reward_scale``: ``"team_sum"`` (summed over agents, MAPPO's MPE
   convention) or ``"team_shared"`` (one shared team reward, e.g. SMAX). Never compare returns
@@ -223,6 +223,11 @@ class EnvFamily:
       table does not know.
     - ``params``: per task, the parameters it takes (:class:`TaskParam`); the factory receives the
       given ones as keyword arguments (``family:task?name=value&name=value``).
+    - ``check_task``: for a family whose tasks are open-ended (e.g. an import path), validates a
+      task name with a one-line ``ValueError``; ``tasks`` then lists examples only.
+    - ``free_params``: for such a family, any ``name=value`` parameter is accepted, its value read
+      by this function (e.g. as a Python literal) and passed to the factory.
+    - ``packages``: the backend's distributions, whose versions every ``run.json`` records.
     - ``check``: raises a one-line ``ValueError`` when the backend is not usable here.
     - ``not_comparable_with``: a note printed when this family's scores sit beside another family's
       in one study (e.g. two implementations of one game), keyed by the other family's name.
@@ -239,6 +244,9 @@ class EnvFamily:
     bench_sizes: tuple[int, ...] = (64, 1024)
     algo_defaults: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     params: Mapping[str, tuple[TaskParam, ...]] = field(default_factory=dict)
+    check_task: Callable[[str], None] | None = None
+    free_params: Callable[[str], Any] | None = None
+    packages: tuple[str, ...] = ()
     check: Callable[[], None] | None = None
     not_comparable_with: Mapping[str, str] = field(default_factory=dict)
 

@@ -276,4 +276,5 @@ FAMILY = EnvFamily(
     # orders a worker pool's queue, longest first.
     cost={"qmix": 7.5},
     params={"simple_spread": SPREAD_PARAMS},
+    packages=("jax", "jaxmarl"),
 )

@@ -296,4 +296,5 @@ FAMILY = EnvFamily(
     measurement=MPE_MEASUREMENT,
     bench_sizes=(1, 8),
     params={"simple_spread": SPREAD_PARAMS},
+    packages=("mpe2", "pettingzoo"),
 )

@@ -450,6 +450,7 @@ FAMILY = EnvFamily(
     factory=_make,
     score="win_rate",
     check=check_smacv2,
+    packages=("smacv2",),
     not_comparable_with={"smax": "SMAX (JaxMARL) and SMACv2 (StarCraft II) tasks are different games; their "
                                  "win rates are not comparable across families"},
 )

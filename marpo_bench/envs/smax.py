@@ -35,7 +35,7 @@ What the wrapper returns (see ``base.py`` for the contract):
   episode after 101 steps; the wrapper ignores that ``done`` and counts itself (as ``jax_mpe.py``).
 - ``won``: see ``derive_won``; 1/0 where the episode ended, NaN elsewhere.
 
-Differences from SMAC/SMACv2 (PITFALLS.md): SMAX units, stats, map and enemy AI are its own; the
+Differences from SMAC/SMACv2 (docs/algorithms.md, pitfalls): SMAX units, stats, map and enemy AI are its own; the
 ``smacv2_*`` maps draw the allies' unit types uniformly from all six SMAX types (the enemy team
 mirrors them) and start positions from a surround/reflect mix. Never put SMAX and SMACv2 numbers
 in one table without saying so.
@@ -377,6 +377,7 @@ FAMILY = EnvFamily(
     tasks=smax_maps,
     factory=_make,
     score="win_rate",
+    packages=("jax", "jaxmarl"),
     # Relative cost per env step with default configs, measured on 2 cores (one thread per run):
     # orders a worker pool's queue, longest first.
     cost={"qmix": 10.0, "mappo": 1.5, "marpo": 1.5},
