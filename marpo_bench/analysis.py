@@ -46,6 +46,7 @@ import numpy as np
 from marpo_bench import registry, store
 from marpo_bench.envs.base import TaskBounds
 from marpo_bench.envs.mpe import ORACLE_STRATEGIES
+from marpo_bench.normalisation import study_bounds
 
 # --------------------------------------------------------------------------------------------
 # score normalisation
@@ -90,13 +91,14 @@ def win_rate_families() -> tuple[str, ...]:
     return tuple(name for name, fam in registry.env_families().items() if fam.score == "win_rate")
 
 
-def normalise(values: np.ndarray | float, env: str, task: str) -> np.ndarray:
-    """Raw final values -> normalised scores (unclipped). Win rates pass through; a return task
-    without bounds (:func:`task_bounds`) gives NaN (the task is then left out of aggregates)."""
+def normalise(values: np.ndarray | float, env: str, task: str, bounds: TaskBounds | None = None) -> np.ndarray:
+    """Raw final values -> normalised scores (unclipped). Win rates pass through; a return task is
+    normalised with ``bounds`` (default: its family's, :func:`task_bounds`) and gives NaN without
+    any (the task is then left out of aggregates)."""
     v = np.asarray(values, dtype=np.float64)
     if score_kind(env) == "win_rate":
         return v.copy()
-    b = task_bounds(env, task)
+    b = bounds or task_bounds(env, task)
     if b is None:
         return np.full_like(v, np.nan)
     return (v - b.random) / (b.reference - b.random)
@@ -706,9 +708,10 @@ def load_scores(study_path: Path, last_k: int = 3, baseline: str | None = None,
 
     # 2. per task: scale / horizon checks, duplicate seeds, common budget, final scores
     tasks: list[TaskData] = []
+    measured = study_bounds(study_path)  # tasks without stored bounds: measured for this study
     for (env, task), runs in sorted(groups.items()):
         kind = score_kind(env)
-        bounds = task_bounds(env, task)
+        bounds = task_bounds(env, task) or (measured.get((env, task)) if kind == "return" else None)
         if kind == "return":
             want_scale = bounds.scale if bounds else Counter(r.get("reward_scale") for r in runs).most_common(1)[0][0]
             want_limit = bounds.episode_limit if bounds else Counter(
@@ -757,7 +760,7 @@ def load_scores(study_path: Path, last_k: int = 3, baseline: str | None = None,
             final_raw = float(vals[-last_k:].mean())
             per_algo[labels[r["run_id"]]].append(RunScore(
                 r["run_id"], labels[r["run_id"]], env, task, r["seed"], final_raw,
-                float(normalise(final_raw, env, task)), int(steps[-1]),
+                float(normalise(final_raw, env, task, bounds)), int(steps[-1]),
                 float(r.get("wall_seconds") or df["wall_seconds"].max()), steps, vals))
         if per_algo:
             tasks.append(TaskData(env, task, kind, bounds, common, budgets,
@@ -770,7 +773,8 @@ def load_scores(study_path: Path, last_k: int = 3, baseline: str | None = None,
     left = [t.key for t in tasks if t.key not in agg]
     for t in tasks:
         if t.key in left:
-            why = ("no normalisation bounds for its returns" if not t.normalisable else
+            why = (f"no normalisation bounds for its returns: `marpo-bench bounds {study_path} --reference "
+                   f"{t.key}=SCORE` measures its random score and sets a reference" if not t.normalisable else
                    "not run by " + ", ".join(a for a in algos if a not in t.runs))
             notes.append(f"{t.key} is left out of the aggregate statistics ({why}); see its own table and curves")
     fams = sorted({t.env for t in tasks})
@@ -946,7 +950,7 @@ def analyse(
         curves[a] = []
         for k in data.agg_tasks:
             td = data.task(k)
-            curves[a].append(np.stack([np.clip(normalise(_interp(r, grid, r.raw), td.env, td.task), 0, 1)
+            curves[a].append(np.stack([np.clip(normalise(_interp(r, grid, r.raw), td.env, td.task, td.bounds), 0, 1)
                                        for r in td.runs[a]]))
     res.curve = iqm_curves(curves, grid, reps, confidence, seed, key="aggregate")
     if baseline is not None and baseline in res.curve:
@@ -954,7 +958,7 @@ def analyse(
     for k in data.agg_tasks:
         td = data.task(k)
         tgrid = np.linspace(0, td.budget, grid_points)
-        per = {a: [np.stack([np.clip(normalise(_interp(r, tgrid, r.raw), td.env, td.task), 0, 1)
+        per = {a: [np.stack([np.clip(normalise(_interp(r, tgrid, r.raw), td.env, td.task, td.bounds), 0, 1)
                              for r in td.runs[a]])] for a in data.algos}
         res.task_curves[k] = iqm_curves(per, tgrid, reps, confidence, seed, key=k)
     res.timings["curves"] = time.perf_counter() - t

@@ -340,6 +340,69 @@ def report(
 
 
 @app.command()
+def bounds(
+    study: Path = typer.Argument(..., help="The study directory, RESULTS_DIR/STUDY."),
+    reference: list[str] = typer.Option([], "--reference", help="A task's reference score, family:task=SCORE "
+                                                               "(repeatable), e.g. rendezvous:meet=0.9."),
+    source: str = typer.Option("given by the user", help="Where the reference scores come from (stored with them)."),
+    episodes: int = typer.Option(512, help="Episodes of the random policy's measurement (once per task)."),
+) -> None:
+    """Normalisation bounds for the study's return-scored tasks that have none stored: measures the
+    uniform-random policy's score once per task and records the reference scores you give, in
+    STUDY/bounds.json; `report` then normalises those tasks with them."""
+    from marpo_bench import normalisation as nb
+    from marpo_bench.analysis import score_kind, task_bounds
+
+    try:
+        if not study.is_dir() or not (study / "runs").is_dir():
+            raise nb.BoundsError(f"{study} is not a study directory (no runs/ in it); give RESULTS_DIR/STUDY")
+        if episodes <= 0:
+            raise nb.BoundsError(f"--episodes must be positive, got {episodes}")
+        records, _ = store.load_study(study)
+        tasks = sorted({(r["env"], r["task"]) for r in records
+                        if score_kind(r["env"]) == "return" and task_bounds(r["env"], r["task"]) is None})
+        refs = {}
+        for key, score in nb.parse_references(reference).items():
+            env, task = parse_env(key)
+            if (env, task) not in tasks:
+                valid = ", ".join(f"{e}:{t}" for e, t in tasks) or "none"
+                raise nb.BoundsError(f"--reference names {key}, which is not a task of this study without stored "
+                                     f"bounds; valid: {valid}")
+            refs[(env, task)] = score
+        table = nb.read(study)
+    except (ValueError, store.StoreError) as exc:
+        fail(str(exc))
+    from rich.progress import track
+
+    todo = [(e, t) for e, t in tasks if "random" not in table.get(f"{e}:{t}", {})]
+    for env, task in track(todo, description="measuring the random policy", console=err_console,
+                           disable=not todo):
+        try:
+            table.setdefault(f"{env}:{task}", {}).update(nb.measure_random(env, task, episodes))
+        except Exception as exc:  # the env cannot be built here: say which and why, keep the rest
+            err_console.print(f"[yellow]warning:[/yellow] {env}:{task}: the random policy could not be measured "
+                              f"({type(exc).__name__}: {exc})", highlight=False, soft_wrap=True)
+    if todo:
+        nb.write(study, table)  # measured once: kept whatever happens next
+    for (env, task), score in refs.items():
+        entry = table.get(f"{env}:{task}", {})
+        if "random" in entry and score <= entry["random"]:
+            fail(f"the reference for {env}:{task} ({score:g}) must be above its random score ({entry['random']:.3g})")
+        entry.update(reference=score, reference_source=source)
+        table[f"{env}:{task}"] = entry
+    nb.write(study, table)
+    out = Table(title=f"normalisation bounds of {study.name} (stored in {nb.BOUNDS_JSON})", header_style="bold")
+    for col in ("task", "random", "reference", "reference source"):
+        out.add_column(col)
+    for env, task in tasks:
+        entry = table.get(f"{env}:{task}", {})
+        rnd = f"{entry['random']:.3f} ± {entry['random_sem']:.3f}" if "random" in entry else "-"
+        ref = f"{entry['reference']:g}" if entry.get("reference") is not None else "- (raw returns in the report)"
+        out.add_row(f"{env}:{task}", rnd, ref, entry.get("reference_source", ""))
+    console.print(out)
+
+
+@app.command()
 def status(
     study: Path = typer.Argument(..., help="The study directory, RESULTS_DIR/STUDY."),
 ) -> None:

@@ -5,6 +5,7 @@ plugin installed as a user would install it."""
 from __future__ import annotations
 
 import ast
+import json
 import os
 import re
 import subprocess
@@ -274,7 +275,37 @@ def test_the_example_plugin_trains_resumes_exactly_and_reports_without_touching_
     cols = ["env_steps", "eval_return_mean", "policy_loss", "kl_penalty"]
     pd.testing.assert_frame_equal(again[cols], whole[cols])
 
-    report = _cli("report", str(tmp_path / "meet"), "--format", "html", "--reps", "2000", pythonpath=[installed_plugin])
+    study = tmp_path / "meet"
+    report = _cli("report", str(study), "--format", "html", "--reps", "2000", pythonpath=[installed_plugin])
     assert report.returncode == 0, report.stderr
-    assert "no normalisation bounds" in report.stdout + report.stderr  # raw returns, and why
-    assert (tmp_path / "meet" / "report" / "report.html").is_file()
+    notes = [ln for ln in report.stdout.splitlines() if "left out of the aggregate" in ln]
+    assert len(notes) == 2 and all("no normalisation bounds" in n and "marpo-bench bounds" in n for n in notes)
+    assert (study / "report" / "report.html").is_file()
+
+    # unknown tasks still get statistics: the random score measured once, a reference from the user
+    first = _cli("bounds", str(study), "--reference", "rendezvous:meet=0.9", "--source", "a scripted walk",
+                 "--episodes", "256", pythonpath=[installed_plugin])
+    assert first.returncode == 0, first.stderr
+    stored = json.loads((study / "bounds.json").read_text())["tasks"]
+    assert set(stored) == {"rendezvous:meet", "rendezvous:meet?num_agents=3"}
+    assert stored["rendezvous:meet"]["reference"] == 0.9 and stored["rendezvous:meet"]["episodes"] == 256
+    assert -1.0 <= stored["rendezvous:meet"]["random"] < 0.9
+    assert "reference" not in stored["rendezvous:meet?num_agents=3"]
+    again = _cli("bounds", str(study), "--episodes", "64", pythonpath=[installed_plugin])  # nothing re-measured
+    assert again.returncode == 0 and json.loads((study / "bounds.json").read_text())["tasks"] == stored
+    bad = _cli("bounds", str(study), "--reference", "rendezvous:meet=-5", pythonpath=[installed_plugin])
+    assert bad.returncode == 2 and "must be above its random score" in bad.stderr
+    report = _cli("report", str(study), "--format", "html", "--reps", "2000", pythonpath=[installed_plugin])
+    notes = [ln for ln in report.stdout.splitlines() if "left out of the aggregate" in ln]
+    assert report.returncode == 0 and len(notes) == 1 and "num_agents=3" in notes[0]  # meet is normalised now
+    assert "a scripted walk" in (study / "report" / "report.html").read_text()
+
+
+@pytest.mark.parametrize("item", ["rendezvous:meet", "meet=0.5", "rendezvous:meet=high", "rendezvous:meet=nan"])
+def test_a_malformed_reference_is_a_one_line_error(item) -> None:
+    from marpo_bench.normalisation import BoundsError, parse_references
+
+    with pytest.raises(BoundsError, match="use family:task=SCORE"):
+        parse_references([item])
+    spread5 = "jax_mpe:simple_spread?num_agents=5"
+    assert parse_references([f"{spread5}=-30.5"]) == {spread5: -30.5}  # the score follows the last "="

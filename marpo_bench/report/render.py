@@ -146,7 +146,10 @@ def _provenance(res: Analysis) -> dict[str, Any]:
 def _normalisation_rows(res: Analysis) -> list[dict[str, Any]]:
     present = {t.key for t in res.data.tasks}
     rows = []
-    for (env, task), b in normalisation_table().items():
+    table = normalisation_table()
+    # tasks normalised with bounds measured for this study (`marpo-bench bounds`)
+    table.update({(t.env, t.task): t.bounds for t in res.data.tasks if t.bounds and (t.env, t.task) not in table})
+    for (env, task), b in table.items():
         rows.append({"task": f"{env}:{task}", "kind": "return", "random": fmt(b.random, 2),
                      "reference": fmt(b.reference, 2), "scale": f"{b.scale}, {b.episode_limit}-step episodes",
                      "random_source": b.random_source, "reference_source": b.reference_source,
