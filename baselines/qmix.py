@@ -161,9 +161,8 @@ class QMixConfig:
     rollout_len: int = 0  # env steps per iteration per env; 0 = the env's episode_limit
     episodes_per_update: float = 2.0  # finished episodes per gradient update (pymarl: batch_size_run; see above)
     agent_id: bool = True  # env appends the agent-id one-hot to obs (pymarl obs_agent_id: True)
-    eval_interval: int = 0  # env steps between evaluations; 0 = budget / 20
-    eval_episodes: int = 32
-    eval_mode: Literal["greedy", "sample"] = "greedy"  # pymarl test_greedy: True
+    # evaluation: the run settings (config.RunConfig: 32 greedy episodes = pymarl's test_nepisode 32,
+    # test_greedy True)
     # -- optimisation --
     optimizer: Literal["rmsprop", "adam"] | None = None  # pymarl rmsprop | pymarl2 adam
     lr: float | None = None  # pymarl 5e-4 | pymarl2 1e-3
@@ -205,10 +204,10 @@ class QMixConfig:
             raise ConfigError(f"lineage must be one of {', '.join(LINEAGE_DEFAULTS)}, got {self.lineage!r}")
         c = self.resolved()
         for name in ("num_envs", "batch_size", "buffer_size", "target_update_interval", "rnn_hidden_dim",
-                     "mixing_embed_dim", "hypernet_embed", "eval_episodes"):
+                     "mixing_embed_dim", "hypernet_embed"):
             if getattr(c, name) <= 0:
                 raise ConfigError(f"{name} must be positive, got {getattr(c, name)}")
-        for name in ("rollout_len", "eval_interval", "epsilon_anneal_steps"):
+        for name in ("rollout_len", "epsilon_anneal_steps"):
             if getattr(c, name) < 0:
                 raise ConfigError(f"{name} must be >= 0, got {getattr(c, name)}")
         if c.batch_size > c.buffer_size:

@@ -13,12 +13,14 @@ from rich.table import Table
 from marpo_bench import registry, store
 from marpo_bench.config import (
     DEFAULT_THREADS,
+    RUN_SETTINGS,
     ConfigError,
     RunSpec,
     budget_for,
     parse_budgets,
     parse_set_options,
     parse_steps,
+    run_config,
 )
 from marpo_bench.envs import check_backend, parse_env
 from marpo_bench.presets import (  # the default grid and bench rows live with the presets
@@ -77,7 +79,8 @@ def plan_grid(algos: str, envs: str, seeds: int, steps: str, sets: list[str], de
     from marpo_bench.algos import get_algorithm
 
     unscoped = {k for k, _ in pairs if "." not in k}
-    known: set[str] = set()
+    known: set[str] = set(RUN_SETTINGS)
+    run_config(pairs)  # bad run settings fail here too
     for a in algo_names:
         known |= set(get_algorithm(a).Config.__dataclass_fields__)
     for k in sorted(unscoped - known):

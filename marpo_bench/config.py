@@ -30,6 +30,29 @@ class Recipe:
     values: dict[str, Any]
 
 
+@dataclass(frozen=True)
+class RunConfig:
+    """Run settings, the same for every algorithm (BenchMARL's ``ExperimentConfig`` idea): how the
+    runner evaluates. Set with unscoped ``--set`` keys (``--set eval_episodes=16``); ``run.json``'s
+    ``config`` lists them beside the algorithm's settings. Defaults: 32 greedy evaluation episodes,
+    on-policy's ``eval_episodes`` 32 with deterministic actions and pymarl's ``test_nepisode`` 32
+    with ``test_greedy``; the interval is 20 evaluations per run."""
+
+    eval_interval: int = 0  # env steps between evaluations; 0 = budget / 20
+    eval_episodes: int = 32  # one episode in each of this many parallel eval envs
+    eval_mode: Literal["greedy", "sample"] = "greedy"
+
+    def validate(self) -> None:
+        if self.eval_episodes <= 0:
+            raise ConfigError(f"eval_episodes must be positive, got {self.eval_episodes}")
+        if self.eval_interval < 0:
+            raise ConfigError(f"eval_interval must be >= 0, got {self.eval_interval}")
+
+
+RUN_SETTINGS: frozenset[str] = frozenset(f.name for f in dataclasses.fields(RunConfig))
+"""The ``--set`` keys that are run settings, not algorithm settings."""
+
+
 # Torch threads per run. One: the suite's networks (64 units, a few thousand rows) are too small for
 # intra-op parallelism to pay, and a second thread waking per op costs more than it gives (measured
 # with `marpo-bench bench --threads 1` vs `--threads 2`, 2 cores: QMix on jax_mpe:simple_spread 1,428
@@ -177,7 +200,8 @@ def parse_set_options(items: list[str]) -> tuple[tuple[str, str], ...]:
 
 
 def overrides_for(algo: str, pairs: tuple[tuple[str, str], ...], known_algos: set[str]) -> dict[str, str]:
-    """The overrides that apply to ``algo``: unscoped keys plus ``algo.key`` ones."""
+    """The overrides that apply to ``algo``'s config: unscoped keys plus ``algo.key`` ones, without
+    the run settings (:data:`RUN_SETTINGS`, see :func:`run_config`)."""
     out: dict[str, str] = {}
     for key, value in pairs:
         if "." in key:
@@ -185,11 +209,18 @@ def overrides_for(algo: str, pairs: tuple[tuple[str, str], ...], known_algos: se
             if scope not in known_algos:
                 valid = ", ".join(sorted(known_algos))
                 raise ConfigError(f"unknown algorithm {scope!r} in --set {key}; valid: {valid}")
+            if sub in RUN_SETTINGS:
+                raise ConfigError(f"{sub} is a run setting, the same for every algorithm: use --set {sub}={value}")
             if scope == algo:
                 out[sub] = value
-        else:
+        elif key not in RUN_SETTINGS:
             out[key] = value
     return out
+
+
+def run_config(pairs: tuple[tuple[str, str], ...]) -> RunConfig:
+    """The run settings of a run: defaults, then the unscoped ``--set`` keys that name them."""
+    return apply_overrides(RunConfig(), {k: v for k, v in pairs if k in RUN_SETTINGS}, "run")
 
 
 def to_dict(cfg: Any) -> dict[str, Any]:
@@ -198,6 +229,6 @@ def to_dict(cfg: Any) -> dict[str, Any]:
 
 
 __all__ = [
-    "ConfigError", "Recipe", "RunSpec", "apply_overrides", "field", "overrides_for",
+    "ConfigError", "RUN_SETTINGS", "Recipe", "RunConfig", "RunSpec", "apply_overrides", "field", "overrides_for",
     "budget_for", "parse_budgets", "parse_set_options", "parse_steps", "to_dict",
 ]

@@ -67,7 +67,7 @@ import torch
 
 from marpo_bench import registry, store
 from marpo_bench.algos import get_algorithm
-from marpo_bench.config import ConfigError, Recipe, RunSpec, apply_overrides, overrides_for, to_dict
+from marpo_bench.config import ConfigError, Recipe, RunSpec, apply_overrides, overrides_for, run_config, to_dict
 from marpo_bench.envs import make_env
 from marpo_bench.envs.base import MultiAgentVecEnv, SnapshotEnv, TimeStep
 
@@ -417,11 +417,11 @@ class CheckpointableEnv:
 # one run
 
 
-def _usable_checkpoint(ckpt: dict | None, spec: RunSpec, cfg: Any) -> dict | None:
+def _usable_checkpoint(ckpt: dict | None, spec: RunSpec, config: dict) -> dict | None:
     """The checkpoint when it can continue this run (same run, format and resolved config)."""
     if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
         return None
-    if ckpt.get("run_id") != spec.run_id or ckpt.get("config") != to_dict(cfg):
+    if ckpt.get("run_id") != spec.run_id or ckpt.get("config") != config:
         return None
     return ckpt
 
@@ -450,15 +450,18 @@ def train_run(spec: RunSpec, results: Path | None = None, study: str = "default"
         return RunResult(spec.run_id, "skipped")
     mine = [f for f in (faults_from_env() if faults is None else faults) if f.applies(spec.run_id)]
     cfg = build_config(spec)
+    rc = run_config(spec.overrides)
+    # What run.json and checkpoints store as the run's config: the algorithm's settings and the run's
+    config = {**to_dict(cfg), **to_dict(rc)}
     device = resolve_device(spec.device)
     algo_cls = get_algorithm(spec.algo)
-    resume = _usable_checkpoint(ckpt, spec, cfg)
-    interval = cfg.eval_interval or max(spec.steps // 20, 1)
+    resume = _usable_checkpoint(ckpt, spec, config)
+    interval = rc.eval_interval or max(spec.steps // 20, 1)
     every = interval if checkpoint_every is None else checkpoint_every
     commit, dirty = code_provenance()
     record: dict[str, Any] = {
         "run_id": spec.run_id, "algo": spec.algo, "env": spec.env, "task": spec.task, "seed": spec.seed,
-        "budget": spec.steps, "overrides": [list(p) for p in spec.overrides], "config": to_dict(cfg),
+        "budget": spec.steps, "overrides": [list(p) for p in spec.overrides], "config": config,
         "recipe": {key: entry.source for key, entry in recipe_entries(algo_cls, spec.env, spec.task)
                    if isinstance(entry, Recipe)},
         "status": "running", "message": "", "started": resume["started"] if resume else _now(),
@@ -466,7 +469,7 @@ def train_run(spec: RunSpec, results: Path | None = None, study: str = "default"
         "env_steps": resume["env_steps"] if resume else 0, "versions": _versions(),
         "git_commit": commit, "uncommitted_changes": dirty,
         "host": _host(device), "torch_threads": torch.get_num_threads(), "device": str(device),
-        "eval_mode": cfg.eval_mode, "eval_episodes": cfg.eval_episodes, "checkpoint_every": every,
+        "eval_mode": rc.eval_mode, "eval_episodes": rc.eval_episodes, "checkpoint_every": every,
         "attempt": attempt, "resumed_from": resume["env_steps"] if resume else None, "resume_exact": None,
     }
     if ckpt is not None and resume is None:
@@ -482,7 +485,7 @@ def train_run(spec: RunSpec, results: Path | None = None, study: str = "default"
     eval_env = None
     try:
         env = CheckpointableEnv(make_env(spec.env, spec.task, cfg.num_envs, device="cpu", agent_id=cfg.agent_id))
-        eval_env = make_env(spec.env, spec.task, cfg.eval_episodes, device="cpu", agent_id=cfg.agent_id)
+        eval_env = make_env(spec.env, spec.task, rc.eval_episodes, device="cpu", agent_id=cfg.agent_id)
         record.update(reward_scale=env.info.reward_scale, episode_limit=env.info.episode_limit)
         algo = algo_cls(cfg, env.info, device, spec.seed)
         # Whether the algorithm's state_dict holds all in-flight episode state (e.g. the GRU state
@@ -490,7 +493,7 @@ def train_run(spec: RunSpec, results: Path | None = None, study: str = "default"
         mid_episode_ok = bool(algo_cls.resumes_mid_episode)
         declared = {"train_return_mean", *algo_cls.metrics}
         extra_columns = tuple(m for m in algo_cls.metrics if m not in store.METRIC_COLUMNS)
-        deterministic = cfg.eval_mode == "greedy"
+        deterministic = rc.eval_mode == "greedy"
         eval_seed = 10_000_019 * (spec.seed + 1)  # eval episodes never share seeds with training
         rows: list[dict[str, Any]] = []
         pending: list[dict[str, float]] = []
@@ -512,7 +515,7 @@ def train_run(spec: RunSpec, results: Path | None = None, study: str = "default"
 
         def checkpoint(steps: int, complete: bool) -> None:
             sink.write_checkpoint({
-                "format": CHECKPOINT_FORMAT, "run_id": spec.run_id, "config": to_dict(cfg), "env_steps": steps,
+                "format": CHECKPOINT_FORMAT, "run_id": spec.run_id, "config": config, "env_steps": steps,
                 "complete": complete, "algo": algo.state_dict(), "env": env.snapshot(mid_episode_ok),
                 "rows": [dict(r) for r in rows], "pending": [dict(p) for p in pending], "next_eval": next_eval,
                 "next_checkpoint": next_ckpt, "wall_seconds": time.perf_counter() - t0,

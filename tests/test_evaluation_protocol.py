@@ -6,7 +6,6 @@ evaluation point, never a training seed."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
 
 import pytest
 import torch
@@ -21,9 +20,6 @@ from tests.helpers import ScriptedEnv
 class StubConfig:
     num_envs: int = 2
     agent_id: bool = True
-    eval_interval: int = 100
-    eval_episodes: int = 3
-    eval_mode: Literal["greedy", "sample"] = "greedy"
 
 
 class StubAlgo:
@@ -85,7 +81,8 @@ def stub_run(monkeypatch, tmp_path):
     StubAlgo.instances.clear()
 
     def run(seed: int = 3, overrides: tuple = ()):
-        spec = RunSpec("stub", "jax_mpe", "simple_spread", seed, 300, overrides)
+        settings = (("eval_interval", "100"), ("eval_episodes", "3"), *overrides)  # the run settings
+        spec = RunSpec("stub", "jax_mpe", "simple_spread", seed, 300, settings)
         result = train_run(spec, tmp_path, "s", faults=())
         assert result.status == "complete", result.message
         path = store.run_dir(tmp_path, "s", spec.run_id)

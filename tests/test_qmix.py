@@ -754,7 +754,7 @@ def test_cli_run_writes_a_complete_qmix_run_with_q_metrics(tmp_path):
 
     args = ["run", "--algos", "qmix", "--envs", "jax_mpe:simple_spread", "--seeds", "1", "--steps", "1200",
             "--results", str(tmp_path), "--study", "q", "--set", "qmix.num_envs=8", "--set", "qmix.batch_size=8",
-            "--set", "qmix.eval_episodes=4", "--set", "qmix.eval_interval=400"]
+            "--set", "eval_episodes=4", "--set", "eval_interval=400"]
     res = CliRunner().invoke(app, args)
     assert res.exit_code == 0, res.output
     records, metrics = store.load_study(tmp_path / "q")

@@ -27,8 +27,9 @@ class Algorithm(Protocol):
 
     - ``Config``: its config dataclass (every field settable with ``--set key=value``; an optional
       ``validate()`` raises ``ConfigError``, an optional ``resolved()`` fills settings left to the
-      algorithm). It carries the run settings the runner reads: ``num_envs``, ``agent_id``,
-      ``eval_interval``, ``eval_episodes``, ``eval_mode``.
+      algorithm). It carries the two settings the runner builds the training env with, ``num_envs``
+      and ``agent_id`` (they belong to an algorithm's recipe); evaluation settings are the run's
+      (:class:`~marpo_bench.config.RunConfig`), the same for every algorithm.
     - ``on_policy``: learns from the rollouts of its current policy (PPO family) or from a replay
       buffer (QMix); informational (``marpo-bench list``).
     - ``resumes_mid_episode``: its ``state_dict`` holds all in-flight episode state (e.g. the GRU

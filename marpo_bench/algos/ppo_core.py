@@ -71,15 +71,12 @@ class PPOConfig:
     # Without the bootstrap the value of a state depends on the time left, which a GRU critic
     # replaying from the episode's start can track and an MLP critic on a timeless state cannot.
     bootstrap_truncation: bool = True
-    eval_interval: int = 0  # env steps between evaluations; 0 = budget / 20
-    eval_episodes: int = 32
-    eval_mode: Literal["greedy", "sample"] = "greedy"
 
     def validate(self) -> None:
         """Reject values that cannot work, naming the setting."""
         from marpo_bench.config import ConfigError
 
-        for name in ("num_envs", "rollout_len", "epochs", "minibatches", "hidden", "layers", "eval_episodes"):
+        for name in ("num_envs", "rollout_len", "epochs", "minibatches", "hidden", "layers"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be positive, got {getattr(self, name)}")
         if (self.recurrent or self.recurrent_critic) and (self.chunk_len <= 0 or self.rollout_len % self.chunk_len):
