@@ -33,8 +33,11 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
+# Trains the embedded default study, then writes its report (HTML, Markdown) and prints the verdict
+# and the per-task table.
 demo: install
 	$(VENV)/bin/marpo-bench run --workers 2
+	$(VENV)/bin/marpo-bench report results/default --format html,md
 
 lint: install
 	$(VENV)/bin/ruff check .

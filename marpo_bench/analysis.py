@@ -594,7 +594,8 @@ class StudyScores:
     excluded: list[Excluded]
     notes: list[str]
     last_k: int
-    agg_tasks: list[str]  # task keys in the aggregates (normalisable, every algorithm present)
+    agg_tasks: list[str]  # task keys in the aggregates (normalisable, every algorithm present, learned)
+    unlearned: list[str] = field(default_factory=list)  # normalisable tasks no algorithm learns (shown apart)
 
     def task(self, key: str) -> TaskData:
         return next(t for t in self.tasks if t.key == key)
@@ -614,6 +615,15 @@ class StudyScores:
 
 
 BUDGET_SLACK = 0.05
+
+LEARNED = 0.05
+"""A task counts as learned when some algorithm's mean final score (normalised return, clipped to
+[0, 1], or win rate) reaches this; a task no algorithm learns is shown apart from the aggregates."""
+
+
+def _unlearned(t: TaskData) -> bool:
+    means = [np.mean(np.clip([r.final_score for r in rs], 0.0, 1.0)) for rs in t.runs.values()]
+    return bool(means) and max(means) < LEARNED
 """A run with a larger budget than the common one keeps its points up to ``(1 + slack) x`` the
 common budget (evaluation points fall on rollout boundaries, not exactly on the budget)."""
 
@@ -770,7 +780,12 @@ def load_scores(study_path: Path, last_k: int = 3, baseline: str | None = None,
 
     algos = _display_order({a for t in tasks for a in t.runs}, baseline)
     agg = [t.key for t in tasks if t.normalisable and all(a in t.runs for a in algos)]
-    left = [t.key for t in tasks if t.key not in agg]
+    unlearned = [t.key for t in tasks if t.normalisable and _unlearned(t)]
+    for k in unlearned:
+        notes.append(f"{k}: no algorithm learns it (every algorithm's mean final score is below {LEARNED:g}); it is "
+                     "shown in its own table and left out of the aggregates, which it would only dilute")
+    agg = [k for k in agg if k not in unlearned]
+    left = [t.key for t in tasks if t.key not in agg and t.key not in unlearned]
     for t in tasks:
         if t.key in left:
             why = (f"no normalisation bounds for its returns: `marpo-bench bounds {study_path} --reference "
@@ -789,7 +804,7 @@ def load_scores(study_path: Path, last_k: int = 3, baseline: str | None = None,
         for a, rs in t.runs.items():
             if len(rs) < 3:
                 notes.append(f"{t.key}: {a} has {len(rs)} seed(s); its confidence intervals are unreliable")
-    return StudyScores(study_path.name, study_path, records, tasks, algos, excluded, notes, last_k, agg)
+    return StudyScores(study_path.name, study_path, records, tasks, algos, excluded, notes, last_k, agg, unlearned)
 
 
 # --------------------------------------------------------------------------------------------
@@ -815,6 +830,42 @@ class SummaryRow:
 
 
 @dataclass
+class Group:
+    """A set of aggregate tasks with its own statistics: all of them, one score kind, one family."""
+
+    name: str  # "all" | "kind:return" | "kind:win_rate" | "family:<env family>"
+    label: str  # e.g. "all 9 tasks", "win-rate tasks (smax, 3 tasks)"
+    tasks: list[str]
+    aggregates: dict[str, dict[str, Estimate]] = field(default_factory=dict)
+    poi: dict[tuple[str, str], Estimate] = field(default_factory=dict)  # (algo, baseline) -> P(algo > baseline)
+
+
+_KIND_LABEL = {"return": "normalised-return tasks", "win_rate": "win-rate tasks"}
+
+
+def group_tasks(data: StudyScores) -> list[tuple[str, str, list[str]]]:
+    """(name, label, tasks) of every group worth its own statistics: all aggregate tasks, then each
+    score kind and each env family when the study has more than one (a group that holds the same
+    tasks as an earlier one is skipped)."""
+    n = lambda ks: f"{len(ks)} task{'s' if len(ks) != 1 else ''}"  # noqa: E731
+    out = [("all", f"all {n(data.agg_tasks)}", list(data.agg_tasks))]
+    for kind in ("return", "win_rate"):
+        ks = [k for k in data.agg_tasks if data.task(k).kind == kind]
+        fams = sorted({data.task(k).env for k in ks})
+        out.append((f"kind:{kind}", f"{_KIND_LABEL[kind]} ({', '.join(fams)}; {n(ks)})", ks))
+    for fam in sorted({data.task(k).env for k in data.agg_tasks}):
+        ks = [k for k in data.agg_tasks if data.task(k).env == fam]
+        out.append((f"family:{fam}", f"{fam} ({n(ks)})", ks))
+    seen: list[list[str]] = []
+    kept = []
+    for name, label, ks in out:
+        if ks and ks not in seen:
+            seen.append(ks)
+            kept.append((name, label, ks))
+    return kept
+
+
+@dataclass
 class Analysis:
     """Every number the report shows, computed by :func:`analyse`."""
 
@@ -833,6 +884,7 @@ class Analysis:
     task_curves: dict[str, dict[str, Band]] = field(default_factory=dict)  # task -> algo -> IQM band
     raw_curves: dict[str, dict[str, tuple[Band, np.ndarray]]] = field(default_factory=dict)  # mean band, per seed
     summary: list[SummaryRow] = field(default_factory=list)
+    groups: list[Group] = field(default_factory=list)  # "all" first; aggregates and P vs the baseline per group
     notes: list[str] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
 
@@ -936,6 +988,21 @@ def analyse(
     res.timings["poi"] = time.perf_counter() - t
 
     t = time.perf_counter()
+    for name, label, keys in group_tasks(data):
+        g = Group(name, label, keys)
+        if keys == data.agg_tasks:
+            g.aggregates, g.poi = res.aggregates, {p: e for p, e in res.poi.items() if p[1] == baseline}
+        else:
+            idx = [data.agg_tasks.index(k) for k in keys]
+            sub_scores = {a: [v[i] for i in idx] for a, v in scores.items()}
+            g.aggregates = aggregate_estimates(sub_scores, reps, confidence, seed)
+            if baseline is not None and len(data.algos) >= 2:
+                g.poi = pairwise_poi(sub_scores, [(a, baseline) for a in data.algos if a != baseline], reps,
+                                     confidence, seed)
+        res.groups.append(g)
+    res.timings["groups"] = time.perf_counter() - t
+
+    t = time.perf_counter()
     res.profiles = performance_profiles(scores, np.linspace(0.0, 1.0, 101), reps, confidence, seed)
     res.timings["profiles"] = time.perf_counter() - t
 
@@ -975,6 +1042,11 @@ def to_jsonable(res: Analysis) -> dict[str, Any]:
         "engine": res.engine, "last_k": res.data.last_k, "tasks": res.data.agg_tasks, "algos": res.data.algos,
         "aggregates": {a: {m: est(e) for m, e in d.items()} for a, d in res.aggregates.items()},
         "probability_of_improvement": {f"{a}>{b}": est(e) for (a, b), e in res.poi.items()},
+        "groups": {g.name: {"label": g.label, "tasks": g.tasks,
+                            "aggregates": {a: {m: est(e) for m, e in d.items()} for a, d in g.aggregates.items()},
+                            "probability_of_improvement": {f"{a}>{b}": est(e) for (a, b), e in g.poi.items()}}
+                   for g in res.groups},
+        "unlearned_tasks": res.data.unlearned,
         "steps_to_baseline_final_iqm": {a: {"target": r.target, "steps": r.steps, "early": r.early, "late": r.late,
                                             "budget": r.budget, "ratio": r.ratio} for a, r in res.reach.items()},
         "summary": [{"task": s.task, "algo": s.algo, "final": est(s.mean), "score": s.score, "seeds": s.seeds,

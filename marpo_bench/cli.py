@@ -180,6 +180,7 @@ def run(
     console.print(f"finished: {sum(r.status == 'complete' for r in res)} trained, "
                   f"{sum(r.status == 'skipped' for r in res)} skipped, {len(failed)} failed "
                   f"-> {results / study}", highlight=False)
+    console.print(f"the report (statistics, verdict, curves): marpo-bench report {results / study}", highlight=False)
     if failed:
         raise typer.Exit(code=1)
 
@@ -301,7 +302,8 @@ def bench(
 @app.command()
 def report(
     study: Path = typer.Argument(..., help="The study directory, RESULTS_DIR/STUDY."),
-    format_: str = typer.Option("html,pdf", "--format", help="Comma-separated: html, pdf."),
+    format_: str = typer.Option("html,pdf", "--format", help="Comma-separated: html, pdf, md (a Markdown "
+                                                           "summary for a README or a pull request)."),
     out: Path | None = typer.Option(None, help="Output directory (default: STUDY/report)."),
     reps: int = typer.Option(50_000, help="Bootstrap resamples for every confidence interval."),
     baseline: str | None = typer.Option(None, help="Algorithm the others are compared against first "
@@ -332,6 +334,7 @@ def report(
         for note in res.notes:
             console.print(f"note: {note}", highlight=False, soft_wrap=True)
         paths = write_report(res, out if out is not None else study / "report", formats, seed_traces)
+        print_verdict(res)
     except (store.StoreError, AnalysisError, ReportError) as exc:
         fail(str(exc))
     t2 = time.perf_counter()
@@ -403,6 +406,24 @@ def bounds(
         ref = f"{entry['reference']:g}" if entry.get("reference") is not None else "- (raw returns in the report)"
         out.add_row(f"{env}:{task}", rnd, ref, entry.get("reference_source", ""))
     console.print(out)
+
+
+def print_verdict(res: object) -> None:
+    """The verdict and the per-task table in the terminal (``report`` and ``make demo`` end with it)."""
+    from marpo_bench.report.render import fmt
+    from marpo_bench.report.verdict import headline
+
+    console.print("[bold]verdict[/bold]")
+    for line in headline(res):
+        console.print(f"  {line}", highlight=False, soft_wrap=True)
+    table = Table(title="per task: final evaluation score (mean over seeds, CI) and normalised score",
+                  header_style="bold")
+    for col in ("task", "algo", "final", "score", "seeds"):
+        table.add_column(col, justify="right" if col in ("score", "seeds") else "left")
+    for s in res.summary:
+        flag = " (not learned)" if s.task in res.data.unlearned else ""
+        table.add_row(s.task + flag, s.algo, str(s.mean), fmt(s.score), str(len(s.seeds)))
+    console.print(table)
 
 
 @app.command()

@@ -28,6 +28,9 @@ TINY = ["--envs", "jax_mpe:simple_spread", "--seeds", "1", "--steps", "400",
         (["--set", "marpo.clip=wide"], "choose one of adaptive, symmetric"),
         (["--set", "num_envs=-3"], "num_envs must be positive"),
         (["--threads", "0"], "--threads must be positive"),
+        (["--set", "mappo.eval_episodes=4"], "eval_episodes is a run setting, the same for every algorithm"),
+        (["--set", "eval_mode=best"], "choose one of greedy, sample"),
+        (["--set", "eval_episodes=0"], "eval_episodes must be positive"),
         (["--device", "cuda:0"] if not __import__("torch").cuda.is_available() else ["--device", "tpu"], "device"),
     ],
 )
@@ -61,6 +64,7 @@ def test_list_presets_names_every_preset_with_its_grid():
 def test_tiny_run_writes_metrics_and_rerun_skips_complete_runs(tmp_path):
     res = runner.invoke(app, ["run", "--algos", "mappo,marpo", "--results", str(tmp_path), "--study", "s", *TINY])
     assert res.exit_code == 0, res.output
+    assert f"marpo-bench report {tmp_path / 's'}" in " ".join(res.output.split())  # what to type next
     records, metrics = store.load_study(tmp_path / "s")
     assert sorted(r["algo"] for r in records) == ["mappo", "marpo"]
     assert all(r["status"] == "complete" for r in records)

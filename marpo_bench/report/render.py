@@ -31,8 +31,9 @@ from marpo_bench.analysis import (
     win_rate_families,
 )
 from marpo_bench.report import plots
+from marpo_bench.report.verdict import headline
 
-FORMATS = ("html", "pdf")
+FORMATS = ("html", "pdf", "md")
 
 
 class ReportError(ValueError):
@@ -198,6 +199,7 @@ def context(res: Analysis, seed_traces: bool = False) -> dict[str, Any]:
         poi_matrix = {"algos": d.algos, "cell": {f"{a}>{b}": full.get((a, b)) for a in d.algos for b in d.algos}}
     families = sorted({t.env for t in d.tasks})
     return {
+        "verdict": headline(res),
         "res": res, "d": d, "figures": figures, "metric_names": METRIC_NAMES,
         "generated": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "tool_versions": {p: _version(p) for p in ("marpo-bench", "rliable", "numpy", "scipy", "matplotlib",
@@ -254,6 +256,36 @@ def _write(path: Path, data: bytes) -> None:
     os.chmod(path, 0o666 & ~mask)
 
 
+def render_markdown(res: Analysis) -> str:
+    """A Markdown summary to paste into a README or a pull request: the verdict, the aggregates by
+    group and the per-task table (numbers as in the HTML report)."""
+    d = res.data
+    ci = round(100 * res.confidence)
+    lines = [f"## marpo-bench: {d.study}", "",
+             f"{len(d.algos)} algorithms ({', '.join(d.algos)}) · {len(d.tasks)} tasks · final score = mean of the "
+             f"last {d.last_k} evaluation points · {res.reps:,} bootstrap reps, {ci}% CIs", "", "**Verdict**", ""]
+    lines += [f"- {line}" for line in headline(res)]
+    if res.groups:
+        head = [f"{a} IQM" for a in d.algos]
+        others = [a for a in d.algos if a != res.baseline] if res.baseline else []
+        head += [f"P({a} > {res.baseline})" for a in others]
+        lines += ["", "**Aggregates** (normalised score: return rescaled between a random policy (0) and a "
+                      "reference (1), or win rate)", "", "| tasks | " + " | ".join(head) + " |",
+                  "|---|" + "---:|" * len(head)]
+        for g in res.groups:
+            cells = [str(g.aggregates[a]["IQM"]) for a in d.algos]
+            cells += [str(g.poi[(a, res.baseline)]) if (a, res.baseline) in g.poi else "-" for a in others]
+            lines.append(f"| {g.label} | " + " | ".join(cells) + " |")
+    lines += ["", "**Per task** (final evaluation return or win rate, mean over seeds with its CI; normalised score)",
+              "", "| task | algorithm | final | score | seeds |", "|---|---|---:|---:|---:|"]
+    for s in res.summary:
+        flag = " (not learned)" if s.task in d.unlearned else ""
+        lines.append(f"| {s.task}{flag} | {s.algo} | {s.mean} | {fmt(s.score)} | {len(s.seeds)} |")
+    if res.notes:
+        lines += ["", "**Notes**", ""] + [f"- {n}" for n in res.notes]
+    return "\n".join(lines) + "\n"
+
+
 def write_report(
     res: Analysis, out_dir: Path, formats: tuple[str, ...] = FORMATS, seed_traces: bool = False,
 ) -> dict[str, Path]:
@@ -265,8 +297,15 @@ def write_report(
     if bad or not formats:
         raise ReportError(f"unknown format {', '.join(bad) or '(none)'}; valid: {', '.join(FORMATS)}")
     out_dir = Path(out_dir)
-    html = render_html(res, seed_traces)
     written: dict[str, Path] = {}
+    if "md" in formats:
+        _write(out_dir / "report.md", render_markdown(res).encode("utf-8"))
+        written["md"] = out_dir / "report.md"
+    if not {"html", "pdf"} & set(formats):
+        _write(out_dir / "analysis.json", dumps(res).encode("utf-8"))
+        written["json"] = out_dir / "analysis.json"
+        return written
+    html = render_html(res, seed_traces)
     if "html" in formats:
         _write(out_dir / "report.html", html.encode("utf-8"))
         written["html"] = out_dir / "report.html"

@@ -1,0 +1,85 @@
+"""The report answers the question: a verdict worded by what the CIs support, aggregates per score
+kind and family, tasks no algorithm learns shown apart, and a Markdown summary."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from test_report import ALGOS3, TASKS2, write_synthetic_study
+from typer.testing import CliRunner
+
+from marpo_bench import store
+from marpo_bench.analysis import Estimate, Group, aggregate_estimates, analyse
+from marpo_bench.cli import app
+from marpo_bench.report.verdict import Verdict, headline, sentence
+
+runner = CliRunner()
+
+
+@pytest.mark.parametrize("lo, hi, word", [(0.55, 0.9, "better"), (0.1, 0.45, "worse"), (0.3, 0.7, "indistinguishable"),
+                                          (0.5, 0.8, "indistinguishable"), (0.2, 0.5, "indistinguishable")])
+def test_the_verdict_word_is_what_the_ci_of_p_supports(lo, hi, word) -> None:
+    g = Group("all", "all 2 tasks", ["a", "b"])
+    v = Verdict(g, "marpo", "mappo", Estimate((lo + hi) / 2, lo, hi), Estimate(0.6, 0.5, 0.7), Estimate(0.5, 0.4, 0.6))
+    assert v.word == word
+    text = sentence(v, 0.95)
+    assert text.startswith("On all 2 tasks, marpo is ") and f"[{lo:.3f}, {hi:.3f}]" in text and "95% CIs" in text
+
+
+@pytest.fixture(scope="module")
+def study(tmp_path_factory) -> Path:
+    """marpo (skill 0.8) > mappo (0.6) > qmix (0.45) on an MPE and a SMAX task, plus a SMAX map on
+    which every algorithm's win rate is 0."""
+    path = tmp_path_factory.mktemp("results") / "verdict"
+    write_synthetic_study(path, ALGOS3, [*TASKS2, ("smax", "5m_vs_6m")], seeds=4, incomplete=False)
+    for run in (path / "runs").iterdir():
+        if "5m_vs_6m" in run.name:
+            rows = pd.read_parquet(run / "metrics.parquet").to_dict("records")
+            for r in rows:
+                r["eval_win_rate"], r["eval_return_mean"] = 0.0, 0.1
+            store.write_metrics(run, rows, overwrite=True)
+    return path
+
+
+def test_groups_by_score_kind_each_with_its_own_statistics(study) -> None:
+    res = analyse(study, reps=2000)
+    assert res.data.unlearned == ["smax:5m_vs_6m"] and "smax:5m_vs_6m" not in res.data.agg_tasks
+    assert [g.name for g in res.groups] == ["all", "kind:return", "kind:win_rate"]  # families = kinds here
+    labels = {g.name: g.label for g in res.groups}
+    assert labels["kind:return"] == "normalised-return tasks (jax_mpe; 1 task)"
+    assert labels["kind:win_rate"] == "win-rate tasks (smax; 1 task)"
+    smax = next(g for g in res.groups if g.name == "kind:win_rate")
+    i = res.data.agg_tasks.index("smax:3m")
+    alone = aggregate_estimates({a: [v[i]] for a, v in res.data.final_scores().items()}, 2000)
+    assert smax.aggregates["marpo"]["IQM"] == alone["marpo"]["IQM"]  # the group's own tasks only
+    assert set(smax.poi) == {("marpo", "mappo"), ("qmix", "mappo")}
+
+
+def test_the_verdict_names_better_worse_and_the_task_left_out(study) -> None:
+    lines = headline(analyse(study, reps=2000))
+    assert lines[0].startswith("On all 2 tasks, marpo is better than mappo: P(marpo > mappo) = 1.000")
+    assert lines[1].startswith("On all 2 tasks, qmix is worse than mappo")
+    assert any("6 comparisons" in ln for ln in lines)
+    assert any("Not learned by any algorithm" in ln and "smax:5m_vs_6m" in ln for ln in lines)
+
+
+def test_page_one_opens_with_the_verdict_and_md_and_terminal_repeat_it(study, tmp_path) -> None:
+    out = runner.invoke(app, ["report", str(study), "--out", str(tmp_path), "--reps", "2000", "--format", "html,md"])
+    assert out.exit_code == 0, out.output
+    html = (tmp_path / "report.html").read_text()
+    overview = html[html.index('<section id="overview">'):]
+    assert overview.index('class="verdict"') < overview.index('class="facts"')  # first thing on page 1
+    assert "marpo is better than mappo" in html and "win-rate tasks (smax; 1 task)" in html
+    md = (tmp_path / "report.md").read_text()
+    assert "**Verdict**" in md and "- On all 2 tasks, marpo is better than mappo" in md
+    assert "| win-rate tasks (smax; 1 task) |" in md and "| smax:5m_vs_6m (not learned) | marpo |" in md
+    text = " ".join(out.output.split())
+    assert "verdict On all 2 tasks, marpo is better than mappo" in text and "smax:3m" in text
+
+
+def test_md_alone_writes_no_html(study, tmp_path) -> None:
+    out = runner.invoke(app, ["report", str(study), "--out", str(tmp_path), "--reps", "500", "--format", "md"])
+    assert out.exit_code == 0, out.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["analysis.json", "report.md"]
