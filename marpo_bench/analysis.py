@@ -440,27 +440,48 @@ def first_crossing(x: np.ndarray, y: np.ndarray, target: float) -> float:
 @dataclass
 class Reach:
     """Sample efficiency against the baseline: the env steps at which an algorithm's aggregate
-    IQM curve first reaches the baseline's final IQM (the baseline curve's last point). ``early``
-    and ``late`` are where the curve's upper and lower CI band reach it (a band-crossing interval,
-    not a bootstrap CI of the crossing); ``ratio`` = budget / steps (2 = half the samples)."""
+    IQM curve first reaches the baseline's final IQM (``target``), and the same for the baseline's
+    own curve (``baseline_steps``; the budget when its curve ends below its final IQM). ``early`` and
+    ``late`` are where the curve's upper and lower CI band reach it (a band-crossing interval, not a
+    bootstrap CI of the crossing). ``steps_ratio`` = steps / baseline_steps: "needs 1.10x the
+    baseline's env steps" (below 1: fewer). Seconds: the steps at each algorithm's mean wall-clock
+    seconds per env step (training and evaluation, from its runs' metrics)."""
 
     target: float
     steps: float
     early: float
     late: float
     budget: int
+    baseline_steps: float
+    seconds_per_step: float = math.nan
+    baseline_seconds_per_step: float = math.nan
 
     @property
-    def ratio(self) -> float:
-        return self.budget / self.steps if self.steps > 0 else math.nan
+    def steps_ratio(self) -> float:
+        return self.steps / self.baseline_steps if self.baseline_steps > 0 else math.nan
+
+    @property
+    def seconds(self) -> float:
+        return self.steps * self.seconds_per_step
+
+    @property
+    def seconds_ratio(self) -> float:
+        return self.seconds / (self.baseline_steps * self.baseline_seconds_per_step)
 
 
-def reach_baseline(curves: Mapping[str, Band], baseline: str) -> dict[str, Reach]:
-    """:class:`Reach` of every algorithm's aggregate IQM curve against ``baseline``'s final IQM."""
+def reach_baseline(curves: Mapping[str, Band], baseline: str, target: float | None = None,
+                   seconds_per_step: Mapping[str, float] | None = None) -> dict[str, Reach]:
+    """:class:`Reach` of every algorithm's aggregate IQM curve against ``target``, the baseline's
+    final IQM (default: its curve's last point)."""
     base = curves[baseline]
-    target, budget = float(base.point[-1]), int(base.x[-1])
+    budget = int(base.x[-1])
+    target = float(base.point[-1]) if target is None else float(target)
+    own = first_crossing(base.x, base.point, target)
+    own = float(budget) if math.isnan(own) else own
+    rate = dict(seconds_per_step or {})
     return {a: Reach(target, first_crossing(b.x, b.point, target), first_crossing(b.x, b.hi, target),
-                     first_crossing(b.x, b.lo, target), budget) for a, b in curves.items()}
+                     first_crossing(b.x, b.lo, target), budget, own, rate.get(a, math.nan),
+                     rate.get(baseline, math.nan)) for a, b in curves.items()}
 
 
 def mean_band(values: np.ndarray, x: np.ndarray, reps: int, confidence: float, rng: np.random.Generator) -> Band:
@@ -545,6 +566,7 @@ class RunScore:
     wall_seconds: float
     steps: np.ndarray  # env steps of the points kept (common prefix)
     raw: np.ndarray  # values at those points
+    seconds_per_step: float = math.nan  # wall-clock seconds per env step over the whole run (training + evaluation)
 
 
 @dataclass
@@ -606,6 +628,19 @@ class StudyScores:
         for a in self.algos:
             arrs = [np.array([r.final_score for r in self.task(k).runs[a]]) for k in self.agg_tasks]
             out[a] = [np.clip(v, 0.0, 1.0) for v in arrs] if clip else arrs
+        return out
+
+    def scores_at(self, fraction: float) -> dict[str, list[np.ndarray]]:
+        """Like :meth:`final_scores` (clipped) at ``fraction`` of each task's common budget: the same
+        "final" rule (the mean of the last K evaluation points) over the points at or before it."""
+        out: dict[str, list[np.ndarray]] = {}
+        for a in self.algos:
+            out[a] = []
+            for k in self.agg_tasks:
+                td = self.task(k)
+                limit = fraction * td.budget * (1 + BUDGET_SLACK)
+                raw = np.array([r.raw[r.steps <= limit][-self.last_k:].mean() for r in td.runs[a]])
+                out[a].append(np.clip(normalise(raw, td.env, td.task, td.bounds), 0.0, 1.0))
         return out
 
     def clipped(self) -> list[RunScore]:
@@ -768,10 +803,12 @@ def load_scores(study_path: Path, last_k: int = 3, baseline: str | None = None,
                 exclude(r, f"no finite evaluation within the common budget {common:,}")
                 continue
             final_raw = float(vals[-last_k:].mean())
+            wall = float(r.get("wall_seconds") or df["wall_seconds"].max())
+            total = float(df["env_steps"].max())
+            rate = float(df["wall_seconds"].max()) / total if total > 0 else math.nan
             per_algo[labels[r["run_id"]]].append(RunScore(
                 r["run_id"], labels[r["run_id"]], env, task, r["seed"], final_raw,
-                float(normalise(final_raw, env, task, bounds)), int(steps[-1]),
-                float(r.get("wall_seconds") or df["wall_seconds"].max()), steps, vals))
+                float(normalise(final_raw, env, task, bounds)), int(steps[-1]), wall, steps, vals, rate))
         if per_algo:
             tasks.append(TaskData(env, task, kind, bounds, common, budgets,
                                   {a: sorted(v, key=lambda s: s.seed) for a, v in per_algo.items()}))
@@ -878,6 +915,8 @@ class Analysis:
     aggregates: dict[str, dict[str, Estimate]] = field(default_factory=dict)
     poi: dict[tuple[str, str], Estimate] = field(default_factory=dict)
     poi_pairs: list[tuple[str, str]] = field(default_factory=list)
+    # fraction of the budget -> P(algo > baseline) at that point
+    poi_at: dict[float, dict[tuple[str, str], Estimate]] = field(default_factory=dict)
     profiles: dict[str, Band] = field(default_factory=dict)
     curve: dict[str, Band] = field(default_factory=dict)  # aggregate IQM vs env steps
     reach: dict[str, Reach] = field(default_factory=dict)  # algo -> steps to the baseline's final IQM
@@ -903,6 +942,8 @@ def _interp(run: RunScore, x: np.ndarray, values: np.ndarray) -> np.ndarray:
 
 
 DEFAULT_BASELINE = "mappo"
+POI_FRACTIONS = (0.25, 0.5, 1.0)
+"""Fractions of the budget at which the probability of improvement over the baseline is given."""
 
 
 def analyse(
@@ -985,6 +1026,11 @@ def analyse(
     else:
         res.notes.append(f"only one algorithm ({data.algos[0]}) in the study: probability of improvement and other "
                          f"pairwise statistics are skipped")
+    if baseline is not None and len(data.algos) >= 2:
+        vs_base = [(a, baseline) for a in data.algos if a != baseline]
+        for frac in POI_FRACTIONS:
+            res.poi_at[frac] = ({p: res.poi[p] for p in vs_base} if frac == 1.0 else
+                                pairwise_poi(data.scores_at(frac), vs_base, reps, confidence, seed))
     res.timings["poi"] = time.perf_counter() - t
 
     t = time.perf_counter()
@@ -1021,7 +1067,9 @@ def analyse(
                                        for r in td.runs[a]]))
     res.curve = iqm_curves(curves, grid, reps, confidence, seed, key="aggregate")
     if baseline is not None and baseline in res.curve:
-        res.reach = reach_baseline(res.curve, baseline)
+        rates = {a: float(np.nanmean([r.seconds_per_step for k in data.agg_tasks for r in data.task(k).runs[a]]))
+                 for a in data.algos}
+        res.reach = reach_baseline(res.curve, baseline, res.aggregates[baseline]["IQM"].point, rates)
     for k in data.agg_tasks:
         td = data.task(k)
         tgrid = np.linspace(0, td.budget, grid_points)
@@ -1047,8 +1095,12 @@ def to_jsonable(res: Analysis) -> dict[str, Any]:
                             "probability_of_improvement": {f"{a}>{b}": est(e) for (a, b), e in g.poi.items()}}
                    for g in res.groups},
         "unlearned_tasks": res.data.unlearned,
+        "probability_of_improvement_at_budget_fraction": {
+            str(f): {f"{a}>{b}": est(e) for (a, b), e in d.items()} for f, d in res.poi_at.items()},
         "steps_to_baseline_final_iqm": {a: {"target": r.target, "steps": r.steps, "early": r.early, "late": r.late,
-                                            "budget": r.budget, "ratio": r.ratio} for a, r in res.reach.items()},
+                                            "budget": r.budget, "baseline_steps": r.baseline_steps,
+                                            "steps_ratio": r.steps_ratio, "seconds": r.seconds,
+                                            "seconds_ratio": r.seconds_ratio} for a, r in res.reach.items()},
         "summary": [{"task": s.task, "algo": s.algo, "final": est(s.mean), "score": s.score, "seeds": s.seeds,
                      "budget": s.budget} for s in res.summary],
         "excluded": [e.__dict__ for e in res.data.excluded],

@@ -235,8 +235,20 @@ def test_reach_baseline_reads_the_bands_and_gives_the_sample_ratio():
     x = np.linspace(0, 1000, 11)
     base = A.Band(x, np.linspace(0, 0.5, 11), np.linspace(0, 0.45, 11), np.linspace(0, 0.55, 11))
     fast = A.Band(x, np.linspace(0, 1.0, 11), np.linspace(0, 0.8, 11), np.linspace(0, 1.25, 11))
-    r = A.reach_baseline({"mappo": base, "marpo": fast}, "mappo")
-    assert r["mappo"].steps == pytest.approx(1000) and r["mappo"].ratio == pytest.approx(1.0)
+    r = A.reach_baseline({"mappo": base, "marpo": fast}, "mappo", seconds_per_step={"mappo": 0.01, "marpo": 0.03})
+    assert r["mappo"].steps == pytest.approx(1000) and r["mappo"].steps_ratio == pytest.approx(1.0)
     assert r["marpo"].target == pytest.approx(0.5) and r["marpo"].steps == pytest.approx(500)
-    assert r["marpo"].ratio == pytest.approx(2.0)
+    assert r["marpo"].steps_ratio == pytest.approx(0.5)  # "needs 0.5x mappo's env steps"
     assert r["marpo"].early == pytest.approx(400) and r["marpo"].late == pytest.approx(625)
+    assert r["marpo"].seconds == pytest.approx(15.0) and r["marpo"].seconds_ratio == pytest.approx(1.5)  # 3x slower
+
+
+def test_reach_targets_the_baselines_final_iqm_not_its_curves_last_point():
+    x = np.linspace(0, 1000, 11)
+    base = A.Band(x, np.linspace(0, 0.5, 11), np.linspace(0, 0.45, 11), np.linspace(0, 0.55, 11))
+    fast = A.Band(x, np.linspace(0, 1.0, 11), np.linspace(0, 0.8, 11), np.linspace(0, 1.25, 11))
+    r = A.reach_baseline({"mappo": base, "marpo": fast}, "mappo", target=0.4)  # the aggregate table's IQM
+    assert r["mappo"].baseline_steps == pytest.approx(800) and r["marpo"].steps == pytest.approx(400)
+    assert r["marpo"].steps_ratio == pytest.approx(0.5)
+    never = A.reach_baseline({"mappo": base, "marpo": fast}, "mappo", target=0.6)  # above mappo's curve
+    assert never["mappo"].baseline_steps == 1000 and math.isnan(never["mappo"].steps)

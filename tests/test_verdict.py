@@ -83,3 +83,17 @@ def test_md_alone_writes_no_html(study, tmp_path) -> None:
     out = runner.invoke(app, ["report", str(study), "--out", str(tmp_path), "--reps", "500", "--format", "md"])
     assert out.exit_code == 0, out.output
     assert sorted(p.name for p in tmp_path.iterdir()) == ["analysis.json", "report.md"]
+
+
+def test_probability_of_improvement_at_a_quarter_half_and_all_of_the_budget(study) -> None:
+    res = analyse(study, reps=2000)
+    assert list(res.poi_at) == [0.25, 0.5, 1.0]
+    assert res.poi_at[1.0][("marpo", "mappo")] == res.poi[("marpo", "mappo")]
+    # the synthetic curves rise as 1 - exp(-4 t): marpo's lead over mappo is there at every point
+    assert all(d[("marpo", "mappo")].lo > 0.5 for d in res.poi_at.values())
+    # at a quarter of the budget, each run's score is the mean of its last K points up to there
+    early = res.data.scores_at(0.25)
+    final = res.data.final_scores()
+    assert all((e <= f + 1e-12).all() for a in early for e, f in zip(early[a], final[a], strict=True))
+    late = res.data.scores_at(1.0)
+    assert all((lt == f).all() for a in late for lt, f in zip(late[a], final[a], strict=True))
