@@ -902,6 +902,52 @@ def group_tasks(data: StudyScores) -> list[tuple[str, str, list[str]]]:
     return kept
 
 
+@dataclass(frozen=True)
+class Cost:
+    """What an algorithm's used runs cost: wall-clock hours, CPU-hours (wall-clock x torch threads)
+    and seconds per env step (training and evaluation), summed or averaged over its runs."""
+
+    algo: str
+    runs: int
+    run_hours: float
+    cpu_hours: float
+    seconds_per_step: float  # mean over its runs of the aggregate tasks (all its runs if none)
+    threads: float  # mean torch threads per run
+
+
+def costs(data: StudyScores) -> tuple[dict[str, Cost], list[str]]:
+    """Cost per algorithm and the warnings that qualify it: runs timed on different machines, or
+    on a machine busier than its CPU count when the run started (``run.json``'s host)."""
+    rec = {r["run_id"]: r for r in data.records}
+    out: dict[str, Cost] = {}
+    used: list[dict] = []
+    for a in data.algos:
+        runs = [r for t in data.tasks for r in t.runs.get(a, [])]
+        agg = [r for k in data.agg_tasks for r in data.task(k).runs.get(a, [])] or runs
+        threads = [int(rec[r.run_id].get("torch_threads") or 1) for r in runs]
+        out[a] = Cost(a, len(runs), sum(r.wall_seconds for r in runs) / 3600,
+                      sum(r.wall_seconds * n for r, n in zip(runs, threads, strict=True)) / 3600,
+                      float(np.nanmean([r.seconds_per_step for r in agg])) if agg else math.nan,
+                      float(np.mean(threads)) if threads else math.nan)
+        used += [rec[r.run_id] for r in runs]
+    warnings = []
+    machines = Counter(f"{(r.get('host') or {}).get('processor') or '?'} ({(r.get('host') or {}).get('cpus') or '?'} "
+                       f"CPUs{', ' + r['host']['gpu'] if (r.get('host') or {}).get('gpu') else ''})" for r in used)
+    if len(machines) > 1:
+        warnings.append(f"the runs' timings come from {len(machines)} different machines "
+                        f"({'; '.join(f'{n} runs on {m}' for m, n in machines.most_common())}): wall-clock and "
+                        "CPU-hours compare algorithms fairly only where their runs shared a machine")
+    busy = [r for r in used if (r.get("host") or {}).get("load_1min") is not None
+            and r["host"]["load_1min"] > (r["host"].get("cpus") or math.inf)]
+    if busy:
+        warnings.append(f"{len(busy)} of {len(used)} runs started on a machine busier than its CPU count (1-minute "
+                        "load average in run.json): their timings include waiting for a CPU")
+    if not any((r.get("host") or {}).get("load_1min") is not None for r in used):
+        warnings.append("the runs do not record the machine's load (run.json's host.load_1min, recorded by runs "
+                        "trained since it was added): timings from a shared machine may include waiting")
+    return out, warnings
+
+
 @dataclass
 class Analysis:
     """Every number the report shows, computed by :func:`analyse`."""
@@ -924,6 +970,8 @@ class Analysis:
     raw_curves: dict[str, dict[str, tuple[Band, np.ndarray]]] = field(default_factory=dict)  # mean band, per seed
     summary: list[SummaryRow] = field(default_factory=list)
     groups: list[Group] = field(default_factory=list)  # "all" first; aggregates and P vs the baseline per group
+    cost: dict[str, Cost] = field(default_factory=dict)
+    cost_warnings: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
 
@@ -999,6 +1047,7 @@ def analyse(
             res.raw_curves[td.key][a] = (
                 mean_band(per_seed, grid, reps, confidence, _rng(seed, "raw-curve", td.key, a)), per_seed)
     res.timings["summary"] = time.perf_counter() - t
+    res.cost, res.cost_warnings = costs(data)
 
     if not data.agg_tasks:
         return res
@@ -1095,6 +1144,7 @@ def to_jsonable(res: Analysis) -> dict[str, Any]:
                             "probability_of_improvement": {f"{a}>{b}": est(e) for (a, b), e in g.poi.items()}}
                    for g in res.groups},
         "unlearned_tasks": res.data.unlearned,
+        "cost": {a: c.__dict__ for a, c in res.cost.items()}, "cost_warnings": res.cost_warnings,
         "probability_of_improvement_at_budget_fraction": {
             str(f): {f"{a}>{b}": est(e) for (a, b), e in d.items()} for f, d in res.poi_at.items()},
         "steps_to_baseline_final_iqm": {a: {"target": r.target, "steps": r.steps, "early": r.early, "late": r.late,

@@ -211,8 +211,10 @@ def _versions() -> dict[str, str]:
 
 def _host(device: torch.device) -> dict[str, Any]:
     gpu = torch.cuda.get_device_name(device) if device.type == "cuda" else None
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
     return {"machine": platform.machine(), "processor": platform.processor() or platform.machine(),
-            "cpus": os.cpu_count(), "gpu": gpu, "system": platform.system()}
+            "cpus": os.cpu_count(), "gpu": gpu, "system": platform.system(),
+            "load_1min": round(load, 2) if load is not None else None}
 
 
 def _now() -> str:

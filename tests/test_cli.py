@@ -70,6 +70,7 @@ def test_tiny_run_writes_metrics_and_rerun_skips_complete_runs(tmp_path):
     assert all(r["status"] == "complete" for r in records)
     assert all(r["reward_scale"] == "team_sum" and r["episode_limit"] == 25 for r in records)
     assert all(r["uncommitted_changes"] in (True, False, None) and "git_commit" in r for r in records)
+    assert all(r["host"]["load_1min"] >= 0 for r in records)  # the machine's load when the run started
     for _algo, df in metrics.groupby("algo"):
         assert df["env_steps"].iloc[0] == 0 and df["env_steps"].iloc[-1] >= 400
         assert df["eval_return_mean"].notna().all() and (df["eval_episodes"] == 4).all()

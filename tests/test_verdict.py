@@ -97,3 +97,22 @@ def test_probability_of_improvement_at_a_quarter_half_and_all_of_the_budget(stud
     assert all((e <= f + 1e-12).all() for a in early for e, f in zip(early[a], final[a], strict=True))
     late = res.data.scores_at(1.0)
     assert all((lt == f).all() for a in late for lt, f in zip(late[a], final[a], strict=True))
+
+
+def test_cost_sums_run_hours_and_cpu_hours_and_warns_about_mixed_machines(tmp_path) -> None:
+    study = tmp_path / "cost"
+    write_synthetic_study(study, ALGOS3, TASKS2, seeds=3, incomplete=False)
+    records, _ = store.load_study(study)
+    moved = next(r for r in records if r["algo"] == "qmix")
+    moved["host"] = {**moved["host"], "processor": "another CPU", "cpus": 64, "load_1min": 0.5}
+    moved["torch_threads"] = 4
+    store.write_run_json(study / "runs" / moved["run_id"], moved, overwrite=True)
+    res = analyse(study, reps=500)
+    walls = {a: [r["wall_seconds"] for r in records if r["algo"] == a] for a in ALGOS3}
+    assert res.cost["mappo"].run_hours == pytest.approx(sum(walls["mappo"]) / 3600)
+    assert res.cost["mappo"].cpu_hours == pytest.approx(res.cost["mappo"].run_hours)  # one thread per run
+    q = res.cost["qmix"]
+    assert q.cpu_hours == pytest.approx((sum(walls["qmix"]) + 3 * moved["wall_seconds"]) / 3600)  # 4 threads on one
+    assert q.runs == 6 and q.seconds_per_step > 0
+    assert any("2 different machines" in w and "another CPU (64 CPUs)" in w for w in res.cost_warnings)
+

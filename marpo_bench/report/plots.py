@@ -160,6 +160,25 @@ def curve_figure(res: Analysis) -> str:
         return to_svg(fig)
 
 
+def cost_figure(res: Analysis) -> str:
+    """Aggregate IQM normalised score against wall-clock hours and CPU-hours per run: each
+    algorithm's IQM curve at its own mean seconds per env step (and torch threads)."""
+    cols = colours(res.data.algos)
+    with _style():
+        fig, axes = plt.subplots(1, 2, figsize=(9.6, 3.4))
+        for ax, cpu in zip(axes, (False, True), strict=True):
+            for a in res.data.algos:
+                c = res.cost[a]
+                scale = c.seconds_per_step / 3600 * (c.threads if cpu else 1.0)
+                _band(ax, res.curve[a], cols[a], a, x=res.curve[a].x * scale)
+            ax.set_xlabel("CPU-hours per run" if cpu else "wall-clock hours per run")
+            ax.set_ylabel("IQM normalised score")
+            ax.set_ylim(bottom=0)
+        axes[0].legend(frameon=False, loc="upper left")
+        fig.tight_layout()
+        return to_svg(fig)
+
+
 def _grid(n: int, ncols: int = 3, w: float = 3.4, h: float = 2.5) -> tuple[Figure, list[plt.Axes]]:
     """``n`` panels, ``ncols`` per row, each about ``w`` x ``h`` inches."""
     ncols = min(ncols, n)

@@ -177,6 +177,9 @@ def context(res: Analysis, seed_traces: bool = False) -> dict[str, Any]:
         add("profiles", "Performance profiles", plots.profiles_figure(res),
             "fraction of runs above each normalised score, per algorithm")
         add("curve", "Sample efficiency", plots.curve_figure(res), "IQM normalised score against env steps")
+        if all(c.seconds_per_step == c.seconds_per_step for c in res.cost.values()):
+            add("cost", "Cost", plots.cost_figure(res),
+                "IQM normalised score against wall-clock hours and CPU-hours per run")
         if res.task_curves:
             add("task_curves", "Sample efficiency per task", plots.task_curves_figure(res),
                 "per-task IQM normalised score against env steps")
@@ -199,7 +202,7 @@ def context(res: Analysis, seed_traces: bool = False) -> dict[str, Any]:
         poi_matrix = {"algos": d.algos, "cell": {f"{a}>{b}": full.get((a, b)) for a in d.algos for b in d.algos}}
     families = sorted({t.env for t in d.tasks})
     return {
-        "verdict": headline(res),
+        "verdict": headline(res), "cost_warnings": res.cost_warnings,
         "res": res, "d": d, "figures": figures, "metric_names": METRIC_NAMES,
         "generated": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "tool_versions": {p: _version(p) for p in ("marpo-bench", "rliable", "numpy", "scipy", "matplotlib",
