@@ -116,3 +116,24 @@ def test_cost_sums_run_hours_and_cpu_hours_and_warns_about_mixed_machines(tmp_pa
     assert q.runs == 6 and q.seconds_per_step > 0
     assert any("2 different machines" in w and "another CPU (64 CPUs)" in w for w in res.cost_warnings)
 
+
+
+def test_bold_marks_a_best_only_where_its_ci_clears_every_other(study, tmp_path) -> None:
+    import re
+
+    from marpo_bench.report import render_html
+
+    html = render_html(analyse(study, reps=2000))
+    table = html[html.index('<section id="tasks"'):html.index("<h3>Learning curves</h3>")]
+    bold = re.findall(r'<td class="num best">([-0-9.]+)', table)
+    assert bold and len(bold) <= 2  # marpo clears mappo and qmix on the learned tasks, never on 5m_vs_6m
+    row = r"<tr>\s*<td>(?:<b>([^<]+)</b>)?</td>\s*<td><span[^>]*></span>(\w+)</td>\s*<td class=\"num( best)?\""
+    rows = re.findall(row, table)
+    assert len(rows) == 9 and all(algo == "marpo" for _, algo, best in rows if best)
+
+
+def test_wall_clock_ranges_share_one_unit() -> None:
+    from marpo_bench.report.render import secs_range
+
+    assert secs_range(168.0, 103.0, 140.0) == "2.8 min (1.7–2.3 min)"
+    assert secs_range(50.0, 40.0, 60.0) == "50 s (40–60 s)"

@@ -233,6 +233,11 @@ def raw_curves_figure(res: Analysis, seed_traces: bool = False) -> str:
             ax.set_ylabel("eval win rate" if td.kind == "win_rate" else "eval return")
             if td.kind == "win_rate":
                 ax.set_ylim(-0.02, 1.02)
+            else:  # the untrained policy's first evaluation would set the scale: fit the rest
+                lo = min(float(np.min(b.lo[1:])) for b, _ in res.raw_curves[td.key].values())
+                hi = max(float(np.max(b.hi[1:])) for b, _ in res.raw_curves[td.key].values())
+                pad = 0.06 * (hi - lo or 1.0)
+                ax.set_ylim(lo - pad, hi + pad)
         _legend(fig, res.data.algos, cols)
         fig.tight_layout(rect=(0, 0, 1, 1 - 0.35 / fig.get_figheight()))
         return to_svg(fig)

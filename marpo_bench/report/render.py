@@ -74,6 +74,17 @@ def secs(x: Any) -> str:
     return f"{x / 3600:.1f} h"
 
 
+def secs_range(mean: Any, lo: Any, hi: Any) -> str:
+    """``mean (lo–hi)`` seconds, all three in the unit :func:`secs` picks for the largest."""
+    vals = [float(v) for v in (mean, lo, hi) if v is not None and math.isfinite(float(v))]
+    if len(vals) < 3:
+        return secs(mean)
+    top = max(vals)
+    div, unit, digits = (1, "s", 0) if top < 120 else (60, "min", 1) if top < 7200 else (3600, "h", 1)
+    m, a, b = (v / div for v in vals)
+    return f"{m:.{digits}f} {unit} ({a:.{digits}f}–{b:.{digits}f} {unit})"
+
+
 def svg_uri(svg: str) -> str:
     """SVG text as a base64 ``data:`` URI (works in <img> in browsers and in WeasyPrint)."""
     return "data:image/svg+xml;base64," + base64.b64encode(svg.encode("utf-8")).decode("ascii")
@@ -225,6 +236,7 @@ def _environment() -> jinja2.Environment:
         undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True,
     )
     env.filters.update(fmt=fmt, steps=steps, secs=secs)
+    env.globals["secs_range"] = secs_range
     return env
 
 
