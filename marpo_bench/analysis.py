@@ -618,6 +618,7 @@ class StudyScores:
     last_k: int
     agg_tasks: list[str]  # task keys in the aggregates (normalisable, every algorithm present, learned)
     unlearned: list[str] = field(default_factory=list)  # normalisable tasks no algorithm learns (shown apart)
+    frames: dict[str, Any] = field(default_factory=dict)  # run_id -> its metrics rows (training metrics too)
 
     def task(self, key: str) -> TaskData:
         return next(t for t in self.tasks if t.key == key)
@@ -841,7 +842,9 @@ def load_scores(study_path: Path, last_k: int = 3, baseline: str | None = None,
         for a, rs in t.runs.items():
             if len(rs) < 3:
                 notes.append(f"{t.key}: {a} has {len(rs)} seed(s); its confidence intervals are unreliable")
-    return StudyScores(study_path.name, study_path, records, tasks, algos, excluded, notes, last_k, agg, unlearned)
+    used = {r.run_id for t in tasks for rs in t.runs.values() for r in rs}
+    return StudyScores(study_path.name, study_path, records, tasks, algos, excluded, notes, last_k, agg, unlearned,
+                       {rid: df for rid, df in by_run.items() if rid in used})
 
 
 # --------------------------------------------------------------------------------------------
@@ -970,6 +973,8 @@ class Analysis:
     raw_curves: dict[str, dict[str, tuple[Band, np.ndarray]]] = field(default_factory=dict)  # mean band, per seed
     summary: list[SummaryRow] = field(default_factory=list)
     groups: list[Group] = field(default_factory=list)  # "all" first; aggregates and P vs the baseline per group
+    # MARPO's diagnostics: env family -> metric -> algo -> mean band over its runs vs env steps
+    diagnostics: dict[str, dict[str, dict[str, Band]]] = field(default_factory=dict)
     cost: dict[str, Cost] = field(default_factory=dict)
     cost_warnings: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
@@ -987,6 +992,42 @@ def poi_pairs(algos: Sequence[str], baseline: str | None) -> list[tuple[str, str
 
 def _interp(run: RunScore, x: np.ndarray, values: np.ndarray) -> np.ndarray:
     return np.interp(x, run.steps.astype(np.float64), values)
+
+
+DIAGNOSTICS: dict[str, str] = {
+    "kl_delta": "δ (KL budget)",
+    "clip_low_p5": "lower bound x1, 5th percentile",
+    "clip_high_p95": "upper bound x2, 95th percentile",
+    "clip_fraction": "clip fraction",
+    "reflection_term": "reflection term α·L1",
+}
+"""MARPO's training diagnostics (docs/algorithms.md §4) the report draws when a study has them."""
+
+
+def diagnostics(data: StudyScores, reps: int, confidence: float, seed: int,
+                grid_points: int = 21) -> dict[str, dict[str, dict[str, Band]]]:
+    """Per env family, per diagnostic, per algorithm that logs it: the mean over its runs (all the
+    family's tasks) against env steps, with bootstrap bands; {} when no run logs ``kl_delta``."""
+    out: dict[str, dict[str, dict[str, Band]]] = {}
+    for fam in sorted({t.env for t in data.tasks}):
+        tasks = [t for t in data.tasks if t.env == fam]
+        grid = np.linspace(0, min(t.budget for t in tasks), grid_points)
+        for metric in DIAGNOSTICS:
+            for a in data.algos:
+                rows = []
+                for t in tasks:
+                    for r in t.runs.get(a, []):
+                        df = data.frames.get(r.run_id)
+                        if df is None or metric not in df:
+                            continue
+                        ok = df[metric].notna().to_numpy()
+                        if ok.sum() >= 2:
+                            rows.append(np.interp(grid, df["env_steps"].to_numpy(np.float64)[ok],
+                                                  df[metric].to_numpy(np.float64)[ok]))
+                if rows:
+                    out.setdefault(fam, {}).setdefault(metric, {})[a] = mean_band(
+                        np.stack(rows), grid, reps, confidence, _rng(seed, "diagnostics", fam, metric, a))
+    return {fam: d for fam, d in out.items() if "kl_delta" in d}
 
 
 DEFAULT_BASELINE = "mappo"
@@ -1048,6 +1089,9 @@ def analyse(
                 mean_band(per_seed, grid, reps, confidence, _rng(seed, "raw-curve", td.key, a)), per_seed)
     res.timings["summary"] = time.perf_counter() - t
     res.cost, res.cost_warnings = costs(data)
+    t = time.perf_counter()
+    res.diagnostics = diagnostics(data, min(reps, 2000), confidence, seed)
+    res.timings["diagnostics"] = time.perf_counter() - t
 
     if not data.agg_tasks:
         return res

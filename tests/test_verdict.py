@@ -137,3 +137,23 @@ def test_wall_clock_ranges_share_one_unit() -> None:
 
     assert secs_range(168.0, 103.0, 140.0) == "2.8 min (1.7–2.3 min)"
     assert secs_range(50.0, 40.0, 60.0) == "50 s (40–60 s)"
+
+
+def test_marpos_diagnostics_appear_per_family_when_its_runs_log_them(tmp_path) -> None:
+    study = tmp_path / "diag"
+    write_synthetic_study(study, ALGOS3, TASKS2, seeds=3, incomplete=False)
+    assert analyse(study, reps=200).diagnostics == {}  # nothing logged: no section
+    for run in (study / "runs").iterdir():
+        if run.name.startswith("marpo__"):
+            rows = pd.read_parquet(run / "metrics.parquet").to_dict("records")
+            for i, r in enumerate(rows):
+                r["kl_delta"], r["clip_fraction"] = (0.08 - 0.003 * i, 0.01 * i) if i else (float("nan"),) * 2
+            store.write_metrics(run, rows, overwrite=True)
+    res = analyse(study, reps=200)
+    assert sorted(res.diagnostics) == ["jax_mpe", "smax"]
+    delta = res.diagnostics["smax"]["kl_delta"]
+    assert list(delta) == ["marpo"] and delta["marpo"].point[-1] < delta["marpo"].point[1]  # δ decays
+    assert "clip_low_p5" not in res.diagnostics["smax"]  # not logged: no panel
+    from marpo_bench.report import render_html
+
+    assert 'id="diagnostics"' in render_html(res)

@@ -179,6 +179,31 @@ def cost_figure(res: Analysis) -> str:
         return to_svg(fig)
 
 
+def diagnostics_figure(res: Analysis) -> str:
+    """MARPO's diagnostics: one row per env family, one panel per diagnostic, a line per algorithm
+    that logs it (mean over runs with bootstrap bands)."""
+    from marpo_bench.analysis import DIAGNOSTICS
+
+    cols = colours(res.data.algos)
+    fams = list(res.diagnostics)
+    metrics = [m for m in DIAGNOSTICS if any(m in res.diagnostics[f] for f in fams)]
+    with _style():
+        fig, axes = plt.subplots(len(fams), len(metrics), figsize=(2.6 * len(metrics), 2.3 * len(fams) + 0.5),
+                                 squeeze=False)
+        for i, fam in enumerate(fams):
+            for j, m in enumerate(metrics):
+                ax = axes[i][j]
+                for a, band in res.diagnostics[fam].get(m, {}).items():
+                    _band(ax, band, cols[a], a)
+                ax.set_title(f"{fam}: {DIAGNOSTICS[m]}", fontsize=8)
+                ax.xaxis.set_major_formatter(_STEPS)
+                ax.tick_params(labelsize=7)
+        shown = [a for a in res.data.algos if any(a in d for f in fams for d in res.diagnostics[f].values())]
+        _legend(fig, shown, cols)
+        fig.tight_layout(rect=(0, 0, 1, 1 - 0.35 / fig.get_figheight()))
+        return to_svg(fig)
+
+
 def _grid(n: int, ncols: int = 3, w: float = 3.4, h: float = 2.5) -> tuple[Figure, list[plt.Axes]]:
     """``n`` panels, ``ncols`` per row, each about ``w`` x ``h`` inches."""
     ncols = min(ncols, n)

@@ -194,6 +194,9 @@ def context(res: Analysis, seed_traces: bool = False) -> dict[str, Any]:
         if res.task_curves:
             add("task_curves", "Sample efficiency per task", plots.task_curves_figure(res),
                 "per-task IQM normalised score against env steps")
+    if res.diagnostics:
+        add("diagnostics", "MARPO's diagnostics", plots.diagnostics_figure(res),
+            "MARPO's KL budget, clip bounds, clip fraction and reflection term against env steps, per env family")
     if res.poi:
         add("poi", "Probability of improvement", plots.poi_figure(res), "probability of improvement per pair")
     add("raw_curves", "Evaluation return / win rate per task", plots.raw_curves_figure(res, seed_traces),
