@@ -1198,6 +1198,9 @@ def to_jsonable(res: Analysis) -> dict[str, Any]:
         "summary": [{"task": s.task, "algo": s.algo, "final": est(s.mean), "score": s.score, "seeds": s.seeds,
                      "budget": s.budget} for s in res.summary],
         "excluded": [e.__dict__ for e in res.data.excluded],
+        "configs": {r["run_id"]: {"config": r.get("config"), "overrides": r.get("overrides") or []}
+                    for r in res.data.records
+                    if any(r["run_id"] == s.run_id for t in res.data.tasks for rs in t.runs.values() for s in rs)},
         "notes": res.notes,
     }
 

@@ -157,3 +157,39 @@ def test_marpos_diagnostics_appear_per_family_when_its_runs_log_them(tmp_path) -
     from marpo_bench.report import render_html
 
     assert 'id="diagnostics"' in render_html(res)
+
+
+def test_configs_are_one_table_of_the_settings_that_differ(study) -> None:
+    from marpo_bench.report.render import config_table
+
+    res = analyse(study, reps=200)
+    table = config_table(res)
+    assert table["rows"] == [] and table["same"] == 3  # the synthetic runs share lr, num_envs and clip
+    records = [r for r in res.data.records if r["algo"] == "qmix" and r["env"] == "smax"]
+    for r in records:
+        r["config"] = {**r["config"], "lr": 1e-3, "buffer_size": 5000}
+    table = config_table(res)
+    cols = table["columns"]
+    assert cols == ["marpo · jax_mpe", "marpo · smax", "qmix · jax_mpe", "qmix · smax", "mappo · jax_mpe",
+                    "mappo · smax"]
+    assert table["rows"] == [("lr", ["0.0005", "0.0005", "0.0005", "0.001", "0.0005", "0.0005"])]  # buffer: qmix only
+
+
+@pytest.mark.parametrize("commits, says", [
+    (["af6d829d33269e0bdf498a6a810e24618391c50c", "30db9e9f90897d9fab7249d02f3804a30271bf13"],
+     "with the same numerics-relevant code"),
+    (["613e754", "af6d829d33269e0bdf498a6a810e24618391c50c"], "baselines/mappo.py, baselines/qmix.py"),
+    (["0" * 40, "af6d829d33269e0bdf498a6a810e24618391c50c"], "is unknown"),
+    (["af6d829d33269e0bdf498a6a810e24618391c50c"], "all runs come from one commit"),
+])
+def test_provenance_says_whether_the_numerics_relevant_code_changed_between_commits(commits, says) -> None:
+    import subprocess
+
+    from marpo_bench.report.render import numerics_changes
+
+    root = Path(__file__).resolve().parents[1]
+    have = subprocess.run(["git", "cat-file", "-e", "af6d829d33269e0bdf498a6a810e24618391c50c"], cwd=root,
+                          capture_output=True)
+    if have.returncode != 0:
+        pytest.skip("this checkout has no git history")
+    assert says in numerics_changes(commits)

@@ -137,22 +137,63 @@ def _provenance(res: Analysis) -> dict[str, Any]:
                 grid.append({"task": t.key, "algo": a, "seeds": ", ".join(str(r.seed) for r in rs),
                              "budgets": ", ".join(steps(b) for b in budgets), "common": steps(t.budget),
                              "final": steps(max(r.final_steps for r in rs))})
-    # distinct configs per algorithm label
-    labels = {r.run_id: r.algo for t in res.data.tasks for rs in t.runs.values() for r in rs}
-    configs: dict[str, dict[str, list[str]]] = defaultdict(lambda: defaultdict(list))
-    for r in recs:
-        text = json.dumps({"config": r.get("config"), "overrides": r.get("overrides") or [],
-                           "eval_mode": r.get("eval_mode"), "eval_episodes": r.get("eval_episodes")},
-                          indent=2, sort_keys=True, default=str)
-        configs[labels[r["run_id"]]][text].append(f"{r['env']}:{r['task']}")
-    config_rows = []
-    for a in res.data.algos:
-        for text, where in configs.get(a, {}).items():
-            tasks = sorted(set(where))
-            config_rows.append({"algo": a, "tasks": ", ".join(tasks), "runs": len(where), "text": text,
-                                "distinct": len(configs[a])})
     return {"versions": version_rows, "commits": commits.most_common(), "hosts": host_rows,
-            "threads": sorted(threads.items()), "grid": grid, "configs": config_rows, "runs_used": len(recs)}
+            "threads": sorted(threads.items()), "grid": grid, "configs": config_table(res), "runs_used": len(recs),
+            "numerics": numerics_changes([c for c, _ in commits.most_common() if c != "unknown"])}
+
+
+def config_table(res: Analysis) -> dict[str, Any]:
+    """The hyperparameters that differ between the study's algorithms and env families, as one
+    table: a column per (algorithm, family), the resolved value per row ("–": the algorithm has no
+    such setting; runs of one column that disagree show every value). Settings equal wherever they
+    exist are counted, not listed; full configs are in analysis.json."""
+    used = {r.run_id: r.algo for t in res.data.tasks for rs in t.runs.values() for r in rs}
+    values: dict[tuple[str, str], dict[str, set[str]]] = defaultdict(lambda: defaultdict(set))
+    for rec in res.data.records:
+        if rec["run_id"] in used:
+            for key, v in (rec.get("config") or {}).items():
+                values[(used[rec["run_id"]], rec["env"])][key].add(json.dumps(v, default=str))
+    columns = [(a, f) for a in res.data.algos for f in sorted({f for x, f in values if x == a})]
+    keys = sorted({k for c in values.values() for k in c})
+    cell = {(k, c): ", ".join(sorted(values[c].get(k, {"–"}))) for k in keys for c in columns}
+    # a setting differs when the columns that have it disagree (one algorithm's own settings that are
+    # the same on every family are not differences)
+    differ = [k for k in keys if len({cell[(k, c)] for c in columns if k in values[c]}) > 1]
+    return {"columns": [f"{a} · {f}" for a, f in columns], "rows": [(k, [cell[(k, c)] for c in columns])
+                                                                   for k in differ],
+            "same": len(keys) - len(differ)}
+
+
+# The code whose change can change a run's numbers (the rest: CLI, storage, report).
+NUMERICS_PATHS = ("marpo_bench/algos", "marpo_bench/envs", "marpo_bench/nets.py", "marpo_bench/train.py",
+                  "baselines")
+
+
+def numerics_changes(commits: list[str]) -> str:
+    """Whether the numerics-relevant code (:data:`NUMERICS_PATHS`) differs between the runs'
+    commits, read from this checkout's git history (one sentence)."""
+    import subprocess
+
+    if len(commits) < 2:
+        return "all runs come from one commit" if commits else "the runs do not record their commit"
+    root = Path(__file__).resolve().parents[2]
+    changed: set[str] = set()
+    first = commits[0]
+    for other in commits[1:]:
+        try:
+            out = subprocess.run(["git", "diff", "--name-only", first, other, "--", *NUMERICS_PATHS], cwd=root,
+                                 capture_output=True, text=True, timeout=20)
+        except (OSError, subprocess.SubprocessError):
+            return f"{len(commits)} commits; whether their numerics-relevant code differs is unknown (no git here)"
+        if out.returncode != 0:
+            return (f"{len(commits)} commits; whether their numerics-relevant code differs is unknown (commit "
+                    f"{other[:8]} is not in this checkout's history)")
+        changed |= set(filter(None, out.stdout.splitlines()))
+    if not changed:
+        return f"{len(commits)} commits, with the same numerics-relevant code ({', '.join(NUMERICS_PATHS)})"
+    shown = ", ".join(sorted(changed)[:8]) + (f" and {len(changed) - 8} more" if len(changed) > 8 else "")
+    return (f"{len(commits)} commits whose numerics-relevant code differs: {shown} changed; runs of different "
+            "commits may not compute the same numbers")
 
 
 def _normalisation_rows(res: Analysis) -> list[dict[str, Any]]:
