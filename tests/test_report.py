@@ -189,7 +189,8 @@ def test_html_is_self_contained_and_complete(reported):
                  "P(marpo &gt; qmix)", "Performance profiles", "Sample efficiency", "Per-task results",
                  "Normalisation", "Provenance", "jax_mpe:simple_spread", "smax:3m", "-80.54", "-22.24",
                  "Scores outside [0, 1] (1)", "Runs not used (2)", "failed", "interrupted", "FloatingPointError",
-                 "0123456789abcdef", "torch", "2.13.0", "<details>", "last 3 evaluation points"):
+                 "0123456789abcdef", "torch", "2.13.0", "Hyperparameters that differ", "Numerics:",
+                 "last 3 evaluation points", "Cost", "run-hours", "Verdict"):
         assert text in html, text
 
 
