@@ -214,6 +214,49 @@ def test_pdf_has_one_page_per_section_in_order(reported):
         assert text in alltext, text
 
 
+SECTION_TITLES = ("Aggregate metrics", "Probability of improvement", "Performance profiles", "Sample efficiency",
+                  "Cost", "MARPO's diagnostics", "Per-task results", "Learning curves", "Normalisation", "Provenance")
+
+
+def page_fills(pdf_path: Path, images: Path | None = None) -> list[tuple[float, str]]:
+    """(fill, text) per page: how far down the page's body the last ink reaches (0 to 1; the footer
+    band excluded), from a 50-dpi rendering; ``images``: where to save each page as a PNG."""
+    pdfium = pytest.importorskip("pypdfium2", reason="pypdfium2 (dev extra) renders the PDF's pages")
+    pypdf = pytest.importorskip("pypdf")
+    texts = [p.extract_text() or "" for p in pypdf.PdfReader(str(pdf_path)).pages]
+    doc = pdfium.PdfDocument(str(pdf_path))
+    out = []
+    for i, text in enumerate(texts):
+        image = doc[i].render(scale=50 / 72).to_pil()
+        if images is not None:
+            images.mkdir(parents=True, exist_ok=True)
+            image.save(images / f"page-{i + 1:02d}.png")
+        ink = np.asarray(image.convert("L"))
+        bottom = int(ink.shape[0] * 0.92)  # the page-number footer sits below this
+        rows = np.flatnonzero((ink[:bottom] < 200).any(axis=1))
+        top = 20  # the top margin, 12 mm at 50 dpi
+        out.append(((rows.max() - top) / (bottom - top) if rows.size else 0.0, text))
+    return out
+
+
+@needs_pdf
+def test_no_pdf_page_is_less_than_a_third_full_except_a_sections_last(tmp_path):
+    """A heading alone on a page, a table kept whole on the next page, a mostly blank page: the
+    layout problems of the first round's report (4 algorithms x 6 tasks shows them: its per-task,
+    normalisation and provenance tables are longer than a page). Page images:
+    test-artifacts/report-pages/."""
+    study = tmp_path / "big"
+    write_synthetic_study(study, ["marpo", "mappo", "qmix", "ippo"], ALL_TASKS, seeds=3)
+    write_report(analyse(study, reps=500), tmp_path / "report", ("pdf",))
+    fills = page_fills(tmp_path / "report" / "report.pdf", ARTIFACTS / "report-pages")
+    starts = [i for i, (_, text) in enumerate(fills) if text.startswith(SECTION_TITLES)]
+    last_of_section = {i - 1 for i in starts} | {len(fills) - 1}
+    short = [(i + 1, round(f, 2), text[:40]) for i, (f, text) in enumerate(fills)
+             if i not in last_of_section and f < 1 / 3]
+    assert not short, short
+    assert len(starts) >= 8, [t[:30] for _, t in fills]
+
+
 @needs_pdf
 def test_pdf_figures_are_vector_graphics(reported):
     pypdf = pytest.importorskip("pypdf")

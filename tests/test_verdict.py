@@ -124,7 +124,7 @@ def test_bold_marks_a_best_only_where_its_ci_clears_every_other(study, tmp_path)
     from marpo_bench.report import render_html
 
     html = render_html(analyse(study, reps=2000))
-    table = html[html.index('<section id="tasks"'):html.index("<h3>Learning curves</h3>")]
+    table = html[html.index('<section id="tasks"'):html.index('<section id="curves"')]
     bold = re.findall(r'<td class="num best">([-0-9.]+)', table)
     assert bold and len(bold) <= 2  # marpo clears mappo and qmix on the learned tasks, never on 5m_vs_6m
     row = r"<tr>\s*<td>(?:<b>([^<]+)</b>)?</td>\s*<td><span[^>]*></span>(\w+)</td>\s*<td class=\"num( best)?\""
