@@ -934,8 +934,12 @@ def costs(data: StudyScores) -> tuple[dict[str, Cost], list[str]]:
                       float(np.mean(threads)) if threads else math.nan)
         used += [rec[r.run_id] for r in runs]
     warnings = []
-    machines = Counter(f"{(r.get('host') or {}).get('processor') or '?'} ({(r.get('host') or {}).get('cpus') or '?'} "
-                       f"CPUs{', ' + r['host']['gpu'] if (r.get('host') or {}).get('gpu') else ''})" for r in used)
+    def machine(r: dict) -> str:
+        h = r.get("host") or {}
+        gpu = f", {h['gpu']}" if h.get("gpu") else ""
+        return f"{h.get('cpu_model') or h.get('processor') or '?'} ({h.get('cpus') or '?'} CPUs{gpu})"
+
+    machines = Counter(machine(r) for r in used)
     if len(machines) > 1:
         warnings.append(f"the runs' timings come from {len(machines)} different machines "
                         f"({'; '.join(f'{n} runs on {m}' for m, n in machines.most_common())}): wall-clock and "

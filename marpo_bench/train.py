@@ -213,8 +213,20 @@ def _host(device: torch.device) -> dict[str, Any]:
     gpu = torch.cuda.get_device_name(device) if device.type == "cuda" else None
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
     return {"machine": platform.machine(), "processor": platform.processor() or platform.machine(),
-            "cpus": os.cpu_count(), "gpu": gpu, "system": platform.system(),
+            "cpu_model": _cpu_model(), "cpus": os.cpu_count(), "gpu": gpu, "system": platform.system(),
             "load_1min": round(load, 2) if load is not None else None}
+
+
+def _cpu_model() -> str | None:
+    """The CPU's model name (Linux ``/proc/cpuinfo``; None elsewhere): runs timed on different CPU
+    models are flagged in the report's cost section."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return None
 
 
 def _now() -> str:

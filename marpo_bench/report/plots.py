@@ -165,7 +165,7 @@ def cost_figure(res: Analysis) -> str:
     algorithm's IQM curve at its own mean seconds per env step (and torch threads)."""
     cols = colours(res.data.algos)
     with _style():
-        fig, axes = plt.subplots(1, 2, figsize=(9.6, 3.4))
+        fig, axes = plt.subplots(1, 2, figsize=(9.6, 2.9))
         for ax, cpu in zip(axes, (False, True), strict=True):
             for a in res.data.algos:
                 c = res.cost[a]
@@ -174,7 +174,7 @@ def cost_figure(res: Analysis) -> str:
             ax.set_xlabel("CPU-hours per run" if cpu else "wall-clock hours per run")
             ax.set_ylabel("IQM normalised score")
             ax.set_ylim(bottom=0)
-        axes[0].legend(frameon=False, loc="upper left")
+        axes[0].legend(frameon=False, loc="lower right")
         fig.tight_layout()
         return to_svg(fig)
 
