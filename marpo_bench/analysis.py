@@ -427,7 +427,7 @@ def first_crossing(x: np.ndarray, y: np.ndarray, target: float) -> float:
     """The first x at which the curve ``y(x)`` reaches ``target``, linearly interpolated between
     grid points; NaN when it never does."""
     x, y = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
-    hit = np.flatnonzero(y >= target)
+    hit = np.flatnonzero(y >= target - 1e-9 * max(1.0, abs(target)))  # a curve ending at its target reaches it
     if hit.size == 0:
         return math.nan
     i = int(hit[0])
@@ -639,8 +639,8 @@ class StudyScores:
             out[a] = []
             for k in self.agg_tasks:
                 td = self.task(k)
-                limit = fraction * td.budget * (1 + BUDGET_SLACK)
-                raw = np.array([r.raw[r.steps <= limit][-self.last_k:].mean() for r in td.runs[a]])
+                raw = np.array([final_along(r, np.array([fraction * td.budget]), self.last_k)[0]
+                                for r in td.runs[a]])
                 out[a].append(np.clip(normalise(raw, td.env, td.task, td.bounds), 0.0, 1.0))
         return out
 
@@ -949,6 +949,9 @@ def costs(data: StudyScores) -> tuple[dict[str, Cost], list[str]]:
     if busy:
         warnings.append(f"{len(busy)} of {len(used)} runs started on a machine busier than its CPU count (1-minute "
                         "load average in run.json): their timings include waiting for a CPU")
+    if not any((r.get("host") or {}).get("cpu_model") for r in used):
+        warnings.append("the runs do not record their CPU model (run.json's host.cpu_model, recorded by runs trained "
+                        "since it was added): runs timed on different CPUs cannot be told apart")
     if not any((r.get("host") or {}).get("load_1min") is not None for r in used):
         warnings.append("the runs do not record the machine's load (run.json's host.load_1min, recorded by runs "
                         "trained since it was added): timings from a shared machine may include waiting")
@@ -992,6 +995,15 @@ def poi_pairs(algos: Sequence[str], baseline: str | None) -> list[tuple[str, str
     rest = [a for a in algos if a != baseline]
     pairs += [(a, b) for i, a in enumerate(rest) for b in rest[i + 1:]]
     return pairs
+
+
+def final_along(run: RunScore, x: np.ndarray, last_k: int) -> np.ndarray:
+    """The run's "final" raw score had it stopped at each ``x``: the mean of its last ``last_k``
+    evaluation points at or before ``x`` (with the budget slack), the rule of the aggregate table,
+    so a sample-efficiency curve ends exactly at the final IQM."""
+    n = np.searchsorted(run.steps, np.asarray(x, dtype=np.float64) * (1 + BUDGET_SLACK), side="right")
+    # the same mean of the same slice as the final score (bit for bit); the step-0 evaluation always exists
+    return np.array([run.raw[max(m - last_k, 0):m].mean() for m in np.maximum(n, 1)])
 
 
 def _interp(run: RunScore, x: np.ndarray, values: np.ndarray) -> np.ndarray:
@@ -1160,7 +1172,8 @@ def analyse(
         curves[a] = []
         for k in data.agg_tasks:
             td = data.task(k)
-            curves[a].append(np.stack([np.clip(normalise(_interp(r, grid, r.raw), td.env, td.task, td.bounds), 0, 1)
+            curves[a].append(np.stack([np.clip(normalise(final_along(r, grid, data.last_k), td.env, td.task,
+                                                         td.bounds), 0, 1)
                                        for r in td.runs[a]]))
     res.curve = iqm_curves(curves, grid, reps, confidence, seed, key="aggregate")
     if baseline is not None and baseline in res.curve:
@@ -1170,7 +1183,7 @@ def analyse(
     for k in data.agg_tasks:
         td = data.task(k)
         tgrid = np.linspace(0, td.budget, grid_points)
-        per = {a: [np.stack([np.clip(normalise(_interp(r, tgrid, r.raw), td.env, td.task, td.bounds), 0, 1)
+        per = {a: [np.stack([np.clip(normalise(final_along(r, tgrid, data.last_k), td.env, td.task, td.bounds), 0, 1)
                              for r in td.runs[a]])] for a in data.algos}
         res.task_curves[k] = iqm_curves(per, tgrid, reps, confidence, seed, key=k)
     res.timings["curves"] = time.perf_counter() - t

@@ -60,12 +60,30 @@ def sentence(v: Verdict, confidence: float) -> str:
             f"IQM {_ci(v.iqm)} vs {_ci(v.iqm_baseline)} ({round(100 * confidence)}% CIs).")
 
 
+def efficiency_sentences(res: Analysis) -> list[str]:
+    """e.g. "marpo needs 0.91x mappo's env steps and 1.05x its wall-clock time to reach mappo's final
+    IQM (0.660)"; "never reaches it within the budget" where its curve stays below."""
+    out = []
+    for a, r in res.reach.items():
+        if a == res.baseline:
+            continue
+        if r.steps != r.steps:  # NaN: not reached
+            own = res.aggregates[a]["IQM"].point if a in res.aggregates else float("nan")
+            out.append(f"{a} does not reach {res.baseline}'s final IQM ({r.target:.3f}) within the budget (its own "
+                       f"final IQM: {own:.3f}).")
+            continue
+        time = f" and {r.seconds_ratio:.2f}x its wall-clock time" if r.seconds_ratio == r.seconds_ratio else ""
+        out.append(f"{a} needs {r.steps_ratio:.2f}x {res.baseline}'s env steps{time} to reach {res.baseline}'s "
+                   f"final IQM ({r.target:.3f}).")
+    return out
+
+
 def headline(res: Analysis) -> list[str]:
     """The verdict's sentences, then what they rest on (a note on multiple comparisons, the tasks
     left out); a one-line explanation when there is nothing to compare."""
     vs = verdicts(res)
     d = res.data
-    lines = [sentence(v, res.confidence) for v in vs]
+    lines = [sentence(v, res.confidence) for v in vs] + efficiency_sentences(res)
     if not vs:
         if not d.agg_tasks:
             lines.append("No verdict: no task is run by every algorithm with a normalised score (see the per-task "
