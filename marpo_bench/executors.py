@@ -64,7 +64,6 @@ from marpo_bench.train import (
     faults_from_env,
     remove_stale_temp_files,
     train_run,
-    writer_alive,
     writer_info,
 )
 
@@ -332,6 +331,12 @@ class QueueSink:
     def previous(self) -> tuple[str | None, dict | None]:
         return self._previous
 
+    def acquire(self) -> bool:
+        return True  # the driver holds the run's writer lock while the task runs
+
+    def close(self) -> None:
+        pass
+
     def write_record(self, record: dict) -> None:
         self.queue.put(("record", self.run_id, record))
 
@@ -545,6 +550,7 @@ def run_ray(specs: list[RunSpec], results: Path, study: str, console: Console, *
         driver = _DriverStore(results, study, bars, console)
         todo = deque((s, 1) for s in specs)
         inflight: dict[Any, tuple[RunSpec, int]] = {}
+        locks: dict[str, store.WriterLock] = {}  # the driver writes the store: it holds the runs' locks
         try:
             while todo or inflight:
                 while todo and len(inflight) < capacity:  # ship checkpoints only for runs about to start
@@ -559,6 +565,11 @@ def run_ray(specs: list[RunSpec], results: Path, study: str, console: Console, *
                     if status == "complete":
                         out.append(bars.finish(RunResult(spec.run_id, "skipped")))
                         continue
+                    lock = locks.get(spec.run_id) or store.WriterLock.acquire(path)
+                    if lock is None:
+                        out.append(bars.finish(RunResult(spec.run_id, "skipped", "being trained by another process")))
+                        continue
+                    locks[spec.run_id] = lock
                     remove_stale_temp_files(path)
                     ref = task.remote(spec, study, status, ckpt, q, checkpoint_every, faults, attempt, threads)
                     inflight[ref] = (spec, attempt)
@@ -582,6 +593,7 @@ def run_ray(specs: list[RunSpec], results: Path, study: str, console: Console, *
                         continue
                     if crashed:
                         _mark(results, study, spec, "failed", res.message, driver.records.get(spec.run_id))
+                    locks.pop(spec.run_id).release()
                     out.append(bars.finish(res))
         except KeyboardInterrupt:
             with contextlib.suppress(Exception):
@@ -593,6 +605,9 @@ def run_ray(specs: list[RunSpec], results: Path, study: str, console: Console, *
                     _mark(results, study, spec, "interrupted", "interrupted by the user",
                           driver.records.get(spec.run_id))
             raise
+        finally:
+            for lock in locks.values():
+                lock.release()
     return out
 
 
@@ -665,8 +680,9 @@ def study_status(study_path: Path) -> list[dict[str, Any]]:
                                "message": str(exc)}
             continue
         status, message = rec["status"], rec.get("message") or ""
-        if status == "running" and writer_alive(rec) is False:
-            status, message = "interrupted", f"process {rec['writer']['pid']} is gone (killed?); re-run to resume"
+        if status == "running" and not store.writer_active(path):  # its writer lock died with its process
+            pid = (rec.get("writer") or {}).get("pid", "?")
+            status, message = "interrupted", f"process {pid} is gone (killed?); re-run to resume"
         rows[path.name] = {**{k: rec.get(k) for k in ("run_id", "algo", "env", "task", "seed", "budget")},
                            "status": status, "env_steps": rec.get("env_steps", 0), "attempt": rec.get("attempt"),
                            "message": message}
@@ -676,14 +692,14 @@ def study_status(study_path: Path) -> list[dict[str, Any]]:
 
 
 def busy_runs(results: Path, study: str, specs: list[RunSpec]) -> list[tuple[str, int]]:
-    """Runs of ``specs`` that another live process on this host is training: (run_id, pid)."""
+    """Runs of ``specs`` that another live process is training (it holds the run's writer lock):
+    (run_id, its pid as recorded in run.json)."""
     out = []
     for spec in specs:
         path = store.run_dir(results, study, spec.run_id)
-        if store.run_status(path) == "running":
-            rec = store.read_run_json(path)
-            if writer_alive(rec) and rec["writer"]["pid"] != os.getpid():
-                out.append((spec.run_id, rec["writer"]["pid"]))
+        if store.writer_active(path):
+            rec = store.read_run_json(path) if store.run_status(path) is not None else {}
+            out.append((spec.run_id, (rec.get("writer") or {}).get("pid", "?")))
     return out
 
 

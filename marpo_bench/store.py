@@ -19,6 +19,8 @@ silently: :func:`write_run_json` and :func:`write_metrics` refuse unless ``overw
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import io
 import json
 import math
@@ -280,6 +282,61 @@ def _refuse_if_complete(run_path: Path, filename: str) -> None:
             f"run {_show(run_path)} is complete; refusing to overwrite its {filename} "
             f"(delete the run directory to re-run it)"
         )
+
+
+# --------------------------------------------------------------------------------------------
+# who trains a run: an OS lock, not a pid
+
+WRITER_LOCK = ".writer.lock"
+
+
+class WriterLock:
+    """An exclusive ``flock`` on a run directory's lock file, held by the process that trains the
+    run for as long as it does. The OS drops it when that process ends, however it ends (``kill
+    -9`` included), so a dead writer never looks alive, and a reused pid never looks like the writer
+    (``os.kill(pid, 0)`` was fooled by both). Two processes cannot hold it at once: one run is never
+    trained twice at the same time."""
+
+    def __init__(self, handle: Any) -> None:
+        self._handle = handle
+
+    @classmethod
+    def acquire(cls, run_path: Path) -> WriterLock | None:
+        """The lock of ``run_path`` (created if needed), or None when another process holds it."""
+        run_path = Path(run_path)
+        run_path.mkdir(parents=True, exist_ok=True)
+        handle = open(run_path / WRITER_LOCK, "a")  # noqa: SIM115 (held open for the run's lifetime)
+        try:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.close()
+            return None
+        return cls(handle)
+
+    def release(self) -> None:
+        if self._handle is not None:
+            with contextlib.suppress(OSError):
+                fcntl.flock(self._handle.fileno(), fcntl.LOCK_UN)
+            self._handle.close()
+            self._handle = None
+
+
+def writer_active(run_path: Path) -> bool:
+    """Whether a live process holds ``run_path``'s writer lock (on this machine's file system)."""
+    path = Path(run_path) / WRITER_LOCK
+    if not path.exists():
+        return False
+    try:
+        handle = open(path, "a")  # noqa: SIM115
+    except OSError:
+        return False
+    with handle:
+        try:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+    return False
 
 
 # --------------------------------------------------------------------------------------------

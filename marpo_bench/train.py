@@ -291,6 +291,14 @@ def _one_line(exc: BaseException) -> str:
 class RunSink(Protocol):
     """Receives everything a run writes; hands over what an earlier attempt left."""
 
+    def acquire(self) -> bool:
+        """Become the run's only writer (False: another live process trains it now)."""
+        ...
+
+    def close(self) -> None:
+        """Stop being its writer (always called once ``acquire`` returned True)."""
+        ...
+
     def previous(self) -> tuple[str | None, dict | None]:
         """The earlier attempt's status (None: never started) and checkpoint state (or None)."""
         ...
@@ -310,23 +318,9 @@ class RunSink(Protocol):
 
 
 def writer_info() -> dict[str, Any]:
-    """Who writes a run.json: host and pid, so ``status`` can tell a live run from a dead one."""
+    """Who writes a run.json: host and pid (for messages; liveness is the run's writer lock,
+    ``store.WriterLock``)."""
     return {"host": socket.gethostname(), "pid": os.getpid()}
-
-
-def writer_alive(record: dict) -> bool | None:
-    """Whether the process that last wrote ``record`` still runs: True/False on this host, None when
-    it was written elsewhere (or records no writer)."""
-    writer = record.get("writer") or {}
-    if writer.get("host") != socket.gethostname() or not isinstance(writer.get("pid"), int):
-        return None
-    try:
-        os.kill(writer["pid"], 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def remove_stale_temp_files(run_path: Path) -> None:
@@ -341,6 +335,16 @@ class StoreSink:
 
     def __init__(self, run_path: Path) -> None:
         self.run_path = Path(run_path)
+        self._lock: store.WriterLock | None = None
+
+    def acquire(self) -> bool:
+        self._lock = store.WriterLock.acquire(self.run_path)
+        return self._lock is not None
+
+    def close(self) -> None:
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
 
     def previous(self) -> tuple[str | None, dict | None]:
         status = store.run_status(self.run_path)
@@ -455,6 +459,17 @@ def train_run(spec: RunSpec, results: Path | None = None, study: str = "default"
         if results is None:
             raise ValueError("train_run needs a results directory or a sink")
         sink = StoreSink(store.run_dir(results, study, spec.run_id))
+    if not sink.acquire():  # another live process trains this run now: leave it alone
+        return RunResult(spec.run_id, "skipped", "being trained by another process")
+    try:
+        return _train_run(spec, sink, progress, checkpoint_every, faults, attempt)
+    finally:
+        sink.close()
+
+
+def _train_run(spec: RunSpec, sink: RunSink, progress: ProgressFn | None, checkpoint_every: int | None,
+               faults: tuple[Fault, ...] | None, attempt: int) -> RunResult:
+    """:func:`train_run`'s body, run while holding the run's writer lock."""
     problem = ""
     try:
         status, ckpt = sink.previous()

@@ -231,10 +231,11 @@ def test_ctrl_c_stops_a_parallel_grid_cleanly_and_rerun_finishes_it(tmp_path):
 def test_status_shows_complete_interrupted_failed_running_and_pending_runs(tmp_path):
     specs = [RunSpec("mappo", "jax_mpe", "simple_spread", s, 1000) for s in range(5)]
     write_plan(tmp_path, "st", specs, {"preset": None})
-    dead = subprocess.Popen([sys.executable, "-c", "pass"])
-    dead.wait()
     host = __import__("socket").gethostname()
-    states = [("complete", None), ("failed", None), ("running", dead.pid), ("running", os.getpid())]
+    # seed 2: "running", but its writer died (a kill -9 leaves the lock file, not the lock); its pid
+    # is this very process's, alive, which fooled the old os.kill(pid, 0) check. seed 3: its writer
+    # holds the lock.
+    states = [("complete", None), ("failed", None), ("running", os.getpid()), ("running", os.getpid())]
     for spec, (status, pid) in zip(specs, states, strict=False):
         path = store.run_dir(tmp_path, "st", spec.run_id)
         path.mkdir(parents=True)
@@ -243,6 +244,8 @@ def test_status_shows_complete_interrupted_failed_running_and_pending_runs(tmp_p
         if pid is not None:
             rec["writer"] = {"host": host, "pid": pid}
         store.write_run_json(path, rec)
+    store.WriterLock.acquire(store.run_dir(tmp_path, "st", specs[2].run_id)).release()  # a dead writer's file
+    live = store.WriterLock.acquire(store.run_dir(tmp_path, "st", specs[3].run_id))
     got = {r["seed"]: r["status"] for r in study_status(tmp_path / "st")}
     assert got == {0: "complete", 1: "failed", 2: "interrupted", 3: "running", 4: "pending"}
     res = runner.invoke(app, ["status", str(tmp_path / "st")])
@@ -251,6 +254,32 @@ def test_status_shows_complete_interrupted_failed_running_and_pending_runs(tmp_p
     assert "1 complete, 1 interrupted, 1 failed, 1 running, 1 pending (5 runs)" in text
     missing = runner.invoke(app, ["status", str(tmp_path / "nope")])
     assert missing.exit_code == 2 and "does not exist" in missing.output
+    live.release()
+    assert {r["seed"]: r["status"] for r in study_status(tmp_path / "st")}[3] == "interrupted"
+
+
+def test_a_run_held_by_another_process_is_not_trained_twice(tmp_path):
+    """Two `run` commands of one study at once: the second leaves a run that the first trains alone
+    (its writer lock), and does not touch its files."""
+    spec = RunSpec("mappo", "jax_mpe", "simple_spread", 0, 800, (("num_envs", "8"), ("epochs", "1")))
+    path = store.run_dir(tmp_path, "two", spec.run_id)
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from marpo_bench import store; "
+                               "lock = store.WriterLock.acquire(sys.argv[1]); print('held', flush=True); "
+                               "time.sleep(600)", str(path)], env=_env(), stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        res = train_run(spec, tmp_path, "two", faults=())
+        assert res.status == "skipped" and "another process" in res.message
+        assert not (path / store.RUN_JSON).exists()  # nothing written under the other writer
+        out = runner.invoke(app, ["run", "--algos", "mappo", "--envs", "jax_mpe:simple_spread", "--seeds", "1",
+                                  "--steps", "800", "--set", "num_envs=8", "--set", "epochs=1",
+                                  "--results", str(tmp_path), "--study", "two"])
+        assert out.exit_code == 2 and "being trained by another process" in " ".join(out.output.split())
+    finally:
+        holder.kill()  # as kill -9: the OS drops its lock at once
+        holder.wait(30)
+    assert not store.writer_active(path)
+    assert train_run(spec, tmp_path, "two", faults=()).status == "complete"
 
 
 def test_plan_is_written_before_runs_start_and_is_the_union_of_commands(tmp_path):
