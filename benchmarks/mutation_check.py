@@ -64,7 +64,7 @@ PPO = "marpo_bench/algos/ppo_core.py"
 MARPO = "marpo_bench/algos/marpo.py"
 MAPPO = "baselines/mappo.py"
 QMIX = "baselines/qmix.py"
-ANALYSIS = "marpo_bench/analysis.py"
+STATS = "marpo_bench/stats.py"
 TRAIN = "marpo_bench/train.py"
 SMAX = "marpo_bench/envs/smax.py"
 
@@ -100,10 +100,10 @@ MUTATIONS: list[Mutation] = [
     Mutation("M11", QMIX, "        ms = self.reward_ms if self.cfg.standardise_rewards else None\n",
              "        ms = None\n", ("tests/test_qmix.py",),
              "QMix: reward standardiser skipped in the TD targets"),
-    Mutation("M12", ANALYSIS, '        w = stratified_counts(_rng(seed, "curve", key, name), sizes, reps)\n',
-             '        w = stratified_counts(_rng(seed, "curve", key, name), [sum(sizes)], reps)\n', STATS_TESTS,
+    Mutation("M12", STATS, '        w = stratified_counts(rng_for(seed, "curve", key, name), sizes, reps)\n',
+             '        w = stratified_counts(rng_for(seed, "curve", key, name), [sum(sizes)], reps)\n', STATS_TESTS,
              "IQM curves: bootstrap not stratified by task"),
-    Mutation("M13", ANALYSIS, "    alpha = 100.0 * (1.0 - confidence) / 2.0\n",
+    Mutation("M13", STATS, "    alpha = 100.0 * (1.0 - confidence) / 2.0\n",
              "    alpha = 100.0 * (1.0 - confidence)\n", STATS_TESTS,
              "a 90% interval reported as 95%"),
     Mutation("M14", TRAIN, '        deterministic = rc.eval_mode == "greedy"\n',
@@ -166,10 +166,10 @@ MUTATIONS: list[Mutation] = [
     Mutation("X16", MARPO, "    biased = max(kl, cfg.kl_floor) + cfg.kl_bias * (1.0 - min(progress, 1.0))\n",
              "    biased = max(kl, cfg.kl_floor) + cfg.kl_bias * (1.0 - progress)\n", MARPO_TESTS,
              "MARPO: delta's bias not clamped past the horizon"),
-    Mutation("X17", ANALYSIS, "def _weighted_trimmed_mean(x: np.ndarray, weights: np.ndarray, cut: float = 0.25,",
+    Mutation("X17", STATS, "def _weighted_trimmed_mean(x: np.ndarray, weights: np.ndarray, cut: float = 0.25,",
              "def _weighted_trimmed_mean(x: np.ndarray, weights: np.ndarray, cut: float = 0.1,", STATS_TESTS,
              "IQM trims 10% instead of 25% at each end"),
-    Mutation("X18", ANALYSIS, "    return [(x[:, None] > y[None, :]) + 0.5 * (x[:, None] == y[None, :])",
+    Mutation("X18", STATS, "    return [(x[:, None] > y[None, :]) + 0.5 * (x[:, None] == y[None, :])",
              "    return [(x[:, None] >= y[None, :]) + 0.5 * (x[:, None] == y[None, :])", STATS_TESTS,
              "probability of improvement: ties counted as wins (and a half)"),
     Mutation("X19", TRAIN, "        returns[new] = ts.episode_return.cpu()[new].float()\n",

@@ -95,9 +95,9 @@ class _PhaseClock:
             return out
 
         env.step, learner.update = timed_step, timed_update
-        # JAX-backed wrappers (jax_mpe, smax) call their jitted step through ``_step_jit``; timing it
-        # separates the env's compute from the exchange. Python envs (mpe2, SMACv2) have none.
-        jitted = getattr(env, "_step_jit", None)
+        # JAX-backed wrappers call their jitted step through ``compiled_step`` (envs/base.py,
+        # CompiledStepEnv); timing it separates the env's compute from the exchange.
+        jitted = getattr(env, "compiled_step", None)
         self.has_compute = jitted is not None
         if jitted is not None:
             import jax
@@ -108,7 +108,7 @@ class _PhaseClock:
                 self.compute_s += time.perf_counter() - t0
                 return out
 
-            env._step_jit = timed_jit
+            env.compiled_step = timed_jit
 
     def snapshot(self) -> tuple[float, float, float]:
         return self.wrapper_s, self.compute_s, self.update_s

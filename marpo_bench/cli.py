@@ -13,16 +13,12 @@ from rich.table import Table
 from marpo_bench import registry, store
 from marpo_bench.config import (
     DEFAULT_THREADS,
-    RUN_SETTINGS,
     ConfigError,
     RunSpec,
-    budget_for,
-    parse_budgets,
     parse_set_options,
     parse_steps,
-    run_config,
 )
-from marpo_bench.envs import check_backend, parse_env
+from marpo_bench.envs import parse_env
 from marpo_bench.presets import (  # the default grid and bench rows live with the presets
     BENCH_ALGOS,
     BENCH_ENVS,
@@ -49,46 +45,6 @@ def fail(message: str) -> None:
     """Print a one-line error and exit with code 2 (bad input)."""
     err_console.print(f"[bold red]error:[/bold red] {message}", highlight=False, soft_wrap=True)
     raise typer.Exit(code=2)
-
-
-def plan_grid(algos: str, envs: str, seeds: int, steps: str, sets: list[str], device: str) -> list[RunSpec]:
-    """Validate every argument and build the grid of RunSpecs (ConfigError/ValueError on bad input)."""
-    from marpo_bench.train import build_config, resolve_device
-
-    algo_names = [a.strip() for a in algos.split(",") if a.strip()]
-    if not algo_names:
-        raise ConfigError(f"no algorithm given; valid: {', '.join(registry.algorithm_names())}")
-    for a in algo_names:
-        registry.algorithm_entry(a)  # ValueError naming the valid ones
-    env_pairs = [parse_env(e.strip()) for e in envs.split(",") if e.strip()]
-    if not env_pairs:
-        raise ConfigError(f"no env given; e.g. --envs {DEFAULT_ENVS} (see `marpo-bench list envs`)")
-    for fam in dict.fromkeys(f for f, _ in env_pairs):
-        check_backend(fam)  # a missing backend (e.g. StarCraft II) stops the grid before any run starts
-    if seeds <= 0:
-        raise ConfigError(f"--seeds must be a positive number of seeds, got {seeds}")
-    budgets = parse_budgets(steps)
-    unused = set(budgets) - {""} - {f for f, _ in env_pairs} - {f"{f}:{t}" for f, t in env_pairs}
-    if unused:
-        raise ConfigError(f"--steps names {', '.join(sorted(unused))}, which is not in --envs")
-    pairs = parse_set_options(sets)
-    resolve_device(device)
-    specs = [RunSpec(a, fam, task, seed, budget_for(budgets, fam, task), pairs, device)
-             for a in algo_names for fam, task in env_pairs for seed in range(seeds)]
-    # Build every config once now, so a bad --set fails before any run starts.
-    from marpo_bench.algos import get_algorithm
-
-    unscoped = {k for k, _ in pairs if "." not in k}
-    known: set[str] = set(RUN_SETTINGS)
-    run_config(pairs)  # bad run settings fail here too
-    for a in algo_names:
-        known |= set(get_algorithm(a).Config.__dataclass_fields__)
-    for k in sorted(unscoped - known):
-        raise ConfigError(f"unknown setting {k!r} for {', '.join(algo_names)}; "
-                          f"valid: {', '.join(sorted(known))}")
-    for s in {(s.algo, s.env): s for s in specs}.values():
-        build_config(s)
-    return specs
 
 
 def _csv(text: str | None) -> list[str] | None:
@@ -129,13 +85,14 @@ def run(
 ) -> None:
     """Train a grid of algorithms x envs x seeds. Re-running the same command skips complete runs and
     continues interrupted or failed ones from their last checkpoint."""
-    from marpo_bench import executors, presets
+    from marpo_bench import executors, plan, presets
     from marpo_bench.train import faults_from_env
 
     try:
         grid = presets.resolve(preset, algos=algos, envs=envs, seeds=seeds, steps=steps, sets=set_,
                                defaults=(DEFAULT_ALGOS, DEFAULT_ENVS, DEFAULT_SEEDS, DEFAULT_STEPS))
-        specs = plan_grid(grid.algos, grid.envs, grid.seeds, grid.steps, list(grid.sets), device)
+        store.check_results_dir(results)
+        specs = plan.plan_grid(grid.algos, grid.envs, grid.seeds, grid.steps, list(grid.sets), device)
         if workers <= 0:
             raise ConfigError(f"--workers must be positive, got {workers}")
         if threads <= 0:
@@ -155,13 +112,13 @@ def run(
             raise ConfigError(f"bad --study {study!r}: use a plain directory name")
         faults = faults_from_env()
         statuses = {s.run_id: store.run_status(store.run_dir(results, study, s.run_id)) for s in specs}
-        busy = executors.busy_runs(results, study, specs)
+        busy = plan.busy_runs(results, study, specs)
         if busy:
             raise ConfigError(f"{len(busy)} run(s) of this study are being trained by another process "
                               f"(pid {busy[0][1]}); wait for it or stop it, then re-run")
     except (ConfigError, ValueError, store.StoreError) as exc:
         fail(str(exc))
-    executors.write_plan(results, study, specs, {"preset": preset, "executor": executor})
+    plan.write_plan(results, study, specs, {"preset": preset, "executor": executor})
     done = sum(v == "complete" for v in statuses.values())
     redo = sum(v not in (None, "complete") for v in statuses.values())
     console.print(f"study [bold]{results / study}[/bold]: {len(specs)} runs "
@@ -311,7 +268,6 @@ def report(
     last_k: int = typer.Option(3, help="Final score = mean of the last K evaluation points."),
     seed: int = typer.Option(0, help="Seed of the bootstrap (the same seed gives the same CIs)."),
     seed_traces: bool = typer.Option(False, "--seed-traces", help="Draw every seed's learning curve."),
-    engine: str = typer.Option("fast", help="fast (vectorised) or rliable (reference; minutes at 50k reps)."),
     algos: str | None = typer.Option(None, help="Only these algorithms, comma-separated (default: all)."),
     envs: str | None = typer.Option(None, help="Only these env families or family:task pairs, comma-separated "
                                                "(default: all), e.g. jax_mpe for an ablation on MPE."),
@@ -328,7 +284,7 @@ def report(
         fail(f"unknown format {', '.join(bad) or '(none)'}; valid: {', '.join(FORMATS)}")
     t0 = time.perf_counter()
     try:
-        res = analyse(study, reps=reps, seed=seed, baseline=baseline, last_k=last_k, engine=engine,
+        res = analyse(study, reps=reps, seed=seed, baseline=baseline, last_k=last_k,
                       algos=_csv(algos), envs=_csv(envs))
         t1 = time.perf_counter()
         for note in res.notes:
@@ -357,7 +313,7 @@ def bounds(
     uniform-random policy's score once per task and records the reference scores you give, in
     STUDY/bounds.json; `report` then normalises those tasks with them."""
     from marpo_bench import normalisation as nb
-    from marpo_bench.analysis import score_kind, task_bounds
+    from marpo_bench.normalisation import score_kind, task_bounds
 
     try:
         if not study.is_dir() or not (study / "runs").is_dir():
@@ -432,7 +388,7 @@ def status(
 ) -> None:
     """Runs of a study by status: complete / interrupted / failed / running / pending (planned by
     `run` but not started)."""
-    from marpo_bench.executors import study_status
+    from marpo_bench.plan import study_status
 
     try:
         rows = study_status(study)
@@ -460,7 +416,7 @@ def status(
 @app.command()
 def regress(
     reference: Path = typer.Option(Path("results/reference"), help="The stored reference directory."),
-    suite: str = typer.Option("smoke", help="Suite the reference holds (marpo_bench/regress.py: smoke, tiny)."),
+    suite: str = typer.Option("smoke", help="Suite the reference holds (marpo_bench/regress/suites.py: smoke, tiny)."),
     mode: str = typer.Option("both", help="exact (bit-for-bit re-run of a short slice: did behaviour change?), "
                                           "stat (re-run the suite and judge: did it get worse?) or both."),
     candidate: Path | None = typer.Option(None, help="Stat mode: compare this study instead of re-training "
@@ -487,12 +443,11 @@ def regress(
         if update:
             rg.write_reference(reference, suite, reason or "", workers=workers, console=out_console)
             return
-        rg.validate_request(reference, suite, mode, candidate, tolerance, workers, out)
+        request = rg.validate_request(reference, suite, mode, candidate, tolerance, workers, out)
     except (rg.RegressError, store.StoreError) as exc:
         fail(str(exc))
     try:
-        res = rg.run_regress(reference, suite, mode, candidate=candidate, tolerance=tolerance, workers=workers,
-                             out=out, console=out_console)
+        res = rg.check(request, out_console)
     except (rg.RegressError, store.StoreError) as exc:
         fail(str(exc))
     except KeyboardInterrupt:

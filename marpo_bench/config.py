@@ -20,6 +20,11 @@ class ConfigError(ValueError):
     """A user-facing, one-line configuration error."""
 
 
+def one_line(exc: BaseException) -> str:
+    """``Type: message``, first line only: how an exception is shown to a user or stored in run.json."""
+    return (f"{type(exc).__name__}: {exc}".splitlines() or [type(exc).__name__])[0]
+
+
 @dataclass(frozen=True)
 class Recipe:
     """An algorithm's defaults for one env family or task (an entry of its ``DEFAULTS_BY_FAMILY``

@@ -1,7 +1,9 @@
-"""Normalisation bounds for tasks that have none stored: measured once, kept with the study.
+"""Score normalisation: each task's bounds, how they were measured, and bounds measured per study.
 
-A return-scored task is normalised as (return - random) / (reference - random). Built-in tasks
-carry measured bounds in their family's declaration (``EnvFamily.bounds``). For any other task (a
+A return-scored task is normalised as (return - random) / (reference - random); a win-rate task
+is already in [0, 1]. Built-in tasks carry measured bounds in their family's declaration
+(``EnvFamily.bounds``, with the text saying how they were measured; the scripted MPE oracle
+behind the reference scores lives with the tests that re-measure them). For any other task (a
 plugin's, a PettingZoo env, a task with parameters) ``marpo-bench bounds STUDY`` measures the
 uniform-random policy's score with the suite's own evaluation and stores it in
 ``STUDY/bounds.json``, with the reference score the user gives and its source::
@@ -23,12 +25,92 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from marpo_bench import store
+import numpy as np
+
+from marpo_bench import registry, store
 from marpo_bench.envs.base import TaskBounds
 
 BOUNDS_JSON = "bounds.json"
 MEASURE_EPISODES = 512
 MEASURE_SEED = 123  # the eval seed of the built-in MPE bounds' measurement
+
+
+# --------------------------------------------------------------------------------------------
+# the registered tables
+
+
+def _family(env: str) -> Any:
+    """The registered env family ``env`` (None for a family not installed here, e.g. a plugin's
+    runs read on another machine: scored as raw returns)."""
+    return registry.env_families().get(env)
+
+
+def score_kind(env: str) -> str:
+    """How a family's runs are scored: ``"win_rate"`` or ``"return"`` (its ``EnvFamily.score``)."""
+    fam = _family(env)
+    return fam.score if fam is not None else "return"
+
+
+def task_bounds(env: str, task: str) -> TaskBounds | None:
+    """The normalisation bounds of a return-scored task, from its family's declaration (or None)."""
+    fam = _family(env)
+    return fam.bounds.get(task) if fam is not None and fam.score == "return" else None
+
+
+def normalisation_table() -> dict[tuple[str, str], TaskBounds]:
+    """Every registered task's bounds, keyed by ``(env family, task)``. A task is identified by its
+    family too: two implementations of one game (mpe and jax_mpe) are measured separately."""
+    return {(name, task): b for name, fam in registry.env_families().items() if fam.score == "return"
+            for task, b in fam.bounds.items()}
+
+
+def bounds_measurements() -> dict[str, str]:
+    """How each family's bounds were obtained (``EnvFamily.measurement``), one text per distinct text."""
+    out: dict[str, str] = {}
+    for name, fam in registry.env_families().items():
+        if fam.bounds and fam.measurement:
+            out.setdefault(fam.measurement, name)
+    return {text: name for text, name in out.items()}
+
+
+def win_rate_families() -> tuple[str, ...]:
+    """The registered families scored by evaluation win rate (already in [0, 1])."""
+    return tuple(name for name, fam in registry.env_families().items() if fam.score == "win_rate")
+
+
+def normalise(values: np.ndarray | float, env: str, task: str, bounds: TaskBounds | None = None) -> np.ndarray:
+    """Raw final values -> normalised scores (unclipped). Win rates pass through; a return task is
+    normalised with ``bounds`` (default: its family's, :func:`task_bounds`) and gives NaN without
+    any (the task is then left out of aggregates)."""
+    v = np.asarray(values, dtype=np.float64)
+    if score_kind(env) == "win_rate":
+        return v.copy()
+    b = bounds or task_bounds(env, task)
+    if b is None:
+        return np.full_like(v, np.nan)
+    return (v - b.random) / (b.reference - b.random)
+
+
+class UniformRandomPolicy:
+    """Uniform over each agent's available actions: the table's random-policy score."""
+
+    def __init__(self, seed: int) -> None:
+        import torch
+
+        self.gen = torch.Generator().manual_seed(seed)
+
+    def initial_act_state(self, num_envs: int) -> None:
+        return None
+
+    def act(self, ts: Any, act_state: Any, deterministic: bool) -> tuple[Any, Any]:
+        import torch
+
+        u = torch.rand(ts.avail_actions.shape, generator=self.gen).masked_fill(~ts.avail_actions, -1.0)
+        return u.argmax(-1), act_state
+
+
+# --------------------------------------------------------------------------------------------
+# bounds measured for a study
 
 
 class BoundsError(ValueError):
@@ -81,7 +163,6 @@ def study_bounds(study_path: Path) -> dict[tuple[str, str], TaskBounds]:
 def measure_random(env: str, task: str, episodes: int = MEASURE_EPISODES, seed: int = MEASURE_SEED) -> dict[str, Any]:
     """The uniform-random policy's return on ``env:task``: one episode in each of ``episodes``
     parallel envs, evaluated as every run is (``train.evaluate``), with how it was measured."""
-    from marpo_bench.analysis import UniformRandomPolicy
     from marpo_bench.envs import make_env
     from marpo_bench.train import evaluate
 

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from importlib import metadata
 from typing import Any
 
+from marpo_bench.config import one_line
 from marpo_bench.envs.base import EnvFamily
 
 ENV_GROUP = "marpo_bench.envs"
@@ -61,10 +62,6 @@ def _origin(ep: metadata.EntryPoint) -> str:
     return f"plugin {dist.name}" if dist is not None else f"plugin {ep.value}"
 
 
-def _one_line(exc: BaseException) -> str:
-    return (f"{type(exc).__name__}: {exc}".splitlines() or [type(exc).__name__])[0]
-
-
 def _builtin_algorithm(module: str, cls: str) -> Callable[[], Any]:
     return lambda: getattr(importlib.import_module(module), cls)
 
@@ -87,7 +84,7 @@ def registry() -> Registry:
             if not isinstance(fam, EnvFamily):
                 raise TypeError(f"{ep.value} is a {type(fam).__name__}, not an EnvFamily")
         except Exception as exc:  # a broken plugin must not take the suite down
-            problems.append(f"env plugin {ep.name!r} ({ep.value}) failed to load and is left out: {_one_line(exc)}")
+            problems.append(f"env plugin {ep.name!r} ({ep.value}) failed to load and is left out: {one_line(exc)}")
             continue
         if ep.name != fam.name:
             problems.append(f"env plugin {ep.name!r} declares the family {fam.name!r}; use one name for both "
@@ -112,7 +109,7 @@ def registry() -> Registry:
                 raise TypeError(f"{ep.value} lacks {', '.join(missing)} (see marpo_bench.algos.Algorithm)")
         except Exception as exc:
             problems.append(f"algorithm plugin {ep.name!r} ({ep.value}) failed to load and is left out: "
-                            f"{_one_line(exc)}")
+                            f"{one_line(exc)}")
             continue
         doc = (cls.__doc__ or "").strip().splitlines()
         algorithms[ep.name] = AlgorithmEntry(ep.name, getattr(cls, "description", doc[0] if doc else ep.value),

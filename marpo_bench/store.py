@@ -27,10 +27,11 @@ import math
 import operator
 import os
 import pickle
+import socket
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import pandas as pd
@@ -91,7 +92,7 @@ class StoreError(Exception):
 # paths and atomic writes
 
 
-def _show(path: Path) -> str:
+def show_path(path: Path) -> str:
     """``path`` for messages: relative to the working directory when inside it, else as given."""
     try:
         return str(Path(path).absolute().relative_to(Path.cwd()))
@@ -102,6 +103,16 @@ def _show(path: Path) -> str:
 def _check_component(value: str, what: str) -> None:
     if not value or value in (".", "..") or "/" in value or "\\" in value or "\0" in value:
         raise ValueError(f"{what} {value!r} must be a non-empty single path component")
+
+
+def check_results_dir(results: Path) -> None:
+    """StoreError unless ``results`` is a directory or can be made one (nothing on its path is a file)."""
+    for path in (Path(results), *Path(results).parents):
+        if path.exists():
+            if not path.is_dir():
+                what = "is a file" if path == Path(results) else f"lies under {show_path(path)}, a file"
+                raise StoreError(f"results directory {show_path(results)} {what}; give a directory with --results")
+            return
 
 
 def run_dir(results: Path, study: str, run_id: str) -> Path:
@@ -125,7 +136,7 @@ def _fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
-def _umask() -> int:
+def umask() -> int:
     """The process umask (read without a race where the platform allows it)."""
     try:
         with open("/proc/self/status") as f:
@@ -148,7 +159,7 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     tmp = Path(tmp_name)
     try:
-        os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600 files; results are meant to be shared
+        os.fchmod(fd, 0o666 & ~umask())  # mkstemp makes 0600 files; results are meant to be shared
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
@@ -185,7 +196,7 @@ def _version_problem(what: str, path: Path, version: int) -> StoreError:
     else:
         todo = "re-run the study into a new directory"
     return StoreError(
-        f"{what} {_show(path)} was written with schema version {version}, this marpo-bench reads "
+        f"{what} {show_path(path)} was written with schema version {version}, this marpo-bench reads "
         f"version {SCHEMA_VERSION}; {todo}"
     )
 
@@ -229,25 +240,25 @@ def read_run_json(run_path: Path) -> dict:
         text = path.read_bytes().decode("utf-8")
     except FileNotFoundError:
         raise StoreError(
-            f"run file {_show(path)} does not exist; check the path or re-run the study"
+            f"run file {show_path(path)} does not exist; check the path or re-run the study"
         ) from None
     except UnicodeDecodeError:
-        raise StoreError(f"run file {_show(path)} is not UTF-8 text (corrupt); {fix}") from None
+        raise StoreError(f"run file {show_path(path)} is not UTF-8 text (corrupt); {fix}") from None
     try:
         record = json.loads(text)
     except json.JSONDecodeError as exc:
-        raise StoreError(f"run file {_show(path)} is not valid JSON ({exc}); {fix}") from None
+        raise StoreError(f"run file {show_path(path)} is not valid JSON ({exc}); {fix}") from None
     if not isinstance(record, dict):
-        raise StoreError(f"run file {_show(path)} does not hold a JSON object (corrupt); {fix}")
+        raise StoreError(f"run file {show_path(path)} does not hold a JSON object (corrupt); {fix}")
     if "schema_version" not in record:
         raise StoreError(
-            f"run file {_show(path)} has no schema_version (not written by marpo-bench); "
+            f"run file {show_path(path)} has no schema_version (not written by marpo-bench); "
             f"{fix}, or move it out of the results directory"
         )
     version = _parse_version(record["schema_version"])
     if version is None:
         raise StoreError(
-            f"run file {_show(path)} has an invalid schema_version "
+            f"run file {show_path(path)} has an invalid schema_version "
             f"{record['schema_version']!r} (corrupt); {fix}"
         )
     if version != SCHEMA_VERSION:
@@ -255,11 +266,11 @@ def read_run_json(run_path: Path) -> dict:
     missing = [k for k in REQUIRED_RUN_FIELDS if k not in record]
     if missing:
         raise StoreError(
-            f"run file {_show(path)} lacks required field(s) {', '.join(missing)} (corrupt); {fix}"
+            f"run file {show_path(path)} lacks required field(s) {', '.join(missing)} (corrupt); {fix}"
         )
     if record["status"] not in STATUSES:
         raise StoreError(
-            f"run file {_show(path)} has unknown status {record['status']!r} (expected one of "
+            f"run file {show_path(path)} has unknown status {record['status']!r} (expected one of "
             f"{', '.join(STATUSES)}); {fix}"
         )
     return record
@@ -279,7 +290,7 @@ def run_status(run_path: Path) -> str | None:
 def _refuse_if_complete(run_path: Path, filename: str) -> None:
     if run_status(run_path) == "complete":
         raise StoreError(
-            f"run {_show(run_path)} is complete; refusing to overwrite its {filename} "
+            f"run {show_path(run_path)} is complete; refusing to overwrite its {filename} "
             f"(delete the run directory to re-run it)"
         )
 
@@ -337,6 +348,101 @@ def writer_active(run_path: Path) -> bool:
             return True
         fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
     return False
+
+
+def writer_info() -> dict[str, Any]:
+    """Who writes a run.json: host and pid (for messages; liveness is the run's writer lock)."""
+    return {"host": socket.gethostname(), "pid": os.getpid()}
+
+
+def remove_stale_temp_files(run_path: Path) -> None:
+    """Delete temp files a killed writer left (``.<name>.<random>.tmp``, see :func:`atomic_write_bytes`)."""
+    for name in (RUN_JSON, METRICS_PARQUET, CHECKPOINT_PT):
+        for tmp in Path(run_path).glob(f".{name}.*.tmp"):
+            tmp.unlink(missing_ok=True)
+
+
+def mark_run(run_path: Path, base: dict, status: str, message: str, finished: str,
+             record: dict | None = None) -> None:
+    """Set the status of a run whose own process could not (it died, or was stopped): ``record``
+    (or the stored run.json, or ``base``: the run's identity when it never wrote one) with
+    ``status`` and ``message``. A complete run is left alone."""
+    run_path = Path(run_path)
+    with contextlib.suppress(StoreError):
+        if record is None and run_status(run_path) is not None:
+            record = read_run_json(run_path)
+    if record is not None and record.get("status") == "complete":
+        return
+    run_path.mkdir(parents=True, exist_ok=True)
+    write_run_json(run_path, {**base, **(record or {}), "status": status, "message": message,
+                              "finished": finished, "writer": writer_info()})
+
+
+# --------------------------------------------------------------------------------------------
+# where a run's results go: sinks
+
+
+class RunSink(Protocol):
+    """Receives everything a run writes; hands over what an earlier attempt left."""
+
+    def acquire(self) -> bool:
+        """Become the run's only writer (False: another live process trains it now)."""
+        ...
+
+    def close(self) -> None:
+        """Stop being its writer (always called once ``acquire`` returned True)."""
+        ...
+
+    def previous(self) -> tuple[str | None, dict | None]:
+        """The earlier attempt's status (None: never started) and checkpoint state (or None)."""
+        ...
+
+    def write_record(self, record: dict) -> None:
+        """Replace run.json."""
+        ...
+
+    def write_metrics(self, rows: list[dict], extra_columns: tuple[str, ...] = ()) -> None:
+        """Replace metrics.parquet with all rows so far (``extra_columns``: float columns beyond
+        ``METRIC_COLUMNS`` that the algorithm declares)."""
+        ...
+
+    def write_checkpoint(self, state: dict) -> None:
+        """Replace checkpoint.pt (``state`` loads with ``torch.load(weights_only=True)``)."""
+        ...
+
+
+class StoreSink:
+    """Writes one run directory of the store directly (the local executor), holding its writer lock."""
+
+    def __init__(self, run_path: Path) -> None:
+        self.run_path = Path(run_path)
+        self._lock: WriterLock | None = None
+
+    def acquire(self) -> bool:
+        self._lock = WriterLock.acquire(self.run_path)
+        return self._lock is not None
+
+    def close(self) -> None:
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
+
+    def previous(self) -> tuple[str | None, dict | None]:
+        status = run_status(self.run_path)
+        if status in (None, "complete"):
+            return status, None
+        remove_stale_temp_files(self.run_path)
+        return status, load_checkpoint(self.run_path)
+
+    def write_record(self, record: dict) -> None:
+        self.run_path.mkdir(parents=True, exist_ok=True)
+        write_run_json(self.run_path, {**record, "writer": writer_info()})
+
+    def write_metrics(self, rows: list[dict], extra_columns: tuple[str, ...] = ()) -> None:
+        write_metrics(self.run_path, rows, extra_columns=extra_columns)
+
+    def write_checkpoint(self, state: dict) -> None:
+        save_checkpoint(self.run_path, state)
 
 
 # --------------------------------------------------------------------------------------------
@@ -439,7 +545,7 @@ def read_metrics(run_path: Path) -> pd.DataFrame:
     fix = "delete the run directory to re-run it"
     if not path.is_file():
         raise StoreError(
-            f"metrics file {_show(path)} does not exist (the run stopped before writing metrics, "
+            f"metrics file {show_path(path)} does not exist (the run stopped before writing metrics, "
             f"or the file was removed); {fix}"
         )
     try:
@@ -447,26 +553,26 @@ def read_metrics(run_path: Path) -> pd.DataFrame:
             metadata = pf.schema_arrow.metadata or {}
             if PARQUET_VERSION_KEY not in metadata:
                 raise StoreError(
-                    f"metrics file {_show(path)} is a Parquet file without marpo-bench metadata "
+                    f"metrics file {show_path(path)} is a Parquet file without marpo-bench metadata "
                     f"(not written by marpo-bench); {fix}, or move it out of the results directory"
                 )
             version = _parse_version(metadata[PARQUET_VERSION_KEY])
             if version is None:
                 raise StoreError(
-                    f"metrics file {_show(path)} has an invalid schema version "
+                    f"metrics file {show_path(path)} has an invalid schema version "
                     f"{metadata[PARQUET_VERSION_KEY]!r} (corrupt); {fix}"
                 )
             if version != SCHEMA_VERSION:
                 raise _version_problem("metrics file", path, version)
             if "env_steps" not in pf.schema_arrow.names:
                 raise StoreError(
-                    f"metrics file {_show(path)} has no env_steps column (not a marpo-bench "
+                    f"metrics file {show_path(path)} has no env_steps column (not a marpo-bench "
                     f"metrics file); {fix}"
                 )
             table = pf.read()
     except (pa.ArrowException, OSError, EOFError):
         raise StoreError(
-            f"metrics file {_show(path)} is not a Parquet file (corrupt or truncated); {fix}"
+            f"metrics file {show_path(path)} is not a Parquet file (corrupt or truncated); {fix}"
         ) from None
     return _metrics_frame(table, path)
 
@@ -483,7 +589,7 @@ def _metrics_frame(table: pa.Table, path: Path) -> pd.DataFrame:
                     col = col.cast(dtype)  # safe cast: raises rather than truncating
                 except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
                     raise StoreError(
-                        f"metrics file {_show(path)} stores column {name} as {col.type}, expected "
+                        f"metrics file {show_path(path)} stores column {name} as {col.type}, expected "
                         f"{dtype} (corrupt or foreign); delete the run directory to re-run it"
                     ) from None
         else:
@@ -491,7 +597,7 @@ def _metrics_frame(table: pa.Table, path: Path) -> pd.DataFrame:
         if name == "env_steps":
             if col.null_count:
                 raise StoreError(
-                    f"metrics file {_show(path)} has rows without env_steps (corrupt); "
+                    f"metrics file {show_path(path)} has rows without env_steps (corrupt); "
                     f"delete the run directory to re-run it"
                 )
             columns[name] = col.to_numpy().astype(np.int64)
@@ -503,7 +609,7 @@ def _metrics_frame(table: pa.Table, path: Path) -> pd.DataFrame:
     clash = [c for c in extras if c in RUN_KEY_COLUMNS]
     if clash:
         raise StoreError(
-            f"metrics file {_show(path)} has column(s) {', '.join(clash)} that belong in run.json "
+            f"metrics file {show_path(path)} has column(s) {', '.join(clash)} that belong in run.json "
             f"(not a marpo-bench metrics file); delete the run directory to re-run it"
         )
     for name in extras:  # kept, not dropped: a v1 file may carry more than this reader knows
@@ -521,17 +627,17 @@ def _empty_study_frame() -> pd.DataFrame:
     return pd.concat([keys, frame], axis=1)
 
 
-def load_study(study_path: Path) -> tuple[list[dict], pd.DataFrame]:
-    """All run records of a study and one long metrics frame of all its runs.
+StudyRuns = list[tuple[dict, pd.DataFrame | None]]
+"""A study as read from disk: each run's record and its metrics (None when it has no metrics file)."""
 
-    Returns ``(records, metrics)``: every run.json (any status; the caller decides what to use),
-    sorted by run_id, and the metrics of every run that has a metrics file, with ``run_id, algo,
-    env, task, seed`` joined in as leading columns. A run marked complete must have metrics.
-    """
+
+def read_study(study_path: Path) -> StudyRuns:
+    """Every run of a study, each read once: ``(record, metrics or None)`` sorted by run_id. A run
+    marked complete must have metrics. StoreError when the study is missing or has no runs."""
     study_path = Path(study_path)
     if not study_path.is_dir():
         raise StoreError(
-            f"study directory {_show(study_path)} does not exist; check the path or run the study"
+            f"study directory {show_path(study_path)} does not exist; check the path or run the study"
         )
     runs = study_path / "runs"
     run_paths = sorted(
@@ -540,30 +646,42 @@ def load_study(study_path: Path) -> tuple[list[dict], pd.DataFrame]:
     )
     if not run_paths:
         raise StoreError(
-            f"study directory {_show(study_path)} has no runs (no runs/<run_id>/{RUN_JSON}); "
+            f"study directory {show_path(study_path)} has no runs (no runs/<run_id>/{RUN_JSON}); "
             f"check the path or run the study"
         )
-    records: list[dict] = []
-    frames: list[pd.DataFrame] = []
+    out: StudyRuns = []
     for path in run_paths:
         record = read_run_json(path)
         if record["run_id"] != path.name:
             raise StoreError(
-                f"run file {_show(path / RUN_JSON)} says run_id {record['run_id']!r} but lives in "
+                f"run file {show_path(path / RUN_JSON)} says run_id {record['run_id']!r} but lives in "
                 f"directory {path.name!r}; move it to runs/{record['run_id']} or re-run it"
             )
-        records.append(record)
-        if record["status"] == "complete" or (path / METRICS_PARQUET).exists():
-            frame = read_metrics(path)
-            if len(frame):
-                keys = pd.DataFrame(
-                    {k: [record[k]] * len(frame) for k in RUN_KEY_COLUMNS}, index=frame.index
-                )
-                frames.append(pd.concat([keys, frame], axis=1))
-    if not frames:
-        return records, _empty_study_frame()
-    metrics = pd.concat(frames, ignore_index=True)
-    return records, metrics
+        has_metrics = record["status"] == "complete" or (path / METRICS_PARQUET).exists()
+        out.append((record, read_metrics(path) if has_metrics else None))
+    return out
+
+
+def study_frame(runs: StudyRuns) -> tuple[list[dict], pd.DataFrame]:
+    """``(records, metrics)`` of :func:`read_study`'s runs: the metrics as one long frame with
+    ``run_id, algo, env, task, seed`` joined in as leading columns."""
+    frames = []
+    for record, frame in runs:
+        if frame is not None and len(frame):
+            keys = pd.DataFrame({k: [record[k]] * len(frame) for k in RUN_KEY_COLUMNS}, index=frame.index)
+            frames.append(pd.concat([keys, frame], axis=1))
+    records = [record for record, _ in runs]
+    return records, (pd.concat(frames, ignore_index=True) if frames else _empty_study_frame())
+
+
+def load_study(study_path: Path) -> tuple[list[dict], pd.DataFrame]:
+    """All run records of a study and one long metrics frame of all its runs.
+
+    Returns ``(records, metrics)``: every run.json (any status; the caller decides what to use),
+    sorted by run_id, and the metrics of every run that has a metrics file, with ``run_id, algo,
+    env, task, seed`` joined in as leading columns. A run marked complete must have metrics.
+    """
+    return study_frame(read_study(study_path))
 
 
 # --------------------------------------------------------------------------------------------
@@ -613,14 +731,14 @@ def load_checkpoint(run_path: Path) -> dict | None:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except _TORCH_LOAD_ERRORS:
         raise StoreError(
-            f"checkpoint {_show(path)} cannot be loaded (corrupt, truncated or not a marpo-bench "
+            f"checkpoint {show_path(path)} cannot be loaded (corrupt, truncated or not a marpo-bench "
             f"checkpoint); {fix}"
         ) from None
     if not isinstance(obj, dict) or CHECKPOINT_VERSION_KEY not in obj or "state" not in obj:
-        raise StoreError(f"checkpoint {_show(path)} was not written by marpo-bench; {fix}")
+        raise StoreError(f"checkpoint {show_path(path)} was not written by marpo-bench; {fix}")
     version = _parse_version(obj[CHECKPOINT_VERSION_KEY])
     if version != SCHEMA_VERSION:
         if version is None:
-            raise StoreError(f"checkpoint {_show(path)} has an invalid schema version; {fix}")
+            raise StoreError(f"checkpoint {show_path(path)} has an invalid schema version; {fix}")
         raise _version_problem("checkpoint", path, version)
     return obj["state"]

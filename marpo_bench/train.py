@@ -4,9 +4,9 @@ The runner owns evaluation, checkpoints and storage so every algorithm is evalua
 resumed the same way (docs/algorithms.md, pitfalls: one evaluation mode per run, recorded; env steps counted over
 every parallel env; no silent NaN).
 
-Where results go: a :class:`RunSink`. :class:`StoreSink` writes the run directory directly (local
+Where results go: a ``store.RunSink``. ``store.StoreSink`` writes the run directory directly (local
 executor); under Ray a worker's sink forwards the same calls to the driver, which alone writes the
-store (``executors.py``). The sink also hands over what an earlier attempt left: its status and
+store (``executors/ray.py``). The sink also hands over what an earlier attempt left: its status and
 its checkpoint.
 
 Checkpoints and resume
@@ -49,25 +49,29 @@ dies, as in a crash), at the first iteration with env steps >= step of the runs 
 from __future__ import annotations
 
 import contextlib
-import functools
 import math
 import os
-import platform
-import socket
-import subprocess
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, fields
-from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 import torch
 
-from marpo_bench import registry, store
+from marpo_bench import provenance, registry, store
 from marpo_bench.algos import get_algorithm
-from marpo_bench.config import ConfigError, Recipe, RunSpec, apply_overrides, overrides_for, run_config, to_dict
+from marpo_bench.config import (
+    ConfigError,
+    Recipe,
+    RunSpec,
+    apply_overrides,
+    one_line,
+    overrides_for,
+    run_config,
+    to_dict,
+)
 from marpo_bench.envs import make_env
 from marpo_bench.envs.base import MultiAgentVecEnv, SnapshotEnv, TimeStep
 
@@ -161,78 +165,6 @@ def evaluate(algo: Any, env: MultiAgentVecEnv, seed: int, deterministic: bool) -
     }
 
 
-def _git_commit() -> str | None:
-    try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).resolve().parent,
-                             capture_output=True, text=True, timeout=5)
-        return out.stdout.strip() or None
-    except (OSError, subprocess.SubprocessError):
-        return None
-
-
-def _uncommitted_changes() -> bool | None:
-    """Whether the code (``marpo_bench/``, ``baselines/``) differs from its git commit: changed or
-    untracked files (None without git). Read-only git commands."""
-    root = Path(__file__).resolve().parent.parent
-    paths = ["--", "marpo_bench", "baselines"]
-    try:
-        diff = subprocess.run(["git", "diff", "--quiet", "HEAD", *paths], cwd=root, capture_output=True, timeout=10)
-        new = subprocess.run(["git", "ls-files", "--others", "--exclude-standard", *paths], cwd=root,
-                             capture_output=True, text=True, timeout=10)
-    except (OSError, subprocess.SubprocessError):
-        return None
-    if diff.returncode not in (0, 1) or new.returncode != 0:
-        return None
-    return diff.returncode == 1 or bool(new.stdout.strip())
-
-
-@functools.cache
-def code_provenance() -> tuple[str | None, bool | None]:
-    """(git commit, uncommitted changes) of the code this process loaded, read once per process
-    (pool workers read it as they start): a commit made while a long study runs must not be
-    recorded for runs whose code was imported before it."""
-    return _git_commit(), _uncommitted_changes()
-
-
-def _versions() -> dict[str, str]:
-    from importlib import metadata
-
-    out = {"python": platform.python_version()}
-    # the core, then every registered env family's backend packages and every plugin's distribution
-    backends = {p for fam in registry.env_families().values() for p in fam.packages}
-    extra = sorted(backends | registry.plugin_distributions())
-    for pkg in ("marpo-bench", "torch", "numpy", "pandas", "pyarrow", *extra):
-        try:
-            out[pkg] = metadata.version(pkg)
-        except metadata.PackageNotFoundError:
-            pass
-    return out
-
-
-def _host(device: torch.device) -> dict[str, Any]:
-    gpu = torch.cuda.get_device_name(device) if device.type == "cuda" else None
-    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
-    return {"machine": platform.machine(), "processor": platform.processor() or platform.machine(),
-            "cpu_model": _cpu_model(), "cpus": os.cpu_count(), "gpu": gpu, "system": platform.system(),
-            "load_1min": round(load, 2) if load is not None else None}
-
-
-def _cpu_model() -> str | None:
-    """The CPU's model name (Linux ``/proc/cpuinfo``; None elsewhere): runs timed on different CPU
-    models are flagged in the report's cost section."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return None
-
-
-def _now() -> str:
-    return datetime.now(UTC).isoformat(timespec="seconds")
-
-
 # ----------------------------------------------------------------------------------------------
 # fault injection (tests) and results
 
@@ -274,94 +206,11 @@ class RunResult:
     status: str  # complete | skipped | failed | interrupted
     message: str = ""
     retryable: bool = False  # a failure that another attempt may not repeat (not NaN, not bad config)
+    seconds: float = 0.0  # wall time of the attempt, as the executor measured it
 
 
 # Failures that another attempt from the same checkpoint would repeat: not retried.
 _PERMANENT = (FloatingPointError, ConfigError, store.StoreError)
-
-
-def _one_line(exc: BaseException) -> str:
-    return (f"{type(exc).__name__}: {exc}".splitlines() or [type(exc).__name__])[0]
-
-
-# ----------------------------------------------------------------------------------------------
-# where a run's results go
-
-
-class RunSink(Protocol):
-    """Receives everything a run writes; hands over what an earlier attempt left."""
-
-    def acquire(self) -> bool:
-        """Become the run's only writer (False: another live process trains it now)."""
-        ...
-
-    def close(self) -> None:
-        """Stop being its writer (always called once ``acquire`` returned True)."""
-        ...
-
-    def previous(self) -> tuple[str | None, dict | None]:
-        """The earlier attempt's status (None: never started) and checkpoint state (or None)."""
-        ...
-
-    def write_record(self, record: dict) -> None:
-        """Replace run.json."""
-        ...
-
-    def write_metrics(self, rows: list[dict], extra_columns: tuple[str, ...] = ()) -> None:
-        """Replace metrics.parquet with all rows so far (``extra_columns``: float columns beyond
-        ``store.METRIC_COLUMNS`` that the algorithm declares)."""
-        ...
-
-    def write_checkpoint(self, state: dict) -> None:
-        """Replace checkpoint.pt (``state`` loads with ``torch.load(weights_only=True)``)."""
-        ...
-
-
-def writer_info() -> dict[str, Any]:
-    """Who writes a run.json: host and pid (for messages; liveness is the run's writer lock,
-    ``store.WriterLock``)."""
-    return {"host": socket.gethostname(), "pid": os.getpid()}
-
-
-def remove_stale_temp_files(run_path: Path) -> None:
-    """Delete temp files a killed writer left (``.<name>.<random>.tmp``, see store.atomic_write_bytes)."""
-    for name in (store.RUN_JSON, store.METRICS_PARQUET, store.CHECKPOINT_PT):
-        for tmp in Path(run_path).glob(f".{name}.*.tmp"):
-            tmp.unlink(missing_ok=True)
-
-
-class StoreSink:
-    """Writes one run directory of the store directly (the local executor)."""
-
-    def __init__(self, run_path: Path) -> None:
-        self.run_path = Path(run_path)
-        self._lock: store.WriterLock | None = None
-
-    def acquire(self) -> bool:
-        self._lock = store.WriterLock.acquire(self.run_path)
-        return self._lock is not None
-
-    def close(self) -> None:
-        if self._lock is not None:
-            self._lock.release()
-            self._lock = None
-
-    def previous(self) -> tuple[str | None, dict | None]:
-        status = store.run_status(self.run_path)
-        if status in (None, "complete"):
-            return status, None
-        remove_stale_temp_files(self.run_path)
-        return status, store.load_checkpoint(self.run_path)
-
-    def write_record(self, record: dict) -> None:
-        self.run_path.mkdir(parents=True, exist_ok=True)
-        store.write_run_json(self.run_path, {**record, "writer": writer_info()})
-
-    def write_metrics(self, rows: list[dict], extra_columns: tuple[str, ...] = ()) -> None:
-        store.write_metrics(self.run_path, rows, extra_columns=extra_columns)
-
-    def write_checkpoint(self, state: dict) -> None:
-        store.save_checkpoint(self.run_path, state)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -445,7 +294,7 @@ def _usable_checkpoint(ckpt: dict | None, spec: RunSpec, config: dict) -> dict |
 
 
 def train_run(spec: RunSpec, results: Path | None = None, study: str = "default",
-              progress: ProgressFn | None = None, *, sink: RunSink | None = None,
+              progress: ProgressFn | None = None, *, sink: store.RunSink | None = None,
               checkpoint_every: int | None = None, faults: tuple[Fault, ...] | None = None,
               attempt: int = 1) -> RunResult:
     """Train one run and store it (under ``results/study/runs/<run_id>``, or through ``sink``).
@@ -458,7 +307,7 @@ def train_run(spec: RunSpec, results: Path | None = None, study: str = "default"
     if sink is None:
         if results is None:
             raise ValueError("train_run needs a results directory or a sink")
-        sink = StoreSink(store.run_dir(results, study, spec.run_id))
+        sink = store.StoreSink(store.run_dir(results, study, spec.run_id))
     if not sink.acquire():  # another live process trains this run now: leave it alone
         return RunResult(spec.run_id, "skipped", "being trained by another process")
     try:
@@ -467,7 +316,7 @@ def train_run(spec: RunSpec, results: Path | None = None, study: str = "default"
         sink.close()
 
 
-def _train_run(spec: RunSpec, sink: RunSink, progress: ProgressFn | None, checkpoint_every: int | None,
+def _train_run(spec: RunSpec, sink: store.RunSink, progress: ProgressFn | None, checkpoint_every: int | None,
                faults: tuple[Fault, ...] | None, attempt: int) -> RunResult:
     """:func:`train_run`'s body, run while holding the run's writer lock."""
     problem = ""
@@ -487,24 +336,25 @@ def _train_run(spec: RunSpec, sink: RunSink, progress: ProgressFn | None, checkp
     resume = _usable_checkpoint(ckpt, spec, config)
     interval = rc.eval_interval or max(spec.steps // 20, 1)
     every = interval if checkpoint_every is None else checkpoint_every
-    commit, dirty = code_provenance()
+    commit, dirty = provenance.code_provenance()
+    gpu = torch.cuda.get_device_name(device) if device.type == "cuda" else None
     record: dict[str, Any] = {
         "run_id": spec.run_id, "algo": spec.algo, "env": spec.env, "task": spec.task, "seed": spec.seed,
         "budget": spec.steps, "overrides": [list(p) for p in spec.overrides], "config": config,
         "recipe": {key: entry.source for key, entry in recipe_entries(algo_cls, spec.env, spec.task)
                    if isinstance(entry, Recipe)},
-        "status": "running", "message": "", "started": resume["started"] if resume else _now(),
+        "status": "running", "message": "", "started": resume["started"] if resume else provenance.now(),
         "finished": None, "wall_seconds": resume["wall_seconds"] if resume else 0.0,
-        "env_steps": resume["env_steps"] if resume else 0, "versions": _versions(),
+        "env_steps": resume["env_steps"] if resume else 0, "versions": provenance.versions(),
         "git_commit": commit, "uncommitted_changes": dirty,
-        "host": _host(device), "torch_threads": torch.get_num_threads(), "device": str(device),
+        "host": provenance.host(gpu), "torch_threads": torch.get_num_threads(), "device": str(device),
         "eval_mode": rc.eval_mode, "eval_episodes": rc.eval_episodes, "checkpoint_every": every,
         "attempt": attempt, "resumed_from": resume["env_steps"] if resume else None, "resume_exact": None,
     }
     if ckpt is not None and resume is None:
         record["resume_note"] = "the checkpoint is from another config or format: restarted from scratch"
     if problem:
-        record.update(status="failed", message=problem, finished=_now())
+        record.update(status="failed", message=problem, finished=provenance.now())
         with contextlib.suppress(store.StoreError):  # a damaged run.json is left for the user to see
             sink.write_record(record)
         return RunResult(spec.run_id, "failed", problem)
@@ -610,17 +460,17 @@ def _train_run(spec: RunSpec, sink: RunSink, progress: ProgressFn | None, checkp
         if rows[-1]["env_steps"] < last_steps and pending:
             log_eval(last_steps)
         checkpoint(last_steps, complete=True)
-        record.update(status="complete", finished=_now(), wall_seconds=time.perf_counter() - t0)
+        record.update(status="complete", finished=provenance.now(), wall_seconds=time.perf_counter() - t0)
         sink.write_record(record)
         return RunResult(spec.run_id, "complete")
     except KeyboardInterrupt:
-        record.update(status="interrupted", message="interrupted by the user", finished=_now(),
+        record.update(status="interrupted", message="interrupted by the user", finished=provenance.now(),
                       wall_seconds=time.perf_counter() - t0)
         sink.write_record(record)
         raise
     except Exception as exc:  # the grid goes on; the run records why it failed
-        msg = _one_line(exc)
-        record.update(status="failed", message=msg, finished=_now(), wall_seconds=time.perf_counter() - t0)
+        msg = one_line(exc)
+        record.update(status="failed", message=msg, finished=provenance.now(), wall_seconds=time.perf_counter() - t0)
         sink.write_record(record)
         return RunResult(spec.run_id, "failed", msg, retryable=not isinstance(exc, _PERMANENT))
     finally:

@@ -9,8 +9,11 @@ import pytest
 import scipy.stats
 
 from marpo_bench import analysis as A
-from marpo_bench import store
+from marpo_bench import normalisation, store
+from marpo_bench import stats as S
 from marpo_bench.config import RunSpec
+from tests import rliable_oracle as oracle
+from tests.mpe_oracle import measure_bounds
 from tests.test_report import _record, _rows, write_synthetic_study
 
 # --------------------------------------------------------------------------------------------
@@ -19,13 +22,13 @@ from tests.test_report import _record, _rows, write_synthetic_study
 
 def test_iqm_mean_median_gap_of_known_arrays():
     # one task, 8 skewed runs: IQM, mean and trimmed means at other cuts all differ
-    est = A.aggregate_estimates({"a": [np.array([0.0, 1, 2, 3, 4, 5, 6, 100])]}, reps=200)["a"]
+    est = S.aggregate_estimates({"a": [np.array([0.0, 1, 2, 3, 4, 5, 6, 100])]}, reps=200)["a"]
     assert est["IQM"].point == pytest.approx(3.5)  # drops 0, 1 and 6, 100: mean of 2..5 (no trim: 15.125)
     assert est["Mean"].point == pytest.approx(121 / 8)
     assert est["Median"].point == pytest.approx(121 / 8)  # median of the per-task means: one task
     assert est["Optimality gap"].point == pytest.approx(1 - (0 + 1 + 1 * 6) / 8)  # mean of min(x, 1)
     scores = np.array([[0.0, 0.1], [0.2, 0.9], [0.3, 0.4], [1.0, 0.5]])  # 4 runs x 2 tasks
-    est = A.aggregate_estimates({"b": scores}, reps=200)["b"]
+    est = S.aggregate_estimates({"b": scores}, reps=200)["b"]
     assert est["IQM"].point == pytest.approx(np.mean([0.2, 0.3, 0.4, 0.5]))
     assert est["Mean"].point == pytest.approx(scores.mean())
     assert est["Median"].point == pytest.approx(np.median(scores.mean(axis=0)))
@@ -38,12 +41,12 @@ def test_probability_of_improvement_separated_identical_and_reversed():
     rng = np.random.default_rng(0)
     low = rng.uniform(0.0, 0.4, size=(10, 3))
     high = rng.uniform(0.6, 1.0, size=(10, 3))
-    better = A.probability_of_improvement(high, low, reps=2000)
+    better = S.probability_of_improvement(high, low, reps=2000)
     assert better.point == 1.0 and better.lo == 1.0 and better.hi == 1.0
-    assert A.probability_of_improvement(low, high, reps=2000).point == 0.0
-    same = A.probability_of_improvement(low, low.copy(), reps=2000)
+    assert S.probability_of_improvement(low, high, reps=2000).point == 0.0
+    same = S.probability_of_improvement(low, low.copy(), reps=2000)
     assert same.point == pytest.approx(0.5) and same.lo < 0.5 < same.hi
-    ties = A.probability_of_improvement(np.full((5, 2), 0.3), np.full((5, 2), 0.3), reps=500)
+    ties = S.probability_of_improvement(np.full((5, 2), 0.3), np.full((5, 2), 0.3), reps=500)
     assert (ties.point, ties.lo, ties.hi) == (0.5, 0.5, 0.5)  # ties count half
 
 
@@ -53,20 +56,20 @@ def test_weighted_trimmed_mean_equals_scipy_on_explicit_resamples():
     idx = rng.integers(0, 13, size=(50, 13))
     counts = np.stack([np.bincount(i, minlength=13) for i in idx]).astype(float)
     want = [scipy.stats.trim_mean(x[i], 0.25) for i in idx]
-    np.testing.assert_allclose(A._weighted_trimmed_mean(x, counts), want, rtol=1e-12)
-    np.testing.assert_allclose(A._weighted_trimmed_mean(x, counts, dtype=np.float32), want, atol=1e-5)
+    np.testing.assert_allclose(S._weighted_trimmed_mean(x, counts), want, rtol=1e-12)
+    np.testing.assert_allclose(S._weighted_trimmed_mean(x, counts, dtype=np.float32), want, atol=1e-5)
     curves = rng.normal(size=(13, 4))  # several columns at once
-    got = A._weighted_trimmed_mean(curves, counts)
+    got = S._weighted_trimmed_mean(curves, counts)
     for g in range(4):
         np.testing.assert_allclose(got[:, g], [scipy.stats.trim_mean(curves[i, g], 0.25) for i in idx])
 
 
 def test_stratified_counts_resample_within_tasks_reproducibly():
-    w = A.stratified_counts(A._rng(0, "k"), [3, 5], 1000)
+    w = S.stratified_counts(S.rng_for(0, "k"), [3, 5], 1000)
     assert w.shape == (1000, 8)
     assert (w[:, :3].sum(1) == 3).all() and (w[:, 3:].sum(1) == 5).all()
-    np.testing.assert_array_equal(w, A.stratified_counts(A._rng(0, "k"), [3, 5], 1000))
-    assert not np.array_equal(w, A.stratified_counts(A._rng(0, "other"), [3, 5], 1000))
+    np.testing.assert_array_equal(w, S.stratified_counts(S.rng_for(0, "k"), [3, 5], 1000))
+    assert not np.array_equal(w, S.stratified_counts(S.rng_for(0, "other"), [3, 5], 1000))
     # within a task of n runs each run's count is Binomial(n, 1/n): P(never drawn) = (1 - 1/n)^n
     # (3 runs: 8/27 = 0.296; 5 runs: 0.328); 3,000 and 5,000 draws: s.e. < 0.01
     assert (w[:, :3] == 0).mean() == pytest.approx((2 / 3) ** 3, abs=0.03)
@@ -76,11 +79,11 @@ def test_stratified_counts_resample_within_tasks_reproducibly():
 def test_performance_profile_and_iqm_curve_points():
     x = np.array([[0.1, 0.5], [0.3, 0.7], [0.9, 0.2]])
     taus = np.array([0.0, 0.25, 0.6, 1.0])
-    prof = A.performance_profiles({"a": x}, taus, reps=300)["a"]
+    prof = S.performance_profiles({"a": x}, taus, reps=300)["a"]
     np.testing.assert_allclose(prof.point, [1.0, 4 / 6, 2 / 6, 0.0])
     assert (prof.lo <= prof.point + 1e-12).all() and (prof.point <= prof.hi + 1e-12).all()
     curves = [np.random.default_rng(2).uniform(size=(6, 5)), np.random.default_rng(3).uniform(size=(4, 5))]
-    band = A.iqm_curves({"a": curves}, np.arange(5), reps=300)["a"]
+    band = S.iqm_curves({"a": curves}, np.arange(5), reps=300)["a"]
     pooled = np.concatenate(curves)
     np.testing.assert_allclose(band.point, scipy.stats.trim_mean(pooled, 0.25, axis=0))
     assert (band.lo <= band.point + 1e-9).all() and (band.point <= band.hi + 1e-9).all()
@@ -88,16 +91,16 @@ def test_performance_profile_and_iqm_curve_points():
 
 def test_bad_scores_are_rejected():
     with pytest.raises(ValueError, match="finite"):
-        A.aggregate_estimates({"a": np.array([[np.nan, 1.0]])}, reps=10)
+        S.aggregate_estimates({"a": np.array([[np.nan, 1.0]])}, reps=10)
     with pytest.raises(ValueError, match="same tasks"):
-        A.probability_of_improvement(np.ones((3, 2)), np.ones((3, 3)), reps=10)
+        S.probability_of_improvement(np.ones((3, 2)), np.ones((3, 3)), reps=10)
 
 
 # --------------------------------------------------------------------------------------------
 # the fast path against rliable (the reference implementation)
 
 
-def _close(fast: A.Estimate, ref: A.Estimate, what: str) -> None:
+def _close(fast: S.Estimate, ref: S.Estimate, what: str) -> None:
     """Points identical; CI ends within Monte-Carlo error of the reference's (few) reps: with
     600-2,000 resamples an end's s.e. is ~0.015-0.03 of the interval's width, while 90% ends sit
     ~0.08 widths inside 95% ones, so 0.05 widths tells the levels apart."""
@@ -109,18 +112,18 @@ def _close(fast: A.Estimate, ref: A.Estimate, what: str) -> None:
 def test_fast_aggregates_match_rliable():
     rng = np.random.default_rng(4)
     scores = {"marpo": rng.beta(5, 2, size=(8, 4)), "mappo": rng.beta(2, 2, size=(8, 4))}
-    ref = A.rliable_aggregate_estimates(scores, reps=2000, seed=1)
-    fast = A.aggregate_estimates(scores, reps=20_000, seed=1)
+    ref = oracle.rliable_aggregate_estimates(scores, reps=2000, seed=1)
+    fast = S.aggregate_estimates(scores, reps=20_000, seed=1)
     for algo in scores:
-        for m in A.METRIC_NAMES:
+        for m in S.METRIC_NAMES:
             _close(fast[algo][m], ref[algo][m], f"{algo} {m}")
 
 
 def test_fast_probability_of_improvement_matches_rliable():
     rng = np.random.default_rng(5)
     x, y = rng.beta(4, 3, size=(6, 3)), rng.beta(3, 3, size=(6, 3))
-    ref = A.rliable_probability_of_improvement(x, y, reps=600, seed=2)
-    fast = A.probability_of_improvement(x, y, reps=20_000, seed=2)
+    ref = oracle.rliable_probability_of_improvement(x, y, reps=600, seed=2)
+    fast = S.probability_of_improvement(x, y, reps=20_000, seed=2)
     _close(fast, ref, "P(x > y)")
     from rliable import metrics
 
@@ -131,11 +134,11 @@ def test_rliable_path_is_reproducible_and_leaves_global_random_state_alone():
     scores = {"a": np.random.default_rng(6).uniform(size=(5, 2))}
     np.random.seed(123)
     before = np.random.get_state()[1].copy()
-    one = A.rliable_aggregate_estimates(scores, reps=200, seed=7)
-    two = A.rliable_aggregate_estimates(scores, reps=200, seed=7)
+    one = oracle.rliable_aggregate_estimates(scores, reps=200, seed=7)
+    two = oracle.rliable_aggregate_estimates(scores, reps=200, seed=7)
     assert one == two
     np.testing.assert_array_equal(np.random.get_state()[1], before)
-    assert A.aggregate_estimates(scores, reps=500, seed=7) == A.aggregate_estimates(scores, reps=500, seed=7)
+    assert S.aggregate_estimates(scores, reps=500, seed=7) == S.aggregate_estimates(scores, reps=500, seed=7)
 
 
 # --------------------------------------------------------------------------------------------
@@ -143,22 +146,22 @@ def test_rliable_path_is_reproducible_and_leaves_global_random_state_alone():
 
 
 def test_normalisation_table_maps_random_to_0_and_reference_to_1():
-    table = A.normalisation_table()
+    table = normalisation.normalisation_table()
     assert {e for e, _ in table} == {"mpe", "jax_mpe"}  # declared by the MPE families' own files
     for (env, task), b in table.items():
         assert b.reference > b.random and b.scale == "team_sum" and b.episode_limit == 25
-        np.testing.assert_allclose(A.normalise([b.random, b.reference], env, task), [0.0, 1.0])
+        np.testing.assert_allclose(normalisation.normalise([b.random, b.reference], env, task), [0.0, 1.0])
         assert b.random_source and b.reference_source
     assert -95 < table[("jax_mpe", "simple_spread")].random < -65  # a uniform-random policy scores about -80
-    np.testing.assert_array_equal(A.normalise([0.25, 1.0], "smax", "3m"), [0.25, 1.0])  # win rate as is
-    assert math.isnan(float(A.normalise(-10.0, "jax_mpe", "no_such_task")))
+    np.testing.assert_array_equal(normalisation.normalise([0.25, 1.0], "smax", "3m"), [0.25, 1.0])  # win rate as is
+    assert math.isnan(float(normalisation.normalise(-10.0, "jax_mpe", "no_such_task")))
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("task", ["simple_spread", "simple_reference", "simple_speaker_listener"])
 def test_normalisation_table_is_what_measure_bounds_measures(task):
-    got = A.measure_bounds("jax_mpe", task)
-    b = A.task_bounds("jax_mpe", task)
+    got = measure_bounds("jax_mpe", task)
+    b = normalisation.task_bounds("jax_mpe", task)
     assert abs(got["random"] - b.random) < 3 * got["random_sem"] + 0.05, got
     assert abs(got["reference"] - b.reference) < 3 * got["reference_sem"] + 0.05, got
 
@@ -215,27 +218,29 @@ def test_analyse_end_to_end_small(tmp_path):
     assert len(res.summary) == 6 and all(len(s.seeds) == 4 for s in res.summary)
     again = A.analyse(study, reps=500, baseline="mappo")
     assert again.aggregates == res.aggregates and again.poi == res.poi  # same seed, same CIs
-    ref = A.analyse(study, reps=50, baseline="mappo", engine="rliable")  # rliable itself: same points
+    scores = {a: np.stack(v, axis=1) for a, v in res.data.final_scores(clip=True).items()}
+    ref = oracle.rliable_aggregate_estimates(scores, reps=50)  # rliable itself on the same scores: same points
     for a in res.data.algos:
-        for m in A.METRIC_NAMES:
-            assert ref.aggregates[a][m].point == pytest.approx(res.aggregates[a][m].point)
-    assert {k: v.point for k, v in ref.poi.items()} == pytest.approx({k: v.point for k, v in res.poi.items()})
+        for m in S.METRIC_NAMES:
+            assert ref[a][m].point == pytest.approx(res.aggregates[a][m].point)
+    for (a, b), e in res.poi.items():
+        assert oracle.rliable_probability_of_improvement(scores[a], scores[b], reps=50).point == pytest.approx(e.point)
 
 
 def test_first_crossing_interpolates_between_grid_points_and_says_never():
     x = np.array([0.0, 100.0, 200.0, 300.0])
     y = np.array([0.0, 0.2, 0.6, 0.7])
-    assert A.first_crossing(x, y, 0.4) == pytest.approx(150.0)  # halfway from 0.2 to 0.6
-    assert A.first_crossing(x, y, 0.0) == 0.0
-    assert A.first_crossing(x, y, 0.7) == pytest.approx(300.0)
-    assert math.isnan(A.first_crossing(x, y, 0.71))
+    assert S.first_crossing(x, y, 0.4) == pytest.approx(150.0)  # halfway from 0.2 to 0.6
+    assert S.first_crossing(x, y, 0.0) == 0.0
+    assert S.first_crossing(x, y, 0.7) == pytest.approx(300.0)
+    assert math.isnan(S.first_crossing(x, y, 0.71))
 
 
 def test_reach_baseline_reads_the_bands_and_gives_the_sample_ratio():
     x = np.linspace(0, 1000, 11)
-    base = A.Band(x, np.linspace(0, 0.5, 11), np.linspace(0, 0.45, 11), np.linspace(0, 0.55, 11))
-    fast = A.Band(x, np.linspace(0, 1.0, 11), np.linspace(0, 0.8, 11), np.linspace(0, 1.25, 11))
-    r = A.reach_baseline({"mappo": base, "marpo": fast}, "mappo", seconds_per_step={"mappo": 0.01, "marpo": 0.03})
+    base = S.Band(x, np.linspace(0, 0.5, 11), np.linspace(0, 0.45, 11), np.linspace(0, 0.55, 11))
+    fast = S.Band(x, np.linspace(0, 1.0, 11), np.linspace(0, 0.8, 11), np.linspace(0, 1.25, 11))
+    r = S.reach_baseline({"mappo": base, "marpo": fast}, "mappo", seconds_per_step={"mappo": 0.01, "marpo": 0.03})
     assert r["mappo"].steps == pytest.approx(1000) and r["mappo"].steps_ratio == pytest.approx(1.0)
     assert r["marpo"].target == pytest.approx(0.5) and r["marpo"].steps == pytest.approx(500)
     assert r["marpo"].steps_ratio == pytest.approx(0.5)  # "needs 0.5x mappo's env steps"
@@ -245,10 +250,10 @@ def test_reach_baseline_reads_the_bands_and_gives_the_sample_ratio():
 
 def test_reach_targets_the_baselines_final_iqm_not_its_curves_last_point():
     x = np.linspace(0, 1000, 11)
-    base = A.Band(x, np.linspace(0, 0.5, 11), np.linspace(0, 0.45, 11), np.linspace(0, 0.55, 11))
-    fast = A.Band(x, np.linspace(0, 1.0, 11), np.linspace(0, 0.8, 11), np.linspace(0, 1.25, 11))
-    r = A.reach_baseline({"mappo": base, "marpo": fast}, "mappo", target=0.4)  # the aggregate table's IQM
+    base = S.Band(x, np.linspace(0, 0.5, 11), np.linspace(0, 0.45, 11), np.linspace(0, 0.55, 11))
+    fast = S.Band(x, np.linspace(0, 1.0, 11), np.linspace(0, 0.8, 11), np.linspace(0, 1.25, 11))
+    r = S.reach_baseline({"mappo": base, "marpo": fast}, "mappo", target=0.4)  # the aggregate table's IQM
     assert r["mappo"].baseline_steps == pytest.approx(800) and r["marpo"].steps == pytest.approx(400)
     assert r["marpo"].steps_ratio == pytest.approx(0.5)
-    never = A.reach_baseline({"mappo": base, "marpo": fast}, "mappo", target=0.6)  # above mappo's curve
+    never = S.reach_baseline({"mappo": base, "marpo": fast}, "mappo", target=0.6)  # above mappo's curve
     assert never["mappo"].baseline_steps == 1000 and math.isnan(never["mappo"].steps)

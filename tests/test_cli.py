@@ -83,21 +83,21 @@ def test_tiny_run_writes_metrics_and_rerun_skips_complete_runs(tmp_path):
 
 
 def test_code_provenance_is_read_once_per_process_so_a_later_commit_is_not_recorded(monkeypatch):
-    from marpo_bench import train
+    from marpo_bench import provenance
 
     heads = iter(["commit-a", "commit-b"])
-    monkeypatch.setattr(train, "_git_commit", lambda: next(heads))
-    monkeypatch.setattr(train, "_uncommitted_changes", lambda: False)
-    train.code_provenance.cache_clear()
+    monkeypatch.setattr(provenance, "git_commit", lambda: next(heads))
+    monkeypatch.setattr(provenance, "uncommitted_changes", lambda: False)
+    provenance.code_provenance.cache_clear()
     try:
-        assert train.code_provenance() == ("commit-a", False)
-        assert train.code_provenance() == ("commit-a", False)  # HEAD moved on; the loaded code did not
+        assert provenance.code_provenance() == ("commit-a", False)
+        assert provenance.code_provenance() == ("commit-a", False)  # HEAD moved on; the loaded code did not
     finally:
-        train.code_provenance.cache_clear()
+        provenance.code_provenance.cache_clear()
 
 
 def test_scoped_override_applies_to_one_algorithm_only(tmp_path):
-    from marpo_bench.cli import plan_grid
+    from marpo_bench.plan import plan_grid
     from marpo_bench.train import build_config
 
     specs = plan_grid("mappo,marpo", "jax_mpe:simple_spread", 1, "1k", ["marpo.alpha=0.5", "lr=1e-3"], "cpu")
@@ -188,7 +188,7 @@ def test_bench_bad_input_is_a_one_line_error(args, needle):
 
 
 def test_per_env_budgets_take_the_most_specific_entry():
-    from marpo_bench.cli import plan_grid
+    from marpo_bench.plan import plan_grid
 
     specs = plan_grid("mappo", "jax_mpe:simple_spread,jax_mpe:simple_reference,smax:3m", 1,
                       "1M,jax_mpe=200k,jax_mpe:simple_reference=50k", [], "cpu")
@@ -206,3 +206,13 @@ def test_bad_per_env_budgets_are_one_line_errors(steps, message, tmp_path):
     res = runner.invoke(app, ["run", "--algos", "mappo", "--envs", "jax_mpe:simple_spread,smax:3m",
                               "--steps", steps, "--results", str(tmp_path)])
     assert res.exit_code == 2 and message in res.output and "Traceback" not in res.output
+
+
+def test_results_naming_a_file_is_a_one_line_error(tmp_path):
+    afile = tmp_path / "results.txt"
+    afile.write_text("not a directory")
+    for where in (afile, afile / "sub"):
+        res = runner.invoke(app, ["run", "--results", str(where), *TINY])
+        assert res.exit_code == 2, res.output
+        assert "error:" in res.output and "a file" in res.output and "Traceback" not in res.output
+    assert afile.read_text() == "not a directory"

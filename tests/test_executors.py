@@ -19,9 +19,10 @@ from rich.console import Console
 from typer.testing import CliRunner
 
 from marpo_bench import presets, store
-from marpo_bench.cli import DEFAULT_ALGOS, DEFAULT_ENVS, DEFAULT_SEEDS, DEFAULT_STEPS, app, plan_grid
+from marpo_bench.cli import DEFAULT_ALGOS, DEFAULT_ENVS, DEFAULT_SEEDS, DEFAULT_STEPS, app
 from marpo_bench.config import RunSpec
 from marpo_bench.executors import run_local, run_ray
+from marpo_bench.plan import plan_grid
 from marpo_bench.train import FAULT_ENV, parse_faults
 
 pytest.importorskip("ray")
@@ -57,6 +58,24 @@ def local_ray():
 
 # ----------------------------------------------------------------------------------------------
 # Ray
+
+
+def _connect(address: str, env: dict[str, str]) -> subprocess.CompletedProcess:
+    code = (f"import ray; ray.init(address={address!r}, include_dashboard=False, log_to_driver=False); "
+            f"print('CONNECTED')")
+    return subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=180)
+
+
+def test_a_local_ray_instance_refuses_a_client_without_its_token(local_ray):
+    """The local instance listens on every interface, so it must authenticate: a client with no
+    token is refused, one with the session's token (held in this process's environment only) connects."""
+    address = local_ray.get_runtime_context().gcs_address
+    assert os.environ["RAY_AUTH_MODE"] == "token" and len(os.environ["RAY_AUTH_TOKEN"]) == 64
+    stranger = {k: v for k, v in os.environ.items() if not k.startswith("RAY_AUTH")}
+    refused = _connect(address, stranger)
+    assert refused.returncode != 0 and "CONNECTED" not in refused.stdout
+    allowed = _connect(address, {**stranger, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": os.environ["RAY_AUTH_TOKEN"]})
+    assert allowed.returncode == 0 and "CONNECTED" in allowed.stdout, allowed.stderr[-500:]
 
 
 def _assert_same_runs_as_local(tmp_path: Path, specs: list[RunSpec]) -> None:

@@ -208,7 +208,7 @@ def _code_strings(path: Path) -> list[tuple[int, str]]:
 _MAY_NAME = {
     "marpo_bench/algos/__init__.py": "the built-in algorithms' table",
     "marpo_bench/presets.py": "named grids and the default study",
-    "marpo_bench/regress.py": "the regression suites are grids, like presets",
+    "marpo_bench/regress/suites.py": "the regression suites are grids, like presets",
     "marpo_bench/report/plots.py": "fixed colours of the built-in algorithms (others take the palette)",
     "marpo_bench/analysis.py": "the default baseline (mappo), and MARPO (the suite's subject) first in tables",
     "baselines/mappo.py": "MAPPO's published recipes, keyed by env family and task (issue 20)",
@@ -309,3 +309,25 @@ def test_a_malformed_reference_is_a_one_line_error(item) -> None:
         parse_references([item])
     spread5 = "jax_mpe:simple_spread?num_agents=5"
     assert parse_references([f"{spread5}=-30.5"]) == {spread5: -30.5}  # the score follows the last "="
+
+
+def test_no_module_uses_another_modules_private_names() -> None:
+    """``from marpo_bench.x import _name`` and ``module._name`` across the package's own modules: a
+    module's private names are its own (a public name, documented, is what another module may use)."""
+    ours = ("marpo_bench", "baselines")
+    found = []
+    for path in sorted([*ROOT.glob("marpo_bench/**/*.py"), *ROOT.glob("baselines/*.py")]):
+        tree = ast.parse(path.read_text())
+        modules: set[str] = set()
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] in ours:
+                for a in node.names:
+                    if a.name.startswith("_") and not a.name.startswith("__"):
+                        found.append(f"{path.relative_to(ROOT)}:{node.lineno}: from {node.module} import {a.name}")
+                    modules.add(a.asname or a.name)
+            elif isinstance(node, ast.Import):
+                modules |= {a.asname or a.name.split(".")[0] for a in node.names if a.name.split(".")[0] in ours}
+        found += [f"{path.relative_to(ROOT)}:{node.lineno}: {node.value.id}.{node.attr}" for node in ast.walk(tree)
+                  if isinstance(node, ast.Attribute) and node.attr.startswith("_") and not node.attr.startswith("__")
+                  and isinstance(node.value, ast.Name) and node.value.id in modules]
+    assert not found, "\n".join(found)

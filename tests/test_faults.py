@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -17,7 +18,7 @@ from typer.testing import CliRunner
 from marpo_bench import store
 from marpo_bench.cli import app
 from marpo_bench.config import RunSpec
-from marpo_bench.executors import read_plan, study_status, write_plan
+from marpo_bench.plan import read_plan, study_status, write_plan
 from marpo_bench.train import CHECKPOINT_FORMAT, FAULT_ENV, Fault, parse_faults, train_run
 
 runner = CliRunner()
@@ -169,6 +170,25 @@ def _wait_for_checkpoint_of_a_running_run(study: Path, proc: subprocess.Popen, t
     raise AssertionError("no checkpoint appeared")
 
 
+def _wait_for_a_new_checkpoint_by(study: Path, proc: subprocess.Popen, timeout: float = 120) -> None:
+    """Until a run that ``proc`` itself trains (it is the writer: one worker) has written a checkpoint."""
+    start = time.time()
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise AssertionError(f"the command exited ({proc.returncode}): {proc.stderr.read()[-500:]}")
+        for run in (study / "runs").glob("*"):
+            try:
+                rec = json.loads((run / "run.json").read_text())
+                ckpt = (run / "checkpoint.pt").stat().st_mtime
+            except (OSError, ValueError):
+                continue
+            if rec.get("status") == "running" and (rec.get("writer") or {}).get("pid") == proc.pid and ckpt > start:
+                return
+        time.sleep(0.05)
+    raise AssertionError("no new checkpoint appeared")
+
+
 def _assert_complete_once(results: Path, study: str) -> list[dict]:
     plan = [r["run_id"] for r in read_plan(results / study)["runs"]]
     records, frame = store.load_study(results / study)
@@ -181,10 +201,14 @@ def _assert_complete_once(results: Path, study: str) -> list[dict]:
     return records
 
 
+def _start(results: Path, study: str, *extra: str) -> subprocess.Popen:
+    return subprocess.Popen(_cli(results, study, *extra), env=_env(), cwd=results, start_new_session=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
 def test_sigkill_of_the_command_then_rerun_completes_every_run_once(tmp_path):
     study = tmp_path / "k"
-    proc = subprocess.Popen(_cli(tmp_path, "k"), env=_env(), cwd=tmp_path, start_new_session=True,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc = _start(tmp_path, "k")
     try:
         _wait_for_checkpoint_of_a_running_run(study, proc)
     finally:
@@ -199,6 +223,38 @@ def test_sigkill_of_the_command_then_rerun_completes_every_run_once(tmp_path):
     assert again.returncode == 0, again.stderr
     records = _assert_complete_once(tmp_path, "k")
     assert any(r["resumed_from"] for r in records if r["run_id"] in resumable)
+
+
+def test_repeated_sigkill_and_immediate_rerun_never_refuses_and_completes_every_run_once(tmp_path):
+    """kill -9 of the grid, the same command at once (no pause for a dying process to go), three
+    times over: no re-run is refused as "being trained by another process", and the last one
+    completes every run exactly once."""
+    study = tmp_path / "r"
+    for _ in range(3):
+        proc = _start(tmp_path, "r")
+        try:
+            _wait_for_a_new_checkpoint_by(study, proc)  # fails if the command exited (e.g. refused)
+        finally:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(30)
+    last = subprocess.run(_cli(tmp_path, "r"), env=_env(), cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert last.returncode == 0, last.stderr
+    _assert_complete_once(tmp_path, "r")
+
+
+def test_two_concurrent_runs_of_one_study_train_each_run_once(tmp_path):
+    """Two identical `run` commands started together: every run is trained by one of them (the other
+    skips it, or refuses at the start when a run is already being trained), none twice."""
+    procs = [_start(tmp_path, "two"), _start(tmp_path, "two")]
+    outs = [p.communicate(timeout=300) for p in procs]
+    assert all(p.returncode in (0, 2) for p in procs), [o[1][-500:] for o in outs]
+    assert any(p.returncode == 0 for p in procs)
+    trained = [int(m) for out, _ in outs for m in re.findall(r"finished: (\d+) trained", " ".join(out.split()))]
+    assert sum(trained) == 2, outs
+    for p, (_, err) in zip(procs, outs, strict=True):
+        if p.returncode == 2:
+            assert "being trained by another process" in " ".join(err.split())
+    _assert_complete_once(tmp_path, "two")
 
 
 def test_ctrl_c_stops_a_parallel_grid_cleanly_and_rerun_finishes_it(tmp_path):

@@ -20,9 +20,11 @@ import pytest
 from rich.console import Console
 from typer.testing import CliRunner
 
+from marpo_bench import provenance, store
 from marpo_bench import regress as rg
-from marpo_bench import store
 from marpo_bench.cli import app
+from marpo_bench.executors.pool import run_jobs
+from marpo_bench.train import RunResult
 
 runner = CliRunner()
 REPO = Path(__file__).resolve().parent.parent
@@ -93,7 +95,7 @@ def test_update_appends_a_dated_history_entry(ref_copy):
         out = []
         for spec, study in jobs:
             shutil.copytree(ref_copy / study / "runs" / spec.run_id, store.run_dir(results, study, spec.run_id))
-            out.append(rg.TrainOutcome(spec.run_id, "complete", "", 0.0))
+            out.append(RunResult(spec.run_id, "complete"))
         return out
 
     manifest = rg.write_reference(ref_copy, "tiny", "second reason", console=quiet(), train=copy_runs)
@@ -110,8 +112,9 @@ def test_update_appends_a_dated_history_entry(ref_copy):
 
 def test_same_seed_twice_gives_identical_metrics(tiny_ref, tmp_path):
     spec = rg.SUITES["tiny"].exact_specs()[0]
-    rg.train_specs([spec], tmp_path, "again", workers=1)
-    assert rg.compare_exact(tiny_ref / rg.EXACT_STUDY, tmp_path / "again", [spec.run_id]) == []
+    run_jobs([(spec, "again")], tmp_path, 1, quiet(), retries=0, deterministic=True)
+    assert rg.compare_exact(rg.Study.read(tiny_ref / rg.EXACT_STUDY), rg.Study.read(tmp_path / "again"),
+                            [spec.run_id]) == []
     a = store.read_metrics(store.run_dir(tiny_ref, rg.EXACT_STUDY, spec.run_id)).drop(columns="wall_seconds")
     b = store.read_metrics(store.run_dir(tmp_path, "again", spec.run_id)).drop(columns="wall_seconds")
     assert a.equals(b)
@@ -167,8 +170,8 @@ def test_exact_difference_against_another_cpu_kind_is_shown_but_does_not_fail(re
 
 
 def test_exact_check_binds_only_on_the_reference_cpu_kind_and_versions():
-    here = rg.machine_info()
-    assert here["cpu"] == rg.cpu_kind() and rg.cpu_kind()
+    here = provenance.machine_kind()
+    assert here["cpu"] == provenance.cpu_kind() and provenance.cpu_kind()
     assert rg.exact_is_binding(dict(here), here)
     assert not rg.exact_is_binding({k: v for k, v in here.items() if k != "cpu"}, here)
     assert not rg.exact_is_binding({**here, "cpu": here["cpu"] + " (other)"}, here)
@@ -185,7 +188,8 @@ def test_exact_difference_names_the_earliest_step_then_the_schema_column(tiny_re
     df.loc[len(df) - 1, "eval_return_mean"] = 0.0  # ... wins over an earlier column at a later row
     df.loc[1, "wall_seconds"] = 1e9  # timing is ignored
     store.write_metrics(dst, rows_of(df), overwrite=True)
-    diff = rg.first_difference(src, dst)
+    diff = rg.first_difference((store.read_run_json(src), store.read_metrics(src)),
+                               (store.read_run_json(dst), store.read_metrics(dst)))
     assert (diff.metric, diff.env_steps) == ("entropy", int(df.loc[1, "env_steps"]))
 
 
@@ -320,7 +324,7 @@ def test_update_refuses_to_replace_a_directory_that_is_not_a_reference(tmp_path)
 
 def test_stored_reference_is_complete_small_and_committable():
     suite = rg.SUITES["smoke"]
-    manifest = rg.load_reference(STORED, suite)  # manifest, definition and every run are valid
+    manifest = rg.load_reference(STORED, suite).manifest  # manifest, definition and every run are valid
     assert len(suite.seeds) >= 3 and set(suite.algos) == {"marpo", "mappo", "qmix"}
     files = [p for p in STORED.rglob("*") if p.is_file()]
     assert sum(p.stat().st_size for p in files) < 3_000_000
@@ -344,7 +348,7 @@ def test_stored_smoke_reference_reproduces_exactly_and_passes_stat(tmp_path):
     shown but not binding elsewhere; and the stored suite judged against itself is the same."""
     exact = cli("--reference", str(STORED), "--suite", "smoke", "--mode", "exact")
     assert exact.exit_code == 0, exact.output
-    binding = rg.exact_is_binding(rg.read_manifest(STORED).get("machine") or {}, rg.machine_info())
+    binding = rg.exact_is_binding(rg.read_manifest(STORED).get("machine") or {}, provenance.machine_kind())
     # On the reference's CPU kind the slice must be identical; elsewhere it may be identical too
     # (seen on an AMD host against an Intel-recorded reference) or differ, shown as not binding.
     same = "equal the reference bit for bit" in exact.output

@@ -14,7 +14,13 @@ import pytest
 import torch
 
 from marpo_bench.envs import smacv2 as smacv2_mod
-from marpo_bench.envs.smax import NOOP_ACTION, derive_won, won_from_reward
+from marpo_bench.envs.smax import NOOP_ACTION, derive_won
+
+
+def won_from_reward(terminal_reward: np.ndarray, bonus: float = 1.0) -> np.ndarray:
+    """JaxMARL's baselines' rule (``SMAXLogWrapper``): won iff the last step's team reward >= the
+    won-battle bonus (SMAX's default 1.0); the wrapper uses ``derive_won`` instead."""
+    return terminal_reward >= bonus
 
 E = 8
 

@@ -163,6 +163,17 @@ class SnapshotEnv(Protocol):
         ...
 
 
+@runtime_checkable
+class CompiledStepEnv(Protocol):
+    """An env whose ``step`` calls one compiled function (the JAX-backed families), exposed so the
+    bench can time the env's compute apart from the torch <-> env exchange (optional).
+
+    ``compiled_step`` is the function ``step`` calls on each call; a wrapper put in its place (same
+    signature) is called instead. Python envs (mpe2, SMACv2) have none."""
+
+    compiled_step: Any
+
+
 ScoreKind = Literal["return", "win_rate"]
 
 

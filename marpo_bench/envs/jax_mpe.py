@@ -173,7 +173,7 @@ class JaxMPEVecEnv:
             avail[i, :n] = True
         self._avail = avail.to(self.device)
         self._reset_jit = fn.reset
-        self._step_jit = fn.step
+        self.compiled_step = fn.step
         self._carry: tuple[Any, ...] | None = None
 
     def _actions_to_jax(self, actions: torch.Tensor) -> np.ndarray:
@@ -197,7 +197,7 @@ class JaxMPEVecEnv:
             # Compile step with the kind of action array step() passes (``actions_for_jit``), so
             # the timed / real calls hit the cache (another kind would compile a second version).
             zeros = torch.zeros(self._E, self._N, dtype=torch.int64)
-            jax.block_until_ready(self._step_jit(carry, self._actions_to_jax(zeros)))
+            jax.block_until_ready(self.compiled_step(carry, self._actions_to_jax(zeros)))
             self._fn.warm = True
         self._carry = carry
         dev, E = self.device, self._E
@@ -212,7 +212,7 @@ class JaxMPEVecEnv:
 
         if self._carry is None:
             raise RuntimeError("call reset(seed) before step()")
-        self._carry, out = self._step_jit(self._carry, self._actions_to_jax(actions))
+        self._carry, out = self.compiled_step(self._carry, self._actions_to_jax(actions))
         dev, E = self.device, self._E
         obs, state, reward, truncated, final_obs, final_state, ep_ret, ep_len = (to_torch(x, dev) for x in out)
         return TimeStep(
@@ -245,14 +245,14 @@ class JaxMPEVecEnv:
 
     def compiled_step_count(self) -> int:
         """How many versions of the jitted step exist (1 after warm-up: no recompilation)."""
-        return int(self._step_jit._cache_size())  # type: ignore[attr-defined]
+        return int(self.compiled_step._cache_size())  # type: ignore[attr-defined]
 
     def close(self) -> None:
         """Drop the device state (JAX frees the buffers once unreferenced)."""
         self._carry = None
 
 
-# Measured with analysis.measure_bounds() (see mpe.MPE_MEASUREMENT); random, sem, reference, sem.
+# Measured with measure_bounds() (tests/mpe_oracle.py; see mpe.MPE_MEASUREMENT); random, sem, reference, sem.
 _MEASURED = {
     "simple_spread": (-80.54, 1.03, -22.24, 0.40),
     "simple_reference": (-57.85, 0.81, -15.56, 0.32),

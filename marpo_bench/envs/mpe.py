@@ -244,7 +244,7 @@ class MPEVecEnv:
 # The family: normalisation bounds (shared with jax_mpe.py, measured per backend) and registration
 
 MPE_MEASUREMENT = (
-    "Each MPE row is measured by marpo_bench.analysis.measure_bounds(env, task): train.evaluate on "
+    "Each MPE row is measured by measure_bounds(env, task) in the tests (tests/mpe_oracle.py): train.evaluate on "
     "make_env(env, task, 512), i.e. one 25-step episode in each of 512 parallel envs with eval seed 123, for the "
     "uniform-random policy (UniformRandomPolicy, sampled actions) and for a scripted oracle (MPEOracle, "
     "deterministic) that reads goals and positions from the observations and steers with a one-step look-ahead. "
@@ -253,7 +253,7 @@ MPE_MEASUREMENT = (
 )
 """How the MPE families' normalisation bounds were obtained (printed above the table in the report)."""
 
-ORACLE_STRATEGIES: dict[str, str] = {  # how analysis.MPEOracle plays each task
+ORACLE_STRATEGIES: dict[str, str] = {  # how the tests' MPEOracle (tests/mpe_oracle.py) plays each task
     "simple_spread": "agents take the landmark assignment with the least total distance",
     "simple_reference": "each agent says the other's goal, then moves to the goal it hears",
     "simple_speaker_listener": "the speaker says the goal, the listener moves to the goal it hears",

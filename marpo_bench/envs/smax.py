@@ -93,7 +93,6 @@ def smax_maps() -> tuple[str, ...]:
 # JaxMARL's SMAX baselines' ENV_KWARGS (MAPPO and IPPO configs), passed to HeuristicEnemySMAX.
 SMAX_ENV_KWARGS: dict[str, Any] = {"see_enemy_actions": True, "walls_cause_death": True, "attack_mode": "closest"}
 DEFAULT_MAX_STEPS = 100  # SMAX's default ``max_steps``
-WON_BATTLE_BONUS = 1.0  # SMAX's default; only used by ``won_from_reward`` (the baselines' rule)
 NOOP_ACTION = 4  # SMAX's "stop": the only action a dead agent has
 
 
@@ -115,18 +114,12 @@ def derive_won(ally_alive: jax.Array, enemy_alive: jax.Array) -> jax.Array:
     A draw (both teams dead in the same step, possible in SMAX because all units act at once)
     and a time-out are losses. This is exactly the condition under which SMAX pays
     ``won_battle_bonus`` (``SMAX.compute_reward``: ``won_battle & ~lost_battle``). JaxMARL's
-    baselines instead test the terminal reward, ``reward >= 1.0`` (``won_from_reward``), which
+    baselines instead test the terminal reward, ``reward >= 1.0`` (tests/test_smax.py compares the two), which
     depends on the bonus staying 1.0 and also fires on a draw in which the enemy team loses all of
     its remaining health in the last step (its health-loss term alone is then 1.0: e.g. every
     unit killed by touching a wall, ``walls_cause_death=True``); the alive rule has neither problem.
     """
     return ally_alive.any(axis=-1) & ~enemy_alive.any(axis=-1)
-
-
-def won_from_reward(terminal_reward: jax.Array, bonus: float = WON_BATTLE_BONUS) -> jax.Array:
-    """JaxMARL's baselines' rule (``SMAXLogWrapper``): won iff the last step's team reward >= bonus.
-    Kept for comparison and tests; the wrapper uses ``derive_won``."""
-    return terminal_reward >= bonus
 
 
 def _jaxmarl() -> Any:
@@ -297,7 +290,7 @@ class SMAXVecEnv:
             has_won=True,
         )
         self._noop = torch.full((num_envs, self._N), NOOP_ACTION, dtype=torch.int64)
-        self._step_jit = self._fn.step  # per instance, as in jax_mpe (the bench times it here)
+        self.compiled_step = self._fn.step  # per instance, as in jax_mpe (the bench times it here)
         self._carry: _Carry | None = None
 
     def _actions_to_jax(self, actions: torch.Tensor) -> np.ndarray:
@@ -328,7 +321,7 @@ class SMAXVecEnv:
 
         if self._carry is None:
             raise RuntimeError("call reset(seed) before step()")
-        self._carry, out = self._step_jit(self._carry, self._actions_to_jax(actions), self._fn.false)
+        self._carry, out = self.compiled_step(self._carry, self._actions_to_jax(actions), self._fn.false)
         obs2, state2, avail, alive, scalars, flags = (to_torch(x, self.device) for x in out)
         return TimeStep(
             obs=obs2[0],

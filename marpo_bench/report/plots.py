@@ -21,7 +21,8 @@ import numpy as np  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.ticker import EngFormatter  # noqa: E402
 
-from marpo_bench.analysis import METRIC_NAMES, Analysis, Band  # noqa: E402
+from marpo_bench.analysis import Analysis  # noqa: E402
+from marpo_bench.stats import METRIC_NAMES, Band  # noqa: E402
 
 # Okabe-Ito colour-blind-safe palette; the three suite algorithms keep fixed colours.
 FIXED_COLOURS = {"marpo": "#D55E00", "mappo": "#0072B2", "qmix": "#009E73", "marpo_noreflect": "#E69F00",

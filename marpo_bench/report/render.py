@@ -23,15 +23,11 @@ from typing import Any
 import jinja2
 
 from marpo_bench import store
-from marpo_bench.analysis import (
-    METRIC_NAMES,
-    Analysis,
-    bounds_measurements,
-    normalisation_table,
-    win_rate_families,
-)
+from marpo_bench.analysis import Analysis
+from marpo_bench.normalisation import bounds_measurements, normalisation_table, win_rate_families
 from marpo_bench.report import plots
 from marpo_bench.report.verdict import headline
+from marpo_bench.stats import METRIC_NAMES
 
 FORMATS = ("html", "pdf", "md")
 

@@ -17,7 +17,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from marpo_bench.analysis import Analysis, Estimate, Group
+from marpo_bench.analysis import Analysis, Group
+from marpo_bench.stats import Estimate
 
 
 @dataclass(frozen=True)

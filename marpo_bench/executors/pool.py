@@ -1,0 +1,255 @@
+"""The local executor: runs in this process (one worker) or in one pool of spawned processes.
+
+Spawn, not fork, because JAX and torch threads do not survive fork. Each run uses ``threads`` torch
+threads (default 1, ``DEFAULT_THREADS``) whatever the number of workers, so a run's numbers do not
+depend on ``--workers``; every process writes its own runs into the store (a local filesystem).
+The same pool trains the regression check's runs (``deterministic=True``: one thread and
+deterministic torch algorithms, in every worker).
+
+When a pool worker dies, Python's pool stops the other workers too: their runs (marked
+``interrupted`` by their SIGTERM handler) are resubmitted without using up an attempt; the run
+whose process died (still ``running`` on disk) is the one that failed. A failed attempt that
+another may not repeat is retried from its last checkpoint (``common.should_retry``). Ctrl-C
+stops the pool: the runs in flight are marked ``interrupted`` and re-running continues them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import multiprocessing as mp
+import os
+import queue as queue_mod
+import signal
+import time
+from collections import deque
+from collections.abc import Iterator, Sequence
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+
+from marpo_bench import provenance, store
+from marpo_bench.config import DEFAULT_THREADS, RunSpec, one_line
+from marpo_bench.executors.common import GridBars, mark_run, should_retry
+from marpo_bench.train import Fault, RunResult, faults_from_env, train_run
+
+Job = tuple[RunSpec, str]  # a run and the study it goes to
+
+
+def set_deterministic() -> None:
+    """The settings every regression run trains under: one torch thread (reductions then do not
+    depend on the core count) and deterministic torch algorithms (CPU kernels here have them)."""
+    import torch
+
+    torch.set_num_threads(1)
+    torch.use_deterministic_algorithms(True)
+
+
+@contextlib.contextmanager
+def deterministic_torch() -> Iterator[None]:
+    """:func:`set_deterministic` for the duration, then the previous settings (in-process runs)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    det = torch.are_deterministic_algorithms_enabled()
+    warn = torch.is_deterministic_algorithms_warn_only_enabled()
+    set_deterministic()
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+        torch.use_deterministic_algorithms(det, warn_only=warn)
+
+
+@contextlib.contextmanager
+def torch_threads(n: int) -> Iterator[None]:
+    """``n`` torch intra-op threads for the duration, then the previous count (in-process runs)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+_progress_queue: Any = None
+_in_run = False  # whether this pool worker is training a run now
+
+
+def _die_with_parent() -> None:
+    """Linux: get SIGTERM when the parent dies (a ``kill -9`` of the command leaves no worker)."""
+    with contextlib.suppress(Exception):
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
+def _sigterm_to_interrupt(signum: int, frame: Any) -> None:
+    """SIGTERM in a pool worker: interrupt the run (it is marked ``interrupted``), or leave at once
+    when idle (the pool's queue locks must not be held by an interrupted process)."""
+    if not _in_run:
+        os._exit(0)
+    raise KeyboardInterrupt
+
+
+def _worker_init(threads: int, progress_queue: Any, deterministic: bool) -> None:
+    """Pool worker: torch threads (or the deterministic settings); Ctrl-C is the parent's to handle
+    (it sends SIGTERM, which becomes KeyboardInterrupt here so the run is marked interrupted)."""
+    import torch
+
+    global _progress_queue
+    if deterministic:
+        set_deterministic()
+    else:
+        torch.set_num_threads(threads)
+    _progress_queue = progress_queue
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, _sigterm_to_interrupt)
+    _die_with_parent()
+    provenance.code_provenance()  # the commit of the code this worker imports now, not of a later HEAD
+
+
+def _worker(spec: RunSpec, results: str, study: str, checkpoint_every: int | None,
+            faults: tuple[Fault, ...], attempt: int) -> RunResult:
+    global _in_run
+
+    def report(done: int, total: int) -> None:
+        _progress_queue.put((spec.run_id, done, total))
+
+    _in_run = True
+    t0 = time.perf_counter()
+    try:
+        res = train_run(spec, Path(results), study, progress=report, checkpoint_every=checkpoint_every,
+                        faults=faults, attempt=attempt)
+        return dataclasses.replace(res, seconds=time.perf_counter() - t0)
+    except KeyboardInterrupt:  # the parent is stopping the pool; the run is marked interrupted
+        os._exit(130)
+    finally:
+        _in_run = False
+
+
+def _status(results: Path, study: str, spec: RunSpec) -> str | None:
+    with contextlib.suppress(store.StoreError):
+        return store.run_status(store.run_dir(results, study, spec.run_id))
+    return None
+
+
+def stop_pool(pool: ProcessPoolExecutor | None, grace: float = 10.0) -> None:
+    """Stop a pool's workers: SIGTERM (their runs are marked interrupted), then SIGKILL."""
+    if pool is None:
+        return
+    procs = list(getattr(pool, "_processes", {}).values())  # private, but the only handle on them
+    for p in procs:
+        with contextlib.suppress(OSError):
+            os.kill(p.pid, signal.SIGTERM)
+    deadline = time.monotonic() + grace
+    for p in procs:
+        p.join(max(0.0, deadline - time.monotonic()))
+        if p.is_alive():
+            p.kill()
+            p.join(5)
+    pool.shutdown(wait=False, cancel_futures=True)
+
+
+def run_local(specs: Sequence[RunSpec], results: Path, study: str, workers: int, console: Console, *,
+              retries: int = 1, checkpoint_every: int | None = None,
+              faults: tuple[Fault, ...] | None = None, threads: int = DEFAULT_THREADS) -> list[RunResult]:
+    """Run every spec of one study (complete ones are skipped, incomplete ones resume): :func:`run_jobs`."""
+    return run_jobs([(s, study) for s in specs], results, workers, console, retries=retries,
+                    checkpoint_every=checkpoint_every, faults=faults, threads=threads)
+
+
+def run_jobs(jobs: Sequence[Job], results: Path, workers: int, console: Console, *, retries: int = 1,
+             checkpoint_every: int | None = None, faults: tuple[Fault, ...] | None = None,
+             threads: int = DEFAULT_THREADS, deterministic: bool = False) -> list[RunResult]:
+    """Train every ``(spec, study)`` into ``results/study`` with a grid progress bar and one bar per
+    active run: in this process, in order (``workers <= 1``), or in one pool of ``workers`` spawned
+    processes, each run with ``threads`` torch threads, or under :func:`set_deterministic`
+    (``deterministic``). Failed attempts are retried (module doc). Returns one RunResult per job,
+    in the order they finished, each with the seconds its last attempt took."""
+    faults = faults_from_env() if faults is None else faults
+    out: list[RunResult] = []
+    with GridBars(console, len(jobs)) as bars:
+        if workers <= 1:
+            for spec, study in jobs:
+                attempt = 1
+                while True:
+                    t0 = time.perf_counter()
+                    with deterministic_torch() if deterministic else torch_threads(threads):
+                        res = train_run(spec, results, study, progress=bars.callback(spec.run_id),
+                                        checkpoint_every=checkpoint_every, faults=faults, attempt=attempt)
+                    res = dataclasses.replace(res, seconds=time.perf_counter() - t0)
+                    if not should_retry(res, attempt, retries, console):
+                        break
+                    attempt += 1
+                out.append(bars.finish(res))
+            return out
+
+        ctx = mp.get_context("spawn")
+        q = ctx.Queue()
+        todo = deque((spec, study, 1) for spec, study in jobs)
+        running: dict[Future, tuple[RunSpec, str, int]] = {}
+        pool: ProcessPoolExecutor | None = None
+
+        def drain() -> None:
+            while True:
+                try:
+                    bars.update(*q.get_nowait())
+                except queue_mod.Empty:
+                    return
+
+        try:
+            while todo or running:
+                if pool is None:
+                    pool = ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_worker_init,
+                                               initargs=(threads, q, deterministic))
+                while todo and len(running) < workers:  # submit what can start now: a crash loses little
+                    spec, study, attempt = todo.popleft()
+                    fut = pool.submit(_worker, spec, str(results), study, checkpoint_every, faults, attempt)
+                    running[fut] = (spec, study, attempt)
+                done, _ = wait(running, timeout=0.2, return_when=FIRST_COMPLETED)
+                drain()
+                if any(isinstance(f.exception(), BrokenProcessPool) for f in done if not f.cancelled()):
+                    # A worker died: the pool fails every future, then stops the other workers.
+                    # Wait for them (their runs get marked interrupted), then sort out the futures.
+                    pool.shutdown(wait=True)
+                    pool = None
+                    done = {f for f in running if f.done()}
+                for fut in done:
+                    spec, study, attempt = running.pop(fut)
+                    crashed = False
+                    try:
+                        res = fut.result()
+                    except BrokenProcessPool:
+                        crashed = True
+                        if _status(results, study, spec) == "interrupted":
+                            todo.appendleft((spec, study, attempt))  # stopped because another worker died
+                            continue
+                        res = RunResult(spec.run_id, "failed", "a worker process died (crash or killed)",
+                                        retryable=True)
+                    except Exception as exc:  # could not even report: e.g. an unpicklable result
+                        crashed = True
+                        res = RunResult(spec.run_id, "failed", one_line(exc), retryable=True)
+                    if should_retry(res, attempt, retries, console):
+                        todo.appendleft((spec, study, attempt + 1))
+                        continue
+                    if crashed:
+                        mark_run(results, study, spec, "failed", res.message)
+                    out.append(bars.finish(res))
+        except KeyboardInterrupt:
+            stop_pool(pool)
+            pool = None
+            for spec, study, _ in running.values():
+                if _status(results, study, spec) == "running":
+                    mark_run(results, study, spec, "interrupted", "interrupted by the user")
+            raise
+        finally:
+            if pool is not None:
+                pool.shutdown(wait=True)
+            drain()
+    return out
