@@ -205,6 +205,13 @@ def _restrict(records: list[dict], algos: Sequence[str] | None, envs: Sequence[s
     return records
 
 
+def _finite_mean(values: Sequence[float]) -> float:
+    """The mean of the finite values (NaN when there are none, e.g. imported runs without timings)."""
+    x = np.asarray(values, dtype=np.float64)
+    x = x[np.isfinite(x)]
+    return float(x.mean()) if x.size else math.nan
+
+
 class _Loader:
     """The steps of :func:`load_scores` over one study's runs; every run left out is recorded in
     ``excluded`` with its reason, every caveat in ``notes``."""
@@ -243,7 +250,9 @@ class _Loader:
         kept = []
         for r in runs:
             if r.get("reward_scale") not in (None, want_scale):
-                self.exclude(r, f"reward scale {r['reward_scale']} differs from {want_scale} (never mixed)")
+                hint = (f"; import with --reward-scale {want_scale} if its returns are on that scale"
+                        if r.get("imported") else "")
+                self.exclude(r, f"reward scale {r['reward_scale']} differs from {want_scale} (never mixed){hint}")
             elif r.get("episode_limit") not in (None, want_limit):
                 self.exclude(r, f"episode limit {r['episode_limit']} differs from {want_limit} (never mixed)")
             else:
@@ -352,6 +361,11 @@ def load_scores(study_path: Path, last_k: int = 3, baseline: str | None = None,
     records, metrics = store.study_frame(study_runs if study_runs is not None else store.read_study(study_path))
     notes: list[str] = []
     records = _restrict(records, algos, envs, study_path.name, notes)
+    imported = [r for r in records if r.get("imported")]
+    if imported:
+        files = sorted({f"{r['imported'].get('format')} file {r['imported'].get('file')}" for r in imported})
+        notes.append(f"{len(imported)} run(s) imported from {', '.join(files)} (not trained here; provenance in "
+                     f"each run.json under 'imported'): {', '.join(sorted({r['algo'] for r in imported}))}")
     load = _Loader(records, metrics, last_k, notes)
     groups = load.usable_by_task(records)
     if not groups:
@@ -370,7 +384,9 @@ def load_scores(study_path: Path, last_k: int = 3, baseline: str | None = None,
         if data is not None:
             tasks.append(data)
     if not tasks:
-        raise AnalysisError(f"study {study_path.name}: no run is usable (see the excluded runs)")
+        first = load.excluded[0] if load.excluded else None
+        why = f": e.g. run {first.run_id}: {first.reason}" if first else ""
+        raise AnalysisError(f"study {study_path.name}: no run is usable{why}")
     algo_order = _display_order({a for t in tasks for a in t.runs}, baseline)
     agg, unlearned = _aggregated(tasks, algo_order, study_path, notes)
     used = {r.run_id for t in tasks for rs in t.runs.values() for r in rs}
@@ -457,7 +473,7 @@ def costs(data: StudyScores) -> tuple[dict[str, Cost], list[str]]:
         threads = [int(rec[r.run_id].get("torch_threads") or 1) for r in runs]
         out[a] = Cost(a, len(runs), sum(r.wall_seconds for r in runs) / 3600,
                       sum(r.wall_seconds * n for r, n in zip(runs, threads, strict=True)) / 3600,
-                      float(np.nanmean([r.seconds_per_step for r in agg])) if agg else math.nan,
+                      _finite_mean([r.seconds_per_step for r in agg]),
                       float(np.mean(threads)) if threads else math.nan)
         used += [rec[r.run_id] for r in runs]
     warnings = []
@@ -687,7 +703,7 @@ def analyse(
                                        for r in td.runs[a]]))
     res.curve = iqm_curves(curves, grid, reps, confidence, seed, key="aggregate")
     if baseline is not None and baseline in res.curve:
-        rates = {a: float(np.nanmean([r.seconds_per_step for k in data.agg_tasks for r in data.task(k).runs[a]]))
+        rates = {a: _finite_mean([r.seconds_per_step for k in data.agg_tasks for r in data.task(k).runs[a]])
                  for a in data.algos}
         res.reach = reach_baseline(res.curve, baseline, res.aggregates[baseline]["IQM"].point, rates)
     for k in data.agg_tasks:

@@ -82,10 +82,14 @@ def run(
     study: str = typer.Option("default", help="Study name: runs go to RESULTS/STUDY/runs/."),
     set_: list[str] = typer.Option([], "--set", help="Config override key=value or algo.key=value."),
     device: str = typer.Option("cpu", help="cpu, cuda, cuda:N or auto."),
+    log: str | None = typer.Option(None, help="Also log each run's metrics to tensorboard (event files in the run "
+                                              "directory) and/or wandb (offline unless WANDB_MODE is set), "
+                                              "e.g. --log tensorboard."),
 ) -> None:
     """Train a grid of algorithms x envs x seeds. Re-running the same command skips complete runs and
     continues interrupted or failed ones from their last checkpoint."""
     from marpo_bench import executors, plan, presets
+    from marpo_bench.loggers import parse_loggers
     from marpo_bench.train import faults_from_env
 
     try:
@@ -111,6 +115,7 @@ def run(
         if not study or "/" in study or study.startswith("."):
             raise ConfigError(f"bad --study {study!r}: use a plain directory name")
         faults = faults_from_env()
+        loggers = parse_loggers(log)
         statuses = {s.run_id: store.run_status(store.run_dir(results, study, s.run_id)) for s in specs}
         busy = plan.busy_runs(results, study, specs)
         if busy:
@@ -127,7 +132,7 @@ def run(
     try:
         res = executors.run_grid(specs, results, study, console, executor=executor, workers=workers,
                                  ray_address=ray_address, cpus_per_run=cpus_per_run, retries=retries,
-                                 checkpoint_every=every, faults=faults, threads=threads)
+                                 checkpoint_every=every, faults=faults, threads=threads, loggers=loggers)
     except executors.RayUnavailable as exc:
         fail(str(exc))
     except KeyboardInterrupt:
@@ -411,6 +416,94 @@ def status(
                                                                 "pending", "unreadable")}
     console.print(", ".join(f"{n} {s}" for s, n in counts.items() if n or s != "unreadable")
                   + f" ({len(rows)} runs)", highlight=False)
+
+
+@app.command("eval")
+def eval_(
+    run_dir: Path = typer.Argument(..., help="A complete run's directory, RESULTS/STUDY/runs/RUN_ID."),
+    episodes: int | None = typer.Option(None, help="Evaluation episodes (default: the run's own, e.g. 32)."),
+    mode: str | None = typer.Option(None, help="greedy or sample (default: the run's eval mode)."),
+    seed: int | None = typer.Option(None, help="Eval seed (default: the seed of the run's final evaluation)."),
+    render: Path | None = typer.Option(None, help="Also play one episode and write it as an animated GIF."),
+) -> None:
+    """Evaluate a complete run's saved final policy (policy.pt), also one trained on another
+    machine; with the defaults this repeats the run's final evaluation."""
+    from marpo_bench import policy
+
+    try:
+        saved = policy.load(run_dir)
+        res = policy.evaluate(saved, episodes, mode, seed)
+        frames = policy.render(saved, render, seed, res.mode) if render is not None else 0
+    except (policy.PolicyError, store.StoreError) as exc:
+        fail(str(exc))
+    rows = store.read_metrics(run_dir)
+    last = rows.iloc[-1] if len(rows) else None
+    line = (f"{saved.algo} on {saved.env}:{saved.task}, seed {saved.seed}: return {res.return_mean:.3f} "
+            f"[{res.return_lo:.3f}, {res.return_hi:.3f}] (95% CI) over {res.episodes} {res.mode} episodes, "
+            f"eval seed {res.seed}")
+    if res.win_rate == res.win_rate:
+        line += f"; win rate {res.win_rate:.3f} [{res.win_lo:.3f}, {res.win_hi:.3f}]"
+    console.print(line, highlight=False, soft_wrap=True)
+    if last is not None:
+        console.print(f"the run's final evaluation at {int(last['env_steps']):,} env steps: return "
+                      f"{float(last['eval_return_mean']):.3f} over {int(last['eval_episodes'])} episodes "
+                      f"(policy from {saved.source})", highlight=False, soft_wrap=True)
+    if render is not None:
+        console.print(f"wrote {render} ({frames} frames)", highlight=False)
+
+
+@app.command()
+def export(
+    study: Path = typer.Argument(..., help="The study directory, RESULTS/STUDY."),
+    format_: str = typer.Option("marl-eval", "--format", help="marl-eval (its JSON: environment -> task -> "
+                                                             "algorithm -> run -> step)."),
+    out: Path = typer.Option(..., help="The JSON file to write (must not exist)."),
+) -> None:
+    """Export a study's complete runs in marl-eval's JSON (for BenchMARL / Mava / marl-eval tools)."""
+    from marpo_bench import marleval
+
+    try:
+        if format_ != "marl-eval":
+            raise marleval.MarlEvalError(f"unknown --format {format_!r}; valid: marl-eval")
+        res = marleval.write_export(study, out)
+    except (marleval.MarlEvalError, store.StoreError) as exc:
+        fail(str(exc))
+    for w in res.warnings:
+        err_console.print(f"[yellow]warning:[/yellow] {w}", highlight=False, soft_wrap=True)
+    console.print(f"wrote {out}: {res.runs} runs in marl-eval's format", highlight=False)
+
+
+@app.command("import")
+def import_(
+    file: Path = typer.Argument(..., help="A marl-eval JSON file (e.g. written by BenchMARL, Mava or `export`)."),
+    study: str = typer.Option(..., help="Study to import into: RESULTS/STUDY/runs/."),
+    results: Path = typer.Option(Path("results"), help="Results directory."),
+    env_map: list[str] = typer.Option([], "--env-map", help="NAME=FAMILY: store the file's environment NAME "
+                                                              "as this suite's env family FAMILY."),
+    return_metric: str | None = typer.Option(None, help="The file's return metric (default: the first of "
+                                                         "return, episode_return, mean_episode_return)."),
+    reward_scale: str | None = typer.Option(None, help="The scale the file's returns are on, when it is this "
+                                                        "suite's (e.g. team_sum); default: kept apart as "
+                                                        "'imported'."),
+) -> None:
+    """Import the runs of a marl-eval JSON file as complete runs of a study, marked as imported."""
+    from marpo_bench import marleval
+
+    try:
+        if not study or "/" in study or study.startswith("."):
+            raise marleval.MarlEvalError(f"bad --study {study!r}: use a plain directory name")
+        mapping = {}
+        for item in env_map:
+            name, eq, fam = item.partition("=")
+            if not eq or not name or not fam:
+                raise marleval.MarlEvalError(f"bad --env-map {item!r}: use NAME=FAMILY, e.g. MPE=jax_mpe")
+            mapping[name] = fam
+        runs = marleval.import_file(file, results, study, return_metric=return_metric, env_map=mapping,
+                                    reward_scale=reward_scale)
+    except (marleval.MarlEvalError, store.StoreError, ValueError) as exc:
+        fail(str(exc))
+    console.print(f"imported {len(runs)} runs into {results / study} (already there: left as they are); "
+                  f"the report: marpo-bench report {results / study}", highlight=False)
 
 
 @app.command()

@@ -5,6 +5,7 @@ Layout::
     <results>/<study>/runs/<run_id>/run.json         what ran, how, and its status
     <results>/<study>/runs/<run_id>/metrics.parquet  one row per evaluation point
     <results>/<study>/runs/<run_id>/checkpoint.pt    latest training state (for resuming)
+    <results>/<study>/runs/<run_id>/policy.pt        a complete run's final policy (``marpo-bench eval``)
 
 Every file carries ``SCHEMA_VERSION``: ``run.json`` as a ``schema_version`` field, the Parquet file
 in its key-value metadata, the checkpoint in a wrapper dict. Readers refuse other versions with a
@@ -43,6 +44,7 @@ SCHEMA_VERSION: int = 1
 RUN_JSON = "run.json"
 METRICS_PARQUET = "metrics.parquet"
 CHECKPOINT_PT = "checkpoint.pt"
+POLICY_PT = "policy.pt"
 
 PARQUET_VERSION_KEY = b"marpo_bench_schema_version"
 CHECKPOINT_VERSION_KEY = "marpo_bench_schema_version"
@@ -357,7 +359,7 @@ def writer_info() -> dict[str, Any]:
 
 def remove_stale_temp_files(run_path: Path) -> None:
     """Delete temp files a killed writer left (``.<name>.<random>.tmp``, see :func:`atomic_write_bytes`)."""
-    for name in (RUN_JSON, METRICS_PARQUET, CHECKPOINT_PT):
+    for name in (RUN_JSON, METRICS_PARQUET, CHECKPOINT_PT, POLICY_PT):
         for tmp in Path(run_path).glob(f".{name}.*.tmp"):
             tmp.unlink(missing_ok=True)
 
@@ -410,6 +412,10 @@ class RunSink(Protocol):
         """Replace checkpoint.pt (``state`` loads with ``torch.load(weights_only=True)``)."""
         ...
 
+    def write_policy(self, policy: dict) -> None:
+        """Replace policy.pt: the final policy of a complete run."""
+        ...
+
 
 class StoreSink:
     """Writes one run directory of the store directly (the local executor), holding its writer lock."""
@@ -443,6 +449,9 @@ class StoreSink:
 
     def write_checkpoint(self, state: dict) -> None:
         save_checkpoint(self.run_path, state)
+
+    def write_policy(self, policy: dict) -> None:
+        save_policy(self.run_path, policy)
 
 
 # --------------------------------------------------------------------------------------------
@@ -688,13 +697,9 @@ def load_study(study_path: Path) -> tuple[list[dict], pd.DataFrame]:
 # checkpoints
 
 
-def save_checkpoint(run_path: Path, state: dict) -> None:
-    """Save the training state as ``<run_path>/checkpoint.pt`` (temp file, then os.replace).
-
-    ``state`` must load with ``torch.load(weights_only=True)``: tensors, state_dicts, Python
-    numbers/strings/lists/tuples/dicts (convert numpy arrays and RNG states to tensors or lists).
-    This is checked here, at save time, so a bad state fails now and not when resuming.
-    """
+def _torch_bytes(state: dict, what: str) -> bytes:
+    """``state`` wrapped with the schema version and serialised; checked to load with
+    ``torch.load(weights_only=True)`` now, so a bad state fails here and not when it is read."""
     import torch
 
     buf = io.BytesIO()
@@ -706,10 +711,26 @@ def save_checkpoint(run_path: Path, state: dict) -> None:
         lines = [ln.strip() for ln in str(exc).splitlines() if "Unsupported global" in ln]
         why = lines[0].split(" was not")[0] if lines else "unsupported object"
         raise TypeError(
-            "checkpoint state would not load with torch.load(weights_only=True); use tensors and "
+            f"{what} state would not load with torch.load(weights_only=True); use tensors and "
             f"plain Python containers (numpy arrays -> tensors or lists) ({why})"
         ) from None
-    atomic_write_bytes(Path(run_path) / CHECKPOINT_PT, data)
+    return data
+
+
+def save_checkpoint(run_path: Path, state: dict) -> None:
+    """Save the training state as ``<run_path>/checkpoint.pt`` (temp file, then os.replace).
+
+    ``state`` must load with ``torch.load(weights_only=True)``: tensors, state_dicts, Python
+    numbers/strings/lists/tuples/dicts (convert numpy arrays and RNG states to tensors or lists).
+    This is checked here, at save time, so a bad state fails now and not when resuming.
+    """
+    atomic_write_bytes(Path(run_path) / CHECKPOINT_PT, _torch_bytes(state, "checkpoint"))
+
+
+def save_policy(run_path: Path, policy: dict) -> None:
+    """Save a complete run's final policy as ``<run_path>/policy.pt`` (what ``act`` needs and what
+    rebuilds it: algorithm, env, task, resolved config; see ``marpo_bench.policy``)."""
+    atomic_write_bytes(Path(run_path) / POLICY_PT, _torch_bytes(policy, "policy"))
 
 
 # What torch.load raises on corrupt, truncated, empty or foreign files (measured on torch 2.13).
@@ -719,26 +740,33 @@ _TORCH_LOAD_ERRORS = (
 )
 
 
-def load_checkpoint(run_path: Path) -> dict | None:
-    """The state saved by :func:`save_checkpoint` (tensors on CPU), or None when there is none."""
+def _load_torch(path: Path, what: str, fix: str) -> dict | None:
     import torch
 
-    path = Path(run_path) / CHECKPOINT_PT
-    fix = "delete it to restart the run from scratch"
     if not path.is_file():
         return None
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except _TORCH_LOAD_ERRORS:
         raise StoreError(
-            f"checkpoint {show_path(path)} cannot be loaded (corrupt, truncated or not a marpo-bench "
-            f"checkpoint); {fix}"
+            f"{what} {show_path(path)} cannot be loaded (corrupt, truncated or not a marpo-bench "
+            f"{what}); {fix}"
         ) from None
     if not isinstance(obj, dict) or CHECKPOINT_VERSION_KEY not in obj or "state" not in obj:
-        raise StoreError(f"checkpoint {show_path(path)} was not written by marpo-bench; {fix}")
+        raise StoreError(f"{what} {show_path(path)} was not written by marpo-bench; {fix}")
     version = _parse_version(obj[CHECKPOINT_VERSION_KEY])
     if version != SCHEMA_VERSION:
         if version is None:
-            raise StoreError(f"checkpoint {show_path(path)} has an invalid schema version; {fix}")
-        raise _version_problem("checkpoint", path, version)
+            raise StoreError(f"{what} {show_path(path)} has an invalid schema version; {fix}")
+        raise _version_problem(what, path, version)
     return obj["state"]
+
+
+def load_checkpoint(run_path: Path) -> dict | None:
+    """The state saved by :func:`save_checkpoint` (tensors on CPU), or None when there is none."""
+    return _load_torch(Path(run_path) / CHECKPOINT_PT, "checkpoint", "delete it to restart the run from scratch")
+
+
+def load_policy(run_path: Path) -> dict | None:
+    """The policy saved by :func:`save_policy` (tensors on CPU), or None when there is none."""
+    return _load_torch(Path(run_path) / POLICY_PT, "policy", "re-run the run to save it again")

@@ -284,6 +284,20 @@ class CheckpointableEnv:
 # one run
 
 
+POLICY_FORMAT = 1
+
+
+def saved_policy(algo: Any, spec: RunSpec, config: dict, final_eval: dict) -> dict:
+    """A complete run's final policy as stored in ``policy.pt``: what ``act`` needs (the algorithm's
+    ``policy_state_dict``, else its whole ``state_dict``), what rebuilds it (algorithm, env, task,
+    seed, resolved config) and how its final evaluation ran (eval seed, episodes, mode), so
+    ``marpo-bench eval`` can repeat that evaluation anywhere."""
+    own = getattr(algo, "policy_state_dict", None)
+    return {"format": POLICY_FORMAT, "run_id": spec.run_id, "algo": spec.algo, "env": spec.env, "task": spec.task,
+            "seed": spec.seed, "config": config, "kind": "policy" if callable(own) else "state",
+            "state": own() if callable(own) else algo.state_dict(), "final_eval": final_eval}
+
+
 def _usable_checkpoint(ckpt: dict | None, spec: RunSpec, config: dict) -> dict | None:
     """The checkpoint when it can continue this run (same run, format and resolved config)."""
     if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
@@ -296,18 +310,24 @@ def _usable_checkpoint(ckpt: dict | None, spec: RunSpec, config: dict) -> dict |
 def train_run(spec: RunSpec, results: Path | None = None, study: str = "default",
               progress: ProgressFn | None = None, *, sink: store.RunSink | None = None,
               checkpoint_every: int | None = None, faults: tuple[Fault, ...] | None = None,
-              attempt: int = 1) -> RunResult:
+              attempt: int = 1, loggers: tuple[str, ...] = ()) -> RunResult:
     """Train one run and store it (under ``results/study/runs/<run_id>``, or through ``sink``).
 
     A complete run is skipped; an incomplete one continues from its checkpoint. Checkpoints are
     taken every ``checkpoint_every`` env steps at iteration boundaries (None: at every evaluation
     point; 0: only at the end). An exception marks the run ``failed`` with a one-line message
     (``retryable`` unless it is a NaN, a bad config or a store problem), Ctrl-C marks it
-    ``interrupted`` and is re-raised. ``faults``: injected faults (default: ``MARPO_BENCH_FAULT``)."""
+    ``interrupted`` and is re-raised. ``faults``: injected faults (default: ``MARPO_BENCH_FAULT``).
+    ``loggers``: also send the metrics rows to these (``loggers.LOGGERS``; with ``results``)."""
     if sink is None:
         if results is None:
             raise ValueError("train_run needs a results directory or a sink")
-        sink = store.StoreSink(store.run_dir(results, study, spec.run_id))
+        run_path = store.run_dir(results, study, spec.run_id)
+        sink = store.StoreSink(run_path)
+        if loggers:
+            from marpo_bench.loggers import LoggedSink, RunLog
+
+            sink = LoggedSink(sink, RunLog(loggers, run_path))
     if not sink.acquire():  # another live process trains this run now: leave it alone
         return RunResult(spec.run_id, "skipped", "being trained by another process")
     try:
@@ -460,6 +480,9 @@ def _train_run(spec: RunSpec, sink: store.RunSink, progress: ProgressFn | None, 
         if rows[-1]["env_steps"] < last_steps and pending:
             log_eval(last_steps)
         checkpoint(last_steps, complete=True)
+        sink.write_policy(saved_policy(algo, spec, config, {"seed": eval_seed + len(rows) - 1,
+                                                           "episodes": rc.eval_episodes, "mode": rc.eval_mode,
+                                                           "env_steps": rows[-1]["env_steps"]}))
         record.update(status="complete", finished=provenance.now(), wall_seconds=time.perf_counter() - t0)
         sink.write_record(record)
         return RunResult(spec.run_id, "complete")

@@ -78,6 +78,11 @@ class Algorithm(Protocol):
         across them, such as a recurrent state carried from one rollout to the next."""
         ...
 
+    # Optional: ``policy_state_dict()`` -> what ``act`` needs and nothing else (the actor, not the
+    # critic or the optimisers), and ``load_policy_state_dict(sd)``. A complete run keeps it as its
+    # saved policy (``policy.pt``, small; ``marpo-bench eval``); without them the whole
+    # ``state_dict`` is kept.
+
 
 BUILTIN_ALGORITHMS: Mapping[str, tuple[str, str, str]] = {
     "mappo": ("baselines.mappo", "MAPPO", "MAPPO (Yu et al. 2022): PPO with a centralised critic, GAE, ValueNorm"),

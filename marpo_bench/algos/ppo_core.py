@@ -556,6 +556,13 @@ class OnPolicyAlgorithm:
         self._rollout_h = sd.get("rollout_h")
         self._rollout_hc = sd.get("rollout_hc")
 
+    def policy_state_dict(self) -> dict:
+        """What ``act`` needs: the actor (the saved policy of a complete run)."""
+        return {"actor": self.actor.state_dict()}
+
+    def load_policy_state_dict(self, sd: dict) -> None:
+        self.actor.load_state_dict(sd["actor"])
+
     def forget_episodes(self) -> None:
         """The env restarted its episodes (an inexact resume): so do the carried GRU states."""
         self._rollout_h = self._rollout_hc = None

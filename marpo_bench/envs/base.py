@@ -24,6 +24,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from typing import Any, Literal, Protocol, runtime_checkable
 
+import numpy as np
 import torch
 
 PACK_ALIGN = 8  # bytes: every packed field starts at a multiple of this (int64-safe views)
@@ -172,6 +173,27 @@ class CompiledStepEnv(Protocol):
     signature) is called instead. Python envs (mpe2, SMACv2) have none."""
 
     compiled_step: Any
+
+
+@dataclass(frozen=True)
+class Scene:
+    """What one env looks like now, for drawing a frame: K round entities on a 2-D field."""
+
+    positions: np.ndarray  # [K, 2]
+    radii: np.ndarray  # [K]
+    colours: tuple[tuple[float, float, float], ...]  # K RGB triples in [0, 1]
+    visible: np.ndarray  # [K] bool (dead units are hidden)
+    extent: tuple[float, float, float, float]  # xmin, xmax, ymin, ymax
+    shade: np.ndarray | None = None  # [K] in [0, 1]: drawn opacity (e.g. health), None = opaque
+
+
+@runtime_checkable
+class RenderableEnv(Protocol):
+    """An env that can show one of its parallel envs (optional; ``marpo-bench eval --render``)."""
+
+    def scene(self, index: int) -> Scene:
+        """Env ``index`` now, as it will be acted on by the next ``step``."""
+        ...
 
 
 ScoreKind = Literal["return", "win_rate"]

@@ -26,9 +26,10 @@ import functools
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import torch
 
-from marpo_bench.envs.base import EnvFamily, EnvInfo, TimeStep
+from marpo_bench.envs.base import EnvFamily, EnvInfo, Scene, TimeStep
 from marpo_bench.envs.mpe import (
     DEFAULT_MAX_CYCLES,
     MPE_MEASUREMENT,
@@ -41,7 +42,6 @@ from marpo_bench.envs.mpe import (
 
 if TYPE_CHECKING:
     import jax
-    import numpy as np
 
 # task -> (jaxmarl env id, kwargs); local_ratio matches mpe2's defaults used in mpe.py.
 _JAXMARL_TASKS: dict[str, tuple[str, dict[str, Any]]] = {
@@ -66,6 +66,7 @@ class _Compiled:
         if num_agents is not None:  # simple_spread only (SPREAD_PARAMS): N agents and N landmarks
             kwargs = {**kwargs, "num_agents": num_agents, "num_landmarks": num_agents}
         env = import_jaxmarl().make(env_id, max_steps=max_cycles, **kwargs)
+        self.env = env  # its entities' sizes and colours draw a scene
         agents: list[str] = list(env.agents)
         obs_sizes = [int(env.observation_space(a).shape[0]) for a in agents]
         self.num_actions = [int(env.action_space(a).n) for a in agents]
@@ -246,6 +247,17 @@ class JaxMPEVecEnv:
     def compiled_step_count(self) -> int:
         """How many versions of the jitted step exist (1 after warm-up: no recompilation)."""
         return int(self.compiled_step._cache_size())  # type: ignore[attr-defined]
+
+    def scene(self, index: int) -> Scene:
+        """Env ``index`` now: agents and landmarks with JaxMARL's sizes and colours."""
+        if self._carry is None:
+            raise RuntimeError("call reset(seed) before scene()")
+        env = self._fn.env
+        pos = np.asarray(self._carry[1].p_pos[index], dtype=np.float64)
+        k = pos.shape[0]
+        return Scene(positions=pos, radii=np.asarray(env.rad, dtype=np.float64),
+                     colours=tuple(tuple(c / 255.0 for c in rgb) for rgb in env.colour),
+                     visible=np.ones(k, dtype=bool), extent=(-1.5, 1.5, -1.5, 1.5))
 
     def close(self) -> None:
         """Drop the device state (JAX frees the buffers once unreferenced)."""

@@ -52,13 +52,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
+import numpy as np
 import torch
 
-from marpo_bench.envs.base import EnvFamily, EnvInfo, TimeStep
+from marpo_bench.envs.base import EnvFamily, EnvInfo, Scene, TimeStep
 
 if TYPE_CHECKING:
     import jax
-    import numpy as np
 
 # JAX is imported on first construction, through ``_jax`` (which sets JAX's CPU defaults first),
 # so the registry can import this module's task list without loading JAX.
@@ -154,6 +154,7 @@ class _Compiled:
         env = jaxmarl.make(
             "HeuristicEnemySMAX", scenario=map_name_to_scenario(task), max_steps=max_steps, **SMAX_ENV_KWARGS
         )
+        self.env = env  # its unit sizes, health and map size draw a scene
         agents: list[str] = list(env.agents)  # the allies: ally_0 .. ally_{N-1}
         E, N = num_envs, int(env.num_allies)
         self.num_agents = N
@@ -354,6 +355,22 @@ class SMAXVecEnv:
     def compiled_step_count(self) -> int:
         """How many versions of the jitted step exist (1 after warm-up: no recompilation)."""
         return int(self._fn.step._cache_size())  # type: ignore[attr-defined]
+
+    def scene(self, index: int) -> Scene:
+        """Env ``index`` now: allies (blue) and enemies (red), sized by unit type, shaded by health,
+        dead units hidden."""
+        if self._carry is None:
+            raise RuntimeError("call reset(seed) before scene()")
+        env, st = self._fn.env, self._carry.states.state
+        types = np.asarray(st.unit_types[index], dtype=np.int64)
+        health = np.asarray(st.unit_health[index], dtype=np.float64) / np.asarray(env.unit_type_health)[types]
+        teams = np.asarray(st.unit_teams[index], dtype=np.int64)
+        return Scene(positions=np.asarray(st.unit_positions[index], dtype=np.float64),
+                     radii=np.asarray(env.unit_type_radiuses, dtype=np.float64)[types],
+                     colours=tuple((0.2, 0.4, 0.9) if t == 0 else (0.85, 0.2, 0.2) for t in teams),
+                     visible=np.asarray(st.unit_alive[index], dtype=bool),
+                     extent=(0.0, float(env.map_width), 0.0, float(env.map_height)),
+                     shade=np.clip(0.25 + 0.75 * health, 0.0, 1.0))
 
     def close(self) -> None:
         """Drop the device state (JAX frees the buffers once unreferenced)."""

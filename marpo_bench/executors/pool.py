@@ -115,7 +115,7 @@ def _worker_init(threads: int, progress_queue: Any, deterministic: bool) -> None
 
 
 def _worker(spec: RunSpec, results: str, study: str, checkpoint_every: int | None,
-            faults: tuple[Fault, ...], attempt: int) -> RunResult:
+            faults: tuple[Fault, ...], attempt: int, loggers: tuple[str, ...] = ()) -> RunResult:
     global _in_run
 
     def report(done: int, total: int) -> None:
@@ -125,7 +125,7 @@ def _worker(spec: RunSpec, results: str, study: str, checkpoint_every: int | Non
     t0 = time.perf_counter()
     try:
         res = train_run(spec, Path(results), study, progress=report, checkpoint_every=checkpoint_every,
-                        faults=faults, attempt=attempt)
+                        faults=faults, attempt=attempt, loggers=loggers)
         return dataclasses.replace(res, seconds=time.perf_counter() - t0)
     except KeyboardInterrupt:  # the parent is stopping the pool; the run is marked interrupted
         os._exit(130)
@@ -158,19 +158,22 @@ def stop_pool(pool: ProcessPoolExecutor | None, grace: float = 10.0) -> None:
 
 def run_local(specs: Sequence[RunSpec], results: Path, study: str, workers: int, console: Console, *,
               retries: int = 1, checkpoint_every: int | None = None,
-              faults: tuple[Fault, ...] | None = None, threads: int = DEFAULT_THREADS) -> list[RunResult]:
+              faults: tuple[Fault, ...] | None = None, threads: int = DEFAULT_THREADS,
+              loggers: tuple[str, ...] = ()) -> list[RunResult]:
     """Run every spec of one study (complete ones are skipped, incomplete ones resume): :func:`run_jobs`."""
     return run_jobs([(s, study) for s in specs], results, workers, console, retries=retries,
-                    checkpoint_every=checkpoint_every, faults=faults, threads=threads)
+                    checkpoint_every=checkpoint_every, faults=faults, threads=threads, loggers=loggers)
 
 
 def run_jobs(jobs: Sequence[Job], results: Path, workers: int, console: Console, *, retries: int = 1,
              checkpoint_every: int | None = None, faults: tuple[Fault, ...] | None = None,
-             threads: int = DEFAULT_THREADS, deterministic: bool = False) -> list[RunResult]:
+             threads: int = DEFAULT_THREADS, deterministic: bool = False,
+             loggers: tuple[str, ...] = ()) -> list[RunResult]:
     """Train every ``(spec, study)`` into ``results/study`` with a grid progress bar and one bar per
     active run: in this process, in order (``workers <= 1``), or in one pool of ``workers`` spawned
     processes, each run with ``threads`` torch threads, or under :func:`set_deterministic`
-    (``deterministic``). Failed attempts are retried (module doc). Returns one RunResult per job,
+    (``deterministic``), sending metrics rows to ``loggers`` too. Failed attempts are retried
+    (module doc). Returns one RunResult per job,
     in the order they finished, each with the seconds its last attempt took."""
     faults = faults_from_env() if faults is None else faults
     out: list[RunResult] = []
@@ -182,7 +185,8 @@ def run_jobs(jobs: Sequence[Job], results: Path, workers: int, console: Console,
                     t0 = time.perf_counter()
                     with deterministic_torch() if deterministic else torch_threads(threads):
                         res = train_run(spec, results, study, progress=bars.callback(spec.run_id),
-                                        checkpoint_every=checkpoint_every, faults=faults, attempt=attempt)
+                                        checkpoint_every=checkpoint_every, faults=faults, attempt=attempt,
+                                        loggers=loggers)
                     res = dataclasses.replace(res, seconds=time.perf_counter() - t0)
                     if not should_retry(res, attempt, retries, console):
                         break
@@ -210,7 +214,7 @@ def run_jobs(jobs: Sequence[Job], results: Path, workers: int, console: Console,
                                                initargs=(threads, q, deterministic))
                 while todo and len(running) < workers:  # submit what can start now: a crash loses little
                     spec, study, attempt = todo.popleft()
-                    fut = pool.submit(_worker, spec, str(results), study, checkpoint_every, faults, attempt)
+                    fut = pool.submit(_worker, spec, str(results), study, checkpoint_every, faults, attempt, loggers)
                     running[fut] = (spec, study, attempt)
                 done, _ = wait(running, timeout=0.2, return_when=FIRST_COMPLETED)
                 drain()

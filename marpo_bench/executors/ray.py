@@ -67,6 +67,9 @@ class QueueSink:
     def write_checkpoint(self, state: dict) -> None:
         self.queue.put(("checkpoint", self.run_id, state))
 
+    def write_policy(self, policy: dict) -> None:
+        self.queue.put(("policy", self.run_id, policy))
+
     def progress(self, done: int, total: int) -> None:
         now = time.monotonic()
         if now - self._last_progress >= 0.5 or done >= total:  # at most 2 messages a second
@@ -190,10 +193,24 @@ def _stop_reaper(reaper: subprocess.Popen) -> None:
 class _DriverStore:
     """The Ray driver's side of the queue: applies the workers' messages to the store."""
 
-    def __init__(self, results: Path, study: str, bars: GridBars, console: Console) -> None:
+    def __init__(self, results: Path, study: str, bars: GridBars, console: Console,
+                 loggers: tuple[str, ...] = ()) -> None:
         self.results, self.study, self.bars, self.console = results, study, bars, console
         self.records: dict[str, dict] = {}
         self.errors: dict[str, str] = {}
+        self.loggers = loggers
+        self.logs: dict[str, Any] = {}  # run_id -> loggers.RunLog (the driver logs what it stores)
+
+    def log(self, run_id: str, path: Path) -> Any:
+        from marpo_bench.loggers import RunLog
+
+        if run_id not in self.logs:
+            self.logs[run_id] = RunLog(self.loggers, path)
+        return self.logs[run_id]
+
+    def close_log(self, run_id: str) -> None:
+        if run_id in self.logs:
+            self.logs.pop(run_id).close()
 
     def apply(self, msg: tuple[str, str, Any]) -> None:
         kind, run_id, payload = msg
@@ -206,11 +223,17 @@ class _DriverStore:
                 self.records[run_id] = payload
                 path.mkdir(parents=True, exist_ok=True)
                 store.write_run_json(path, {**payload, "writer": store.writer_info()})
+                if self.loggers:
+                    self.log(run_id, path).write_record(payload)
             elif kind == "metrics":
                 rows, extra_columns = payload
                 store.write_metrics(path, rows, extra_columns=extra_columns)
+                if self.loggers:
+                    self.log(run_id, path).write(rows)
             elif kind == "checkpoint":
                 store.save_checkpoint(path, payload)
+            elif kind == "policy":
+                store.save_policy(path, payload)
         except (OSError, ValueError, TypeError, store.StoreError) as exc:
             self.errors.setdefault(run_id, f"the driver could not store the run's {kind}: {one_line(exc)}")
 
@@ -229,7 +252,8 @@ class _DriverStore:
 
 def run_ray(specs: list[RunSpec], results: Path, study: str, console: Console, *, address: str | None = None,
             cpus_per_run: float = 1.0, retries: int = 1, checkpoint_every: int | None = None,
-            faults: tuple[Fault, ...] | None = None, num_cpus: int | None = None) -> list[RunResult]:
+            faults: tuple[Fault, ...] | None = None, num_cpus: int | None = None,
+            loggers: tuple[str, ...] = ()) -> list[RunResult]:
     """Run every spec as a Ray task (see the module doc). ``num_cpus``: CPUs of a local instance
     (default: all). Returns one RunResult per spec."""
     faults = faults_from_env() if faults is None else faults
@@ -241,7 +265,7 @@ def run_ray(specs: list[RunSpec], results: Path, study: str, console: Console, *
         q = Queue(actor_options={"num_cpus": 0})
         task = ray.remote(_ray_task).options(num_cpus=cpus_per_run, max_retries=0)
         capacity = max(1, int(ray.cluster_resources().get("CPU", 1) // cpus_per_run))
-        driver = _DriverStore(results, study, bars, console)
+        driver = _DriverStore(results, study, bars, console, loggers)
         todo = deque((s, 1) for s in specs)
         inflight: dict[Any, tuple[RunSpec, int]] = {}
         locks: dict[str, store.WriterLock] = {}  # the driver writes the store: it holds the runs' locks
@@ -287,6 +311,7 @@ def run_ray(specs: list[RunSpec], results: Path, study: str, console: Console, *
                         continue
                     if crashed:
                         mark_run(results, study, spec, "failed", res.message, driver.records.get(spec.run_id))
+                    driver.close_log(spec.run_id)
                     locks.pop(spec.run_id).release()
                     out.append(bars.finish(res))
         except KeyboardInterrupt:
@@ -300,6 +325,8 @@ def run_ray(specs: list[RunSpec], results: Path, study: str, console: Console, *
                           driver.records.get(spec.run_id))
             raise
         finally:
+            for run_id in list(driver.logs):
+                driver.close_log(run_id)
             for lock in locks.values():
                 lock.release()
     return out
