@@ -425,6 +425,8 @@ def eval_(
     mode: str | None = typer.Option(None, help="greedy or sample (default: the run's eval mode)."),
     seed: int | None = typer.Option(None, help="Eval seed (default: the seed of the run's final evaluation)."),
     render: Path | None = typer.Option(None, help="Also play one episode and write it as an animated GIF."),
+    task: str | None = typer.Option(None, help="Evaluate on another task of the run's family with the same "
+                                               "spaces, e.g. 'simple_spread?landmark_range=0.8'."),
 ) -> None:
     """Evaluate a complete run's saved final policy (policy.pt), also one trained on another
     machine; with the defaults this repeats the run's final evaluation."""
@@ -432,13 +434,13 @@ def eval_(
 
     try:
         saved = policy.load(run_dir)
-        res = policy.evaluate(saved, episodes, mode, seed)
+        res = policy.evaluate(saved, episodes, mode, seed, task=task)
         frames = policy.render(saved, render, seed, res.mode) if render is not None else 0
     except (policy.PolicyError, store.StoreError) as exc:
         fail(str(exc))
     rows = store.read_metrics(run_dir)
     last = rows.iloc[-1] if len(rows) else None
-    line = (f"{saved.algo} on {saved.env}:{saved.task}, seed {saved.seed}: return {res.return_mean:.3f} "
+    line = (f"{saved.algo} on {saved.env}:{task or saved.task}, seed {saved.seed}: return {res.return_mean:.3f} "
             f"[{res.return_lo:.3f}, {res.return_hi:.3f}] (95% CI) over {res.episodes} {res.mode} episodes, "
             f"eval seed {res.seed}")
     if res.win_rate == res.win_rate:

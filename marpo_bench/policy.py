@@ -86,10 +86,13 @@ def config_from(cls: type, stored: dict[str, Any]) -> Any:
     return dataclasses.replace(cfg, **values)
 
 
-def build(saved: SavedPolicy, num_envs: int, seed: int, device: str = "cpu") -> tuple[Any, Any]:
-    """(algorithm with the saved policy loaded, an env of ``num_envs`` parallel envs)."""
+def build(saved: SavedPolicy, num_envs: int, seed: int, device: str = "cpu", task: str | None = None
+          ) -> tuple[Any, Any]:
+    """(algorithm with the saved policy loaded, an env of ``num_envs`` parallel envs) on the run's
+    task, or on ``task`` (another task of the same family with the same spaces, e.g. other task
+    parameters: how the policy transfers)."""
     from marpo_bench.algos import get_algorithm
-    from marpo_bench.envs import make_env
+    from marpo_bench.envs import make_env, parse_env
 
     try:
         algo_cls = get_algorithm(saved.algo)
@@ -98,9 +101,17 @@ def build(saved: SavedPolicy, num_envs: int, seed: int, device: str = "cpu") -> 
                           f"plugin") from None
     try:
         cfg = config_from(algo_cls.Config, saved.config)
-        env = make_env(saved.env, saved.task, num_envs, device="cpu", agent_id=cfg.agent_id)
+        _, task = parse_env(f"{saved.env}:{task or saved.task}")
+        env = make_env(saved.env, task, num_envs, device="cpu", agent_id=cfg.agent_id)
     except (ConfigError, ValueError, TypeError) as exc:
         raise PolicyError(f"cannot rebuild the run's env or config: {exc}") from None
+    if task != saved.task:
+        trained = make_env(saved.env, saved.task, 1, device="cpu", agent_id=cfg.agent_id).info
+        if (trained.obs_dim, trained.num_agents, trained.num_actions) != (
+                env.info.obs_dim, env.info.num_agents, env.info.num_actions):
+            env.close()
+            raise PolicyError(f"the policy was trained on {saved.env}:{saved.task}; {saved.env}:{task} has other "
+                              f"observation or action spaces")
     algo = algo_cls(cfg, env.info, device, seed)
     if saved.kind == "policy":
         algo.load_policy_state_dict(saved.state)
@@ -141,9 +152,10 @@ def _wilson(p: float, n: int, z: float = 1.959964) -> tuple[float, float]:
 
 
 def evaluate(saved: SavedPolicy, episodes: int | None = None, mode: str | None = None, seed: int | None = None,
-             device: str = "cpu") -> EvalResult:
+             device: str = "cpu", task: str | None = None) -> EvalResult:
     """Evaluate the saved policy: one episode in each of ``episodes`` parallel envs from eval seed
-    ``seed``, acting greedily or by sampling (defaults: the run's final evaluation's)."""
+    ``seed``, acting greedily or by sampling (defaults: the run's final evaluation's), on the
+    run's task or on ``task`` (see :func:`build`)."""
     from marpo_bench.train import evaluate as run_evaluation
 
     episodes = int(saved.final_eval["episodes"]) if episodes is None else episodes
@@ -153,7 +165,7 @@ def evaluate(saved: SavedPolicy, episodes: int | None = None, mode: str | None =
         raise PolicyError(f"--episodes must be positive, got {episodes}")
     if mode not in EVAL_MODES:
         raise PolicyError(f"unknown --mode {mode!r}; valid: {', '.join(EVAL_MODES)}")
-    algo, env = build(saved, episodes, saved.seed, device)
+    algo, env = build(saved, episodes, saved.seed, device, task)
     try:
         res = run_evaluation(algo, env, seed, deterministic=mode == "greedy")
     finally:

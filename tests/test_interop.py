@@ -263,3 +263,24 @@ def test_eval_bad_input_is_a_one_line_error(trained, tmp_path):
     for args, says in cases:
         res = runner.invoke(app, ["eval", *args])
         assert res.exit_code == 2 and says in one_line(res.output), (args, res.output)
+
+
+def test_eval_on_another_task_of_the_family_needs_the_same_spaces(trained):
+    run = str(trained["mappo"])
+    ok = runner.invoke(app, ["eval", run, "--episodes", "8", "--task", "simple_spread?landmark_range=0.8"])
+    assert ok.exit_code == 0 and "jax_mpe:simple_spread?landmark_range=0.8" in one_line(ok.output), ok.output
+    bad = runner.invoke(app, ["eval", run, "--episodes", "8", "--task", "simple_spread?num_agents=4"])
+    assert bad.exit_code == 2 and "other observation or action spaces" in one_line(bad.output)
+
+
+def test_landmark_range_draws_landmarks_closer_and_leaves_the_agents():
+    from marpo_bench.envs import make_env
+
+    base, near = (make_env("jax_mpe", t, 16, agent_id=False) for t in ("simple_spread",
+                                                                         "simple_spread?landmark_range=0.8"))
+    base.reset(3), near.reset(3)
+    for i in range(16):
+        a, b = base.scene(i).positions, near.scene(i).positions
+        assert np.array_equal(a[:3], b[:3])  # the agents: untouched
+        assert np.allclose(b[3:], 0.8 * a[3:], atol=1e-6)  # the landmarks: scaled towards the centre
+    assert near.info.task == "simple_spread?landmark_range=0.8"

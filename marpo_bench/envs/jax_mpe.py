@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from marpo_bench.envs.base import EnvFamily, EnvInfo, Scene, TimeStep
+from marpo_bench.envs.base import EnvFamily, EnvInfo, Scene, TaskParam, TimeStep
 from marpo_bench.envs.mpe import (
     DEFAULT_MAX_CYCLES,
     MPE_MEASUREMENT,
@@ -37,11 +37,16 @@ from marpo_bench.envs.mpe import (
     SPREAD_PARAMS,
     check_task,
     mpe_bounds,
-    task_name,
 )
 
 if TYPE_CHECKING:
     import jax
+
+LANDMARK_RANGE = TaskParam(
+    "landmark_range", float, 1.0, "landmarks drawn in landmark_range x U(-1, 1)^2 (JaxMARL and mpe2: 1; "
+    "on-policy's spread: 0.8)", low=0.1, high=1.0)
+"""simple_spread's landmark range (this family only): on-policy's scenario draws landmarks closer to the
+centre than JaxMARL's; ``jax_mpe:simple_spread?landmark_range=0.8`` is that variant (calibration)."""
 
 # task -> (jaxmarl env id, kwargs); local_ratio matches mpe2's defaults used in mpe.py.
 _JAXMARL_TASKS: dict[str, tuple[str, dict[str, Any]]] = {
@@ -59,7 +64,8 @@ class _Compiled:
     facts. Shared by every ``JaxMPEVecEnv`` of that configuration in the process (``_compiled``
     caches it), so train and eval envs, and successive runs in one worker, compile once."""
 
-    def __init__(self, task: str, num_envs: int, agent_id: bool, max_cycles: int, num_agents: int | None) -> None:
+    def __init__(self, task: str, num_envs: int, agent_id: bool, max_cycles: int, num_agents: int | None,
+                 landmark_range: float = 1.0) -> None:
         from marpo_bench.envs._jax import import_jaxmarl, jax, jnp
 
         env_id, kwargs = _JAXMARL_TASKS[task]
@@ -88,6 +94,9 @@ class _Compiled:
 
         def reset_all(key: jax.Array) -> tuple[jax.Array, Any]:
             obs, states = jax.vmap(env.reset)(jax.random.split(key, E))
+            if landmark_range != 1.0:  # landmarks drawn in landmark_range x U(-1, 1)^2 (spread only)
+                states = states.replace(p_pos=states.p_pos.at[:, env.num_agents:].multiply(landmark_range))
+                obs = jax.vmap(env.get_obs)(states)
             return stack(obs), states
 
         def reset_fn(seed_key: jax.Array) -> tuple[tuple[Any, ...], tuple[jax.Array, ...]]:
@@ -132,9 +141,17 @@ class _Compiled:
         self.step: Callable[..., Any] = jax.jit(step_fn)
 
 
+def _task_label(task: str, num_agents: int | None, landmark_range: float) -> str:
+    """The canonical task name (``envs.parse_env``'s: parameters sorted, defaults dropped)."""
+    given = (("landmark_range", landmark_range, 1.0), ("num_agents", num_agents, 3))
+    query = "&".join(f"{k}={v:g}" for k, v, default in given if v is not None and v != default)
+    return f"{task}?{query}" if query else task
+
+
 @functools.lru_cache(maxsize=16)
-def _compiled(task: str, num_envs: int, agent_id: bool, max_cycles: int, num_agents: int | None) -> _Compiled:
-    return _Compiled(task, num_envs, agent_id, max_cycles, num_agents)
+def _compiled(task: str, num_envs: int, agent_id: bool, max_cycles: int, num_agents: int | None,
+              landmark_range: float = 1.0) -> _Compiled:
+    return _Compiled(task, num_envs, agent_id, max_cycles, num_agents, landmark_range)
 
 
 class JaxMPEVecEnv:
@@ -148,18 +165,19 @@ class JaxMPEVecEnv:
         agent_id: bool = True,
         max_cycles: int = DEFAULT_MAX_CYCLES,
         num_agents: int | None = None,
+        landmark_range: float = 1.0,
     ) -> None:
         check_task(task)
         if num_envs < 1:
             raise ValueError(f"num_envs must be >= 1, got {num_envs}")
-        fn = _compiled(task, num_envs, bool(agent_id), max_cycles, num_agents)
+        fn = _compiled(task, num_envs, bool(agent_id), max_cycles, num_agents, float(landmark_range))
         self._fn = fn
         E, N, D, A = fn.E, fn.N, fn.D, fn.A
         self.device = torch.device(device)
         self._E, self._N = E, N
         self.info = EnvInfo(
             family="jax_mpe",
-            task=task_name(task, num_agents),
+            task=_task_label(task, num_agents, landmark_range),
             num_envs=E,
             num_agents=N,
             obs_dim=D + (N if agent_id else 0),
@@ -287,6 +305,6 @@ FAMILY = EnvFamily(
     # Relative cost per env step with default configs, measured on 2 cores (one thread per run):
     # orders a worker pool's queue, longest first.
     cost={"qmix": 7.5},
-    params={"simple_spread": SPREAD_PARAMS},
+    params={"simple_spread": (*SPREAD_PARAMS, LANDMARK_RANGE)},
     packages=("jax", "jaxmarl"),
 )
