@@ -74,6 +74,8 @@ def run(
     ray_address: str | None = typer.Option(None, help="Ray cluster address (host:port or auto); "
                                                       "default: start a local Ray instance."),
     cpus_per_run: float = typer.Option(1.0, help="CPUs each Ray task reserves (--executor ray)."),
+    gpus_per_run: float = typer.Option(0.0, help="GPUs each Ray task reserves (--executor ray; fractions share a "
+                                                 "GPU between runs, e.g. 0.25 with --device cuda)."),
     retries: int = typer.Option(1, help="Retries of a failed run (from its last checkpoint) before it is "
                                         "recorded failed; NaN losses and bad configs are not retried."),
     checkpoint_every: str | None = typer.Option(None, help="Checkpoint every N env steps, e.g. 50k "
@@ -107,6 +109,10 @@ def run(
             raise ConfigError("--ray-address needs --executor ray")
         if not cpus_per_run > 0:
             raise ConfigError(f"--cpus-per-run must be positive, got {cpus_per_run}")
+        if not gpus_per_run >= 0:
+            raise ConfigError(f"--gpus-per-run must be >= 0, got {gpus_per_run}")
+        if gpus_per_run > 0 and executor != "ray":
+            raise ConfigError("--gpus-per-run reserves GPUs for Ray tasks: it needs --executor ray")
         if retries < 0:
             raise ConfigError(f"--retries must be >= 0, got {retries}")
         every = None
@@ -131,7 +137,8 @@ def run(
                   highlight=False)
     try:
         res = executors.run_grid(specs, results, study, console, executor=executor, workers=workers,
-                                 ray_address=ray_address, cpus_per_run=cpus_per_run, retries=retries,
+                                 ray_address=ray_address, cpus_per_run=cpus_per_run, gpus_per_run=gpus_per_run,
+                                 retries=retries,
                                  checkpoint_every=every, faults=faults, threads=threads, loggers=loggers)
     except executors.RayUnavailable as exc:
         fail(str(exc))

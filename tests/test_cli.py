@@ -216,3 +216,10 @@ def test_results_naming_a_file_is_a_one_line_error(tmp_path):
         assert res.exit_code == 2, res.output
         assert "error:" in res.output and "a file" in res.output and "Traceback" not in res.output
     assert afile.read_text() == "not a directory"
+
+
+def test_gpus_per_run_needs_the_ray_executor_and_a_non_negative_value(tmp_path):
+    for extra, says in ((["--gpus-per-run", "0.5"], "needs --executor ray"),
+                        (["--gpus-per-run", "-1", "--executor", "ray"], "--gpus-per-run must be >= 0")):
+        res = runner.invoke(app, ["run", "--results", str(tmp_path), *TINY, *extra])
+        assert res.exit_code == 2 and says in " ".join(res.output.split()), res.output

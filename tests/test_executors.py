@@ -52,12 +52,35 @@ def local_ray():
     """One local 2-CPU Ray instance for the module (the executors use an initialised Ray as is)."""
     from marpo_bench.executors import ray_session
 
-    with ray_session(None, num_cpus=2) as ray:
+    with ray_session(None, num_cpus=2, num_gpus=1) as ray:  # one logical GPU: a fake resource, no device
         yield ray
 
 
 # ----------------------------------------------------------------------------------------------
 # Ray
+
+
+def test_run_capacity_counts_cpus_and_gpus_per_run():
+    from marpo_bench.executors.ray import RayUnavailable, run_capacity
+
+    assert run_capacity({"CPU": 4.0}, 1.0) == 4
+    assert run_capacity({"CPU": 4.0, "GPU": 1.0}, 1.0, 0.25) == 4  # four runs share the GPU
+    assert run_capacity({"CPU": 4.0, "GPU": 1.0}, 1.0, 0.5) == 2
+    assert run_capacity({"CPU": 16.0, "GPU": 2.0}, 2.0, 1.0) == 2
+    for resources, gpus in (({"CPU": 4.0}, 0.5), ({"CPU": 4.0, "GPU": 1.0}, 2.0)):
+        with pytest.raises(RayUnavailable, match="could never start"):
+            run_capacity(resources, 1.0, gpus)
+
+
+def test_ray_runs_reserve_gpus_and_a_reservation_that_cannot_fit_is_an_error(local_ray, tmp_path):
+    specs = [RunSpec("mappo", "jax_mpe", "simple_spread", s, 400, TINY) for s in (0, 1)]
+    res = run_ray(specs, tmp_path, "g", quiet(), faults=(), gpus_per_run=0.5)  # two runs share the fake GPU
+    assert [r.status for r in res] == ["complete", "complete"]
+    from marpo_bench.executors.ray import RayUnavailable
+
+    with pytest.raises(RayUnavailable, match="1 GPUs"):
+        run_ray(specs, tmp_path, "g2", quiet(), faults=(), gpus_per_run=2.0)
+    assert not (tmp_path / "g2").exists()
 
 
 def _connect(address: str, env: dict[str, str]) -> subprocess.CompletedProcess:

@@ -33,11 +33,13 @@ __all__ = ["EXECUTORS", "RayUnavailable", "ray_session", "run_grid", "run_jobs",
 def run_grid(specs: list[RunSpec], results: Path, study: str, console: Console, *, executor: str = "local",
              workers: int = 1, ray_address: str | None = None, cpus_per_run: float = 1.0, retries: int = 1,
              checkpoint_every: int | None = None, faults: tuple[Fault, ...] | None = None,
-             threads: int = DEFAULT_THREADS, loggers: tuple[str, ...] = ()) -> list[RunResult]:
+             threads: int = DEFAULT_THREADS, loggers: tuple[str, ...] = (), gpus_per_run: float = 0.0
+             ) -> list[RunResult]:
     """Run the grid on the chosen executor (``local`` or ``ray``); ``threads``: torch threads per
     local run (a Ray task uses ``cpus_per_run``); ``loggers``: also send metrics rows there."""
     if executor == "ray":
         return run_ray(specs, results, study, console, address=ray_address, cpus_per_run=cpus_per_run,
-                       retries=retries, checkpoint_every=checkpoint_every, faults=faults, loggers=loggers)
+                       retries=retries, checkpoint_every=checkpoint_every, faults=faults, loggers=loggers,
+                       gpus_per_run=gpus_per_run)
     return run_local(specs, results, study, workers, console, retries=retries, checkpoint_every=checkpoint_every,
                      faults=faults, threads=threads, loggers=loggers)

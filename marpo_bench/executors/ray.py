@@ -1,4 +1,5 @@
-"""The Ray executor: every run is a Ray task (``cpus_per_run`` CPUs each).
+"""The Ray executor: every run is a Ray task (``cpus_per_run`` CPUs and ``gpus_per_run`` GPUs each;
+fractions allowed, so several runs share one GPU).
 
 Workers never touch the results directory: they send run.json records, metrics rows, checkpoints
 and progress through a Ray queue to the driver, which alone writes the store (and holds the runs'
@@ -146,7 +147,8 @@ class RayUnavailable(RuntimeError):
 
 
 @contextlib.contextmanager
-def ray_session(address: str | None = None, num_cpus: int | None = None) -> Iterator[Any]:
+def ray_session(address: str | None = None, num_cpus: int | None = None, num_gpus: int | None = None
+                ) -> Iterator[Any]:
     """Connect to the Ray cluster at ``address`` or start a local instance (see the module doc);
     yields the ``ray`` module. An already initialised Ray (tests, notebooks) is used and left up."""
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
@@ -172,7 +174,7 @@ def ray_session(address: str | None = None, num_cpus: int | None = None) -> Iter
                                      f"shorter directory")
             stack.callback(_stop_reaper, _start_reaper(temp_dir))
             stack.enter_context(_token_auth())
-            kwargs.update(num_cpus=num_cpus, _temp_dir=temp_dir)
+            kwargs.update(num_cpus=num_cpus, num_gpus=num_gpus, _temp_dir=temp_dir)
         stack.callback(ray.shutdown)  # first of the clean-ups: then the reaper, the token, the directory
         try:
             ray.init(**kwargs)
@@ -250,11 +252,26 @@ class _DriverStore:
                 self.apply(msg)
 
 
+def run_capacity(resources: dict[str, float], cpus_per_run: float, gpus_per_run: float = 0.0) -> int:
+    """How many runs the cluster holds at once: its CPUs over ``cpus_per_run`` and, when runs
+    reserve GPUs, its GPUs over ``gpus_per_run`` (RayUnavailable when one run does not fit)."""
+    cpus, gpus = float(resources.get("CPU", 0)), float(resources.get("GPU", 0))
+    if gpus_per_run > 0 and gpus < gpus_per_run:
+        raise RayUnavailable(f"the Ray cluster has {gpus:g} GPUs; a run reserving {gpus_per_run:g} (--gpus-per-run) "
+                             f"could never start")
+    if cpus < cpus_per_run:
+        raise RayUnavailable(f"the Ray cluster has {cpus:g} CPUs; a run reserving {cpus_per_run:g} (--cpus-per-run) "
+                             f"could never start")
+    by_cpu = int(cpus // cpus_per_run)
+    return max(1, min(by_cpu, int(gpus // gpus_per_run)) if gpus_per_run > 0 else by_cpu)
+
+
 def run_ray(specs: list[RunSpec], results: Path, study: str, console: Console, *, address: str | None = None,
             cpus_per_run: float = 1.0, retries: int = 1, checkpoint_every: int | None = None,
             faults: tuple[Fault, ...] | None = None, num_cpus: int | None = None,
-            loggers: tuple[str, ...] = ()) -> list[RunResult]:
-    """Run every spec as a Ray task (see the module doc). ``num_cpus``: CPUs of a local instance
+            loggers: tuple[str, ...] = (), gpus_per_run: float = 0.0) -> list[RunResult]:
+    """Run every spec as a Ray task (see the module doc), each reserving ``cpus_per_run`` CPUs and
+    ``gpus_per_run`` GPUs. ``num_cpus``: CPUs of a local instance
     (default: all). Returns one RunResult per spec."""
     faults = faults_from_env() if faults is None else faults
     threads = max(1, int(cpus_per_run))
@@ -263,8 +280,8 @@ def run_ray(specs: list[RunSpec], results: Path, study: str, console: Console, *
         from ray.util.queue import Queue
 
         q = Queue(actor_options={"num_cpus": 0})
-        task = ray.remote(_ray_task).options(num_cpus=cpus_per_run, max_retries=0)
-        capacity = max(1, int(ray.cluster_resources().get("CPU", 1) // cpus_per_run))
+        task = ray.remote(_ray_task).options(num_cpus=cpus_per_run, num_gpus=gpus_per_run, max_retries=0)
+        capacity = run_capacity(ray.cluster_resources(), cpus_per_run, gpus_per_run)
         driver = _DriverStore(results, study, bars, console, loggers)
         todo = deque((s, 1) for s in specs)
         inflight: dict[Any, tuple[RunSpec, int]] = {}
