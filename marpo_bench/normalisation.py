@@ -21,13 +21,12 @@ from __future__ import annotations
 import json
 import math
 from datetime import UTC, datetime
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from marpo_bench import registry, store
+from marpo_bench import provenance, registry, store
 from marpo_bench.envs.base import TaskBounds
 
 BOUNDS_JSON = "bounds.json"
@@ -171,10 +170,7 @@ def measure_random(env: str, task: str, episodes: int = MEASURE_EPISODES, seed: 
         res = evaluate(UniformRandomPolicy(0), vec, seed=seed, deterministic=False)
     finally:
         vec.close()
-    try:
-        version = metadata.version("marpo-bench")
-    except metadata.PackageNotFoundError:
-        version = "unknown"
+    version = provenance.package_version("marpo-bench") or "unknown"
     return {"random": res["eval_return_mean"], "random_sem": res["eval_return_std"] / math.sqrt(res["eval_episodes"]),
             "episodes": res["eval_episodes"], "seed": seed, "reward_scale": vec.info.reward_scale,
             "episode_limit": vec.info.episode_limit, "measured": datetime.now(UTC).strftime("%Y-%m-%d"),

@@ -71,6 +71,12 @@ def package_version(pkg: str) -> str | None:
         return None
 
 
+def tool_versions(packages: tuple[str, ...]) -> dict[str, str]:
+    """Python and ``packages`` as installed ("not installed" for absent ones): what a report was
+    made with."""
+    return {p: package_version(p) or "not installed" for p in packages} | {"python": platform.python_version()}
+
+
 def versions() -> dict[str, str]:
     """Python, the core packages, every registered env family's backend packages and every
     plugin's distribution, as installed (absent ones left out)."""

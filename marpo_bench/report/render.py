@@ -12,17 +12,15 @@ import base64
 import json
 import logging
 import math
-import platform
 from collections import Counter, defaultdict
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 import jinja2
 
-from marpo_bench import store
+from marpo_bench import provenance, store
 from marpo_bench.analysis import Analysis
 from marpo_bench.normalisation import bounds_measurements, normalisation_table, win_rate_families
 from marpo_bench.report import plots
@@ -84,13 +82,6 @@ def secs_range(mean: Any, lo: Any, hi: Any) -> str:
 def svg_uri(svg: str) -> str:
     """SVG text as a base64 ``data:`` URI (works in <img> in browsers and in WeasyPrint)."""
     return "data:image/svg+xml;base64," + base64.b64encode(svg.encode("utf-8")).decode("ascii")
-
-
-def _version(pkg: str) -> str:
-    try:
-        return metadata.version(pkg)
-    except metadata.PackageNotFoundError:
-        return "not installed"
 
 
 # --------------------------------------------------------------------------------------------
@@ -256,8 +247,8 @@ def context(res: Analysis, seed_traces: bool = False) -> dict[str, Any]:
         "verdict": headline(res), "cost_warnings": res.cost_warnings,
         "res": res, "d": d, "figures": figures, "metric_names": METRIC_NAMES,
         "generated": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
-        "tool_versions": {p: _version(p) for p in ("marpo-bench", "rliable", "numpy", "scipy", "matplotlib",
-                                                  "weasyprint")} | {"python": platform.python_version()},
+        "tool_versions": provenance.tool_versions(("marpo-bench", "rliable", "numpy", "scipy", "matplotlib",
+                                                   "weasyprint")),
         "statuses": sorted(statuses.items()), "runs_used": used, "runs_total": len(d.records), "seeds": seeds,
         "summary_by_task": summary_by_task, "poi_matrix": poi_matrix, "normalisation": _normalisation_rows(res),
         "clipped": sorted(d.clipped(), key=lambda r: (r.env, r.task, r.algo, r.seed)),
