@@ -106,7 +106,9 @@ def build(saved: SavedPolicy, num_envs: int, seed: int, device: str = "cpu", tas
     except (ConfigError, ValueError, TypeError) as exc:
         raise PolicyError(f"cannot rebuild the run's env or config: {exc}") from None
     if task != saved.task:
-        trained = make_env(saved.env, saved.task, 1, device="cpu", agent_id=cfg.agent_id).info
+        ref = make_env(saved.env, saved.task, 1, device="cpu", agent_id=cfg.agent_id)
+        trained = ref.info
+        ref.close()
         if (trained.obs_dim, trained.num_agents, trained.num_actions) != (
                 env.info.obs_dim, env.info.num_agents, env.info.num_actions):
             env.close()
