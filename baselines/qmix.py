@@ -730,6 +730,15 @@ class QMix:
             "config": dataclasses.asdict(self.cfg),  # resolved: the lineage's values spelled out
         }
 
+    def policy_state_dict(self) -> dict:
+        """What ``act`` needs: the agent network and the schedule position (the exploration
+        epsilon of ``act(deterministic=False)``)."""
+        return {"agent": self.agent.state_dict(), "t_env": self.t_env}
+
+    def load_policy_state_dict(self, sd: dict) -> None:
+        self.agent.load_state_dict(sd["agent"])
+        self.t_env = int(sd["t_env"])
+
     def forget_episodes(self) -> None:
         """Nothing is carried across episodes outside learn()."""
 
