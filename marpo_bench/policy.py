@@ -24,6 +24,7 @@ import numpy as np
 
 from marpo_bench import store
 from marpo_bench.config import ConfigError, field_types
+from marpo_bench.train import eval_seed_of
 
 EVAL_MODES = ("greedy", "sample")
 
@@ -68,7 +69,7 @@ def load(run_dir: Path) -> SavedPolicy:
                           f"it was stored without them (e.g. an imported run, or a study committed without "
                           f"checkpoints); re-run it to get one")
     rows = ckpt.get("rows") or []
-    final_eval = {"seed": 10_000_019 * (int(record["seed"]) + 1) + max(len(rows) - 1, 0),  # the runner's eval seed
+    final_eval = {"seed": eval_seed_of(int(record["seed"]), max(len(rows) - 1, 0)),
                   "episodes": int(ckpt["config"].get("eval_episodes", 32)),
                   "mode": ckpt["config"].get("eval_mode", "greedy"),
                   "env_steps": int(rows[-1]["env_steps"]) if rows else int(record.get("env_steps") or 0)}

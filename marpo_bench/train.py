@@ -284,6 +284,11 @@ class CheckpointableEnv:
 # one run
 
 
+def eval_seed_of(seed: int, index: int) -> int:
+    """The env seed of a run's ``index``-th evaluation (0 at env step 0): never a training seed."""
+    return 10_000_019 * (seed + 1) + index
+
+
 POLICY_FORMAT = 1
 
 
@@ -393,7 +398,6 @@ def _train_run(spec: RunSpec, sink: store.RunSink, progress: ProgressFn | None, 
         declared = {"train_return_mean", *algo_cls.metrics}
         extra_columns = tuple(m for m in algo_cls.metrics if m not in store.METRIC_COLUMNS)
         deterministic = rc.eval_mode == "greedy"
-        eval_seed = 10_000_019 * (spec.seed + 1)  # eval episodes never share seeds with training
         rows: list[dict[str, Any]] = []
         pending: list[dict[str, float]] = []
         next_eval, next_ckpt = interval, every or 0
@@ -401,7 +405,7 @@ def _train_run(spec: RunSpec, sink: store.RunSink, progress: ProgressFn | None, 
 
         def log_eval(steps: int) -> None:
             row: dict[str, Any] = {"env_steps": steps, "wall_seconds": time.perf_counter() - t0}
-            row.update(evaluate(algo, eval_env, eval_seed + len(rows), deterministic))
+            row.update(evaluate(algo, eval_env, eval_seed_of(spec.seed, len(rows)), deterministic))
             if pending:  # training metrics: mean over the updates since the last evaluation
                 for key in pending[0]:
                     vals = [p[key] for p in pending if key in p and not math.isnan(p[key])]
@@ -480,7 +484,7 @@ def _train_run(spec: RunSpec, sink: store.RunSink, progress: ProgressFn | None, 
         if rows[-1]["env_steps"] < last_steps and pending:
             log_eval(last_steps)
         checkpoint(last_steps, complete=True)
-        sink.write_policy(saved_policy(algo, spec, config, {"seed": eval_seed + len(rows) - 1,
+        sink.write_policy(saved_policy(algo, spec, config, {"seed": eval_seed_of(spec.seed, len(rows) - 1),
                                                            "episodes": rc.eval_episodes, "mode": rc.eval_mode,
                                                            "env_steps": rows[-1]["env_steps"]}))
         record.update(status="complete", finished=provenance.now(), wall_seconds=time.perf_counter() - t0)
