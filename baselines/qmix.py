@@ -754,3 +754,284 @@ class QMix:
         self.t_env, self.episodes, self.updates = int(sd["t_env"]), int(sd["episodes"]), int(sd["updates"])
         self.last_target_update_episode = int(sd["last_target_update_episode"])
         self.update_credit = float(sd["update_credit"])
+
+
+# ----------------------------------------------------------------------------------------------
+# Seed-vectorised QMix: S seeds as one batched learner
+# ----------------------------------------------------------------------------------------------
+
+
+def _pad_time(batch: EpisodeBatch, t_max: int) -> EpisodeBatch:
+    """Zero-pad a batch to ``t_max`` transitions (``t_max + 1`` observation slots). The padding lies
+    outside ``filled``: every loss and target term there is masked, as it is for a batch's own
+    padding, and the recurrence only runs past the episodes' ends."""
+    T = batch.reward.shape[1]
+    if T == t_max:
+        return batch
+    grow = t_max - T
+
+    def pad(x: torch.Tensor) -> torch.Tensor:
+        shape = list(x.shape)
+        shape[1] = grow
+        return torch.cat([x, torch.zeros(shape, dtype=x.dtype, device=x.device)], dim=1)
+
+    return EpisodeBatch(**{f.name: getattr(batch, f.name) if f.name == "length" else pad(getattr(batch, f.name))
+                           for f in dataclasses.fields(EpisodeBatch)})
+
+
+class QMixSeeds:
+    """S seeds of QMix trained as one batched learner (``marpo_bench.seedstack``).
+
+    ``members[k]`` is an ordinary ``QMix`` built with seed k: it supplies seed k's initial
+    networks, epsilon-greedy generator, replay sampler, reward standardiser and counters, exactly
+    as an unbatched run of seed k has them. Learning runs on stacked copies of the networks and a
+    stacked optimiser; after every iteration the stacks are written back into the members, so the
+    runner evaluates, checkpoints and saves each member as an ordinary QMix run (and a checkpoint
+    of either kind resumes in the other). Per seed as in ``QMix.learn``: envs, replay buffer,
+    sampling, epsilon, reward standardisation, gradient clipping, optimiser steps and target
+    updates. What is batched: the agent network when acting, and the whole update (forward,
+    backward, optimiser). A seed that owes fewer updates in an iteration than another (SMAX:
+    episodes end at different times) sits the extra rounds out: its parameters, optimiser state,
+    standardiser and sampler are left untouched there."""
+
+    def __init__(self, cfg: QMixConfig, env_info: EnvInfo, device: torch.device | str, seeds: list[int]) -> None:
+        if not seeds:
+            raise ValueError("QMixSeeds needs at least one seed")
+        self.members = [QMix(copy.deepcopy(cfg), env_info, device, s) for s in seeds]
+        self.cfg = self.members[0].cfg
+        self.info = env_info
+        self.device = torch.device(device)
+        self.S = len(seeds)
+        self._stack()
+
+    def _stack(self) -> None:
+        from marpo_bench.seedstack import Stack, StackedOptimizer
+
+        ms, c = self.members, self.cfg
+        self.agent = Stack([m.agent for m in ms])
+        self.mixer = Stack([m.mixer for m in ms])
+        self.target_agent = Stack([m.target_agent for m in ms], requires_grad=False)
+        self.target_mixer = Stack([m.target_mixer for m in ms], requires_grad=False)
+        eps = c.optim_eps if c.optimizer == "rmsprop" else 1e-8
+        self.opt = StackedOptimizer([*self.agent.tensors(), *self.mixer.tensors()], c.optimizer, c.lr,
+                                    alpha=c.optim_alpha, eps=eps)
+        for k, m in enumerate(ms):
+            self.opt.read_from(k, m.opt, m.params)
+
+    def sync_in(self) -> None:
+        """Read every member's networks and optimiser state into the stacks (after a load)."""
+        for k, m in enumerate(self.members):
+            self.agent.read_from(k, m.agent)
+            self.mixer.read_from(k, m.mixer)
+            self.target_agent.read_from(k, m.target_agent)
+            self.target_mixer.read_from(k, m.target_mixer)
+            self.opt.read_from(k, m.opt, m.params)
+
+    def sync_out(self) -> None:
+        """Write the stacks back into the members (before they are evaluated or checkpointed)."""
+        for k, m in enumerate(self.members):
+            self.agent.write_to(k, m.agent)
+            self.mixer.write_to(k, m.mixer)
+            self.target_agent.write_to(k, m.target_agent)
+            self.target_mixer.write_to(k, m.target_mixer)
+            self.opt.write_to(k, m.opt, m.params)
+
+    # -- networks on the stacks -------------------------------------------------------------
+
+    def _agent(self, stack: Any, x: torch.Tensor, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``RNNAgent`` per seed: ``x`` [S, L, M, in], ``h`` [S, M, H] -> Q [S, L, M, A], last h."""
+        from marpo_bench.seedstack import gru, linear
+
+        y = F.relu(linear(x, stack["fc1.weight"], stack["fc1.bias"]))
+        out, hn = gru(y, h, stack["rnn.weight_ih_l0"], stack["rnn.weight_hh_l0"], stack["rnn.bias_ih_l0"],
+                      stack["rnn.bias_hh_l0"])
+        return linear(out, stack["fc2.weight"], stack["fc2.bias"]), hn
+
+    def _mixer(self, stack: Any, agent_qs: torch.Tensor, states: torch.Tensor) -> torch.Tensor:
+        """``QMixer.forward`` per seed: ``agent_qs`` [S, ..., N], ``states`` [S, ..., state] -> [S, ...]."""
+        from marpo_bench.seedstack import linear, relu_mlp
+
+        S, lead = agent_qs.shape[0], agent_qs.shape[1:-1]
+        N, Em, L = self.info.num_agents, self.cfg.mixing_embed_dim, self.cfg.hypernet_layers
+        s = states.reshape(S, -1, states.shape[-1])
+        R = s.shape[1]
+        q = agent_qs.reshape(S * R, 1, N)
+        w1 = torch.abs(relu_mlp(s, stack, "hyper_w_1", L)).reshape(S * R, N, Em)
+        b1 = linear(s, stack["hyper_b_1.weight"], stack["hyper_b_1.bias"]).reshape(S * R, 1, Em)
+        hidden = F.elu(torch.bmm(q, w1) + b1)
+        w_final = torch.abs(relu_mlp(s, stack, "hyper_w_final", L)).reshape(S * R, Em, 1)
+        v = relu_mlp(s, stack, "V", 2).reshape(S * R, 1, 1)
+        return (torch.bmm(hidden, w_final) + v).reshape(S, *lead)
+
+    def _inputs(self, obs: torch.Tensor, last_onehot: torch.Tensor) -> torch.Tensor:
+        return torch.cat([obs, last_onehot], dim=-1) if self.cfg.obs_last_action else obs
+
+    def _q_all(self, stack: Any, b: EpisodeBatch) -> torch.Tensor:
+        """Per-agent Q for every slot of stacked batches ([S, B, ...] fields): [S, B, T+1, N, A]."""
+        S, B, L, N, _ = b.obs.shape
+        A = self.info.num_actions
+        x = self._inputs(b.obs, _onehot_last(b.actions.reshape(S * B, L - 1, N), A).view(S, B, L, N, A))
+        x = x.permute(0, 2, 1, 3, 4).reshape(S, L, B * N, -1)
+        h0 = torch.zeros(S, B * N, self.cfg.rnn_hidden_dim, device=x.device)
+        q, _ = self._agent(stack, x, h0)
+        return q.view(S, L, B, N, A).permute(0, 2, 1, 3, 4)
+
+    # -- acting -------------------------------------------------------------------------------
+
+    def initial_act_state(self, num_envs: int) -> tuple[torch.Tensor, torch.Tensor]:
+        N, A, H = self.info.num_agents, self.info.num_actions, self.cfg.rnn_hidden_dim
+        return (torch.zeros(self.S, num_envs, N, H, device=self.device),
+                torch.zeros(self.S, num_envs, N, A, device=self.device))
+
+    @torch.no_grad()
+    def _act(self, obs: torch.Tensor, avail: torch.Tensor, done: torch.Tensor, act_state: Any,
+             eps: list[float]) -> tuple[torch.Tensor, Any]:
+        """``QMix._act`` for every seed: obs [S, E, N, D], avail [S, E, N, A], done [S, E] ->
+        actions [S, E, N]; each seed selects with its own generator and epsilon."""
+        h, last = act_state
+        keep = (~done).float().unsqueeze(-1).unsqueeze(-1)
+        h, last = h * keep, last * keep
+        S, E, N = obs.shape[:3]
+        q, h_new = self._agent(self.agent, self._inputs(obs, last).reshape(S, 1, E * N, -1), h.reshape(S, E * N, -1))
+        q = q.view(S, E, N, -1)
+        actions = torch.stack([m._select(q[k], avail[k], eps[k]) for k, m in enumerate(self.members)])
+        onehot = F.one_hot(actions, self.info.num_actions).float()
+        return actions, (h_new.view(S, E, N, -1), onehot)
+
+    # -- learning -------------------------------------------------------------------------------
+
+    def loss(self, b: EpisodeBatch, rewards: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-seed masked squared TD error [S] and mean Q_tot [S] (``QMix.loss`` per seed) on
+        stacked batches, with each seed's learning reward ``rewards`` [S, B, T]."""
+        c = self.cfg
+        S, B = b.reward.shape[:2]
+        q = self._q_all(self.agent, b)
+        chosen = q[:, :, :-1].gather(-1, b.actions.unsqueeze(-1)).squeeze(-1)
+        q_tot = self._mixer(self.mixer, chosen, b.state[:, :, :-1])
+        flat = EpisodeBatch(**{f.name: getattr(b, f.name).flatten(0, 1) for f in dataclasses.fields(EpisodeBatch)})
+        with torch.no_grad():
+            q_tgt = self._q_all(self.target_agent, b)[:, :, 1:]
+            avail_next = b.avail[:, :, 1:]
+            if c.double_q:
+                a_star = q.detach()[:, :, 1:].masked_fill(~avail_next, -math.inf).argmax(-1, keepdim=True)
+                q_next = q_tgt.gather(-1, a_star).squeeze(-1)
+            else:
+                q_next = q_tgt.masked_fill(~avail_next, -math.inf).max(-1).values
+            q_next = torch.where(avail_next.any(-1), q_next, torch.zeros_like(q_next))
+            q_tot_next = self._mixer(self.target_mixer, q_next, b.state[:, :, 1:])
+            nb = no_bootstrap(flat.terminated, flat.filled, c.bootstrap_truncation)
+            y = td_lambda_targets(rewards.flatten(0, 1), nb, flat.filled, q_tot_next.flatten(0, 1), c.gamma,
+                                  lam=c.td_lambda).view(S, B, -1)
+        mask = (flat.filled & flat.alive[:, :-1].any(-1)).view(S, B, -1)
+        n = mask.sum((1, 2)).clamp(min=1)
+        zero = torch.zeros((), device=q_tot.device)
+        loss = torch.where(mask, (q_tot - y) ** 2, zero).sum((1, 2)) / n
+        q_mean = torch.where(mask, q_tot.detach(), zero).sum((1, 2)) / n
+        return loss, q_mean
+
+    def update(self, batches: list[EpisodeBatch | None]) -> list[dict[str, float] | None]:
+        """One gradient step of every seed whose batch is given (``None``: the seed sits it out),
+        then each stepped seed's target update when due (``QMix.update`` per seed)."""
+        from marpo_bench.seedstack import clip_grad_norm
+
+        c = self.cfg
+        active_list = [b is not None for b in batches]
+        first = next(b for b in batches if b is not None)
+        rows = [b if b is not None else first for b in batches]
+        rewards = []
+        for m, b, on in zip(self.members, rows, active_list, strict=True):
+            if c.standardise_rewards and on:
+                m.reward_ms.update(c.reward_scale * b.reward[b.filled])
+        t_max = max(int(b.reward.shape[1]) for b in rows)
+        rows = [_pad_time(b, t_max) for b in rows]
+        for m, b in zip(self.members, rows, strict=True):
+            rewards.append(m._reward(b))
+        stacked = EpisodeBatch(**{f.name: torch.stack([getattr(b, f.name) for b in rows])
+                                  for f in dataclasses.fields(EpisodeBatch)})
+        active = torch.tensor(active_list, device=self.device)
+        loss, q_mean = self.loss(stacked, torch.stack(rewards))
+        self.opt.zero_grad()
+        torch.where(active, loss, torch.zeros_like(loss)).sum().backward()
+        norms = clip_grad_norm(self.opt.tensors, c.grad_norm_clip)
+        self.opt.step(active)
+        due = torch.zeros(self.S, dtype=torch.bool, device=self.device)
+        for k, m in enumerate(self.members):
+            if not active_list[k]:
+                continue
+            m.updates += 1
+            since = m.episodes - m.last_target_update_episode
+            if c.target_update == "hard" and since / c.target_update_interval >= 1.0:
+                due[k] = True
+                m.last_target_update_episode = m.episodes
+        if c.target_update == "soft":
+            self.target_agent.lerp_from(self.agent, c.tau, active)
+            self.target_mixer.lerp_from(self.mixer, c.tau, active)
+        elif bool(due.any()):
+            self.target_agent.copy_from(self.agent, due)
+            self.target_mixer.copy_from(self.mixer, due)
+        return [{"td_loss": float(loss[k].detach()), "q_mean": float(q_mean[k]), "grad_norm": float(norms[k])}
+                if on else None for k, on in enumerate(active_list)]
+
+    def learn(self, envs: list[MultiAgentVecEnv], total_steps: int, seeds: list[int],
+              on_iteration: list[Callable[[int, dict[str, float]], None]], start_steps: int = 0) -> None:
+        """``QMix.learn`` for every seed at once: ``envs[k]``, ``seeds[k]`` and ``on_iteration[k]``
+        are seed k's. The members are written back (``sync_out``) before each iteration's
+        callbacks, so a callback may evaluate or checkpoint its member."""
+        self.sync_in()
+        ms, cfg, S = self.members, self.cfg, self.S
+        for m in ms:
+            if start_steps:
+                m.t_env = int(start_steps)
+        if len({m.t_env for m in ms}) != 1:
+            raise ValueError("the seeds of a batched QMix must resume from the same env step")
+        info = envs[0].info
+        E = info.num_envs
+        replays = [EpisodeReplay(cfg.buffer_size, E, info, self.device) for _ in ms]
+        chunk = cfg.rollout_len or info.episode_limit
+        tss = [env.reset(s) for env, s in zip(envs, seeds, strict=True)]
+        env_dev = tss[0].obs.device
+        tss = [ts.to(self.device) for ts in tss]
+        act_state = self.initial_act_state(E)
+        done = torch.zeros(S, E, dtype=torch.bool, device=self.device)
+        finished: list[list[float]] = [[] for _ in ms]
+        while ms[0].t_env < total_steps:
+            for _ in range(chunk):
+                for rp, ts in zip(replays, tss, strict=True):
+                    rp.add_obs(ts)
+                obs = torch.stack([ts.obs for ts in tss])
+                avail = torch.stack([ts.avail_actions for ts in tss])
+                actions, act_state = self._act(obs, avail, done, act_state, [m.epsilon() for m in ms])
+                nxts = [env.step(actions[k].to(env_dev)).to(self.device) for k, env in enumerate(envs)]
+                for k, (m, rp, nxt) in enumerate(zip(ms, replays, nxts, strict=True)):
+                    ended = rp.add_step(actions[k], nxt)
+                    m.t_env += E
+                    if ended.numel():
+                        m.episodes += ended.numel()
+                        finished[k].extend(nxt.episode_return[ended].tolist())
+                        if rp.size >= cfg.batch_size:
+                            m.update_credit += ended.numel() / cfg.episodes_per_update
+                done = torch.stack([nxt.done for nxt in nxts])
+                tss = nxts
+                if ms[0].t_env >= total_steps:
+                    break
+            logs: list[dict[str, list[float]]] = [{} for _ in ms]
+            while any(m.update_credit >= 1.0 for m in ms):
+                batches: list[EpisodeBatch | None] = []
+                for m, rp in zip(ms, replays, strict=True):
+                    if m.update_credit >= 1.0:
+                        m.update_credit -= 1.0
+                        batches.append(rp.sample(cfg.batch_size, m.np_rng))
+                    else:
+                        batches.append(None)
+                for k, out in enumerate(self.update(batches)):
+                    for key, v in (out or {}).items():
+                        logs[k].setdefault(key, []).append(v)
+            self.sync_out()
+            for k, m in enumerate(ms):
+                if not logs[k] and m.t_env < total_steps:
+                    continue  # warm-up: report with the first training iteration
+                metrics = {key: float(np.mean(v)) for key, v in logs[k].items()}
+                metrics["epsilon"] = m.epsilon()
+                metrics["train_return_mean"] = float(np.mean(finished[k])) if finished[k] else math.nan
+                finished[k] = []
+                on_iteration[k](m.t_env, metrics)

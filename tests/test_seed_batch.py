@@ -1,0 +1,201 @@
+"""Seed stacks (marpo_bench.seedstack) and the seed-vectorised QMix (baselines.qmix.QMixSeeds):
+each stacked piece equals its torch counterpart seed by seed, and seed k of a batched QMix run
+follows the unbatched run of seed k (same initialisation, same data) within float tolerance."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+from baselines.qmix import QMix, QMixConfig, QMixSeeds
+from marpo_bench.envs import make_env
+from marpo_bench.seedstack import Stack, StackedOptimizer, clip_grad_norm, gru, linear, relu_mlp
+
+
+def _modules(make, S: int) -> list[nn.Module]:
+    out = []
+    for k in range(S):
+        torch.manual_seed(100 + k)
+        out.append(make())
+    return out
+
+
+def test_stacked_linear_gru_and_mlp_equal_torch_modules_seed_by_seed():
+    S, L, M, D, H = 3, 5, 4, 6, 8
+    grus = _modules(lambda: nn.GRU(D, H), S)
+    lins = _modules(lambda: nn.Linear(D, H), S)
+    mlps = _modules(lambda: nn.Sequential(nn.Linear(D, H), nn.ReLU(), nn.Linear(H, 2)), S)
+    g, lin, mlp = Stack(grus), Stack(lins), Stack([_wrap(m) for m in mlps])
+    x = torch.randn(S, L, M, D, generator=torch.Generator().manual_seed(0))
+    h0 = torch.randn(S, M, H, generator=torch.Generator().manual_seed(1))
+    out, hn = gru(x, h0, g["weight_ih_l0"], g["weight_hh_l0"], g["bias_ih_l0"], g["bias_hh_l0"])
+    y = linear(x, lin["weight"], lin["bias"])
+    z = relu_mlp(x, mlp, "net", 2)
+    for k in range(S):
+        ref_out, ref_hn = grus[k](x[k], h0[k].unsqueeze(0))
+        torch.testing.assert_close(out[k], ref_out, atol=1e-6, rtol=1e-5)
+        torch.testing.assert_close(hn[k], ref_hn[0], atol=1e-6, rtol=1e-5)
+        torch.testing.assert_close(y[k], lins[k](x[k]), atol=1e-6, rtol=1e-5)
+        torch.testing.assert_close(z[k], mlps[k](x[k]), atol=1e-6, rtol=1e-5)
+    # Gradients flow to each seed's own parameters only, and equal the module's.
+    out[1].sum().backward()
+    grus[1](x[1], h0[1].unsqueeze(0))[0].sum().backward()
+    assert g["weight_hh_l0"].grad[0].abs().max() == 0 and g["weight_hh_l0"].grad[2].abs().max() == 0
+    torch.testing.assert_close(g["weight_hh_l0"].grad[1], grus[1].weight_hh_l0.grad, atol=1e-5, rtol=1e-4)
+
+
+def _wrap(seq: nn.Module) -> nn.Module:
+    holder = nn.Module()
+    holder.net = seq
+    return holder
+
+
+def test_per_seed_grad_clipping_equals_clip_grad_norm_of_each_seed():
+    S = 3
+    mods = _modules(lambda: nn.Linear(4, 3), S)
+    st = Stack(mods)
+    gen = torch.Generator().manual_seed(2)
+    scale = torch.tensor([0.01, 1.0, 100.0])  # below, near and far above the bound
+    grads = {n: torch.randn(st[n].shape, generator=gen) * scale.view(-1, *([1] * (st[n].dim() - 1)))
+             for n in st.names}
+    for n in st.names:
+        st[n].grad = grads[n].clone()
+    norms = clip_grad_norm(st.tensors(), 1.0)
+    for k, m in enumerate(mods):
+        for n, p in m.named_parameters():
+            p.grad = grads[n][k].clone()
+        ref = nn.utils.clip_grad_norm_(list(m.parameters()), 1.0)
+        torch.testing.assert_close(norms[k], ref)
+        for n, p in m.named_parameters():
+            torch.testing.assert_close(st[n].grad[k], p.grad)
+    assert norms[0] < 1.0 < norms[2]
+
+
+@pytest.mark.parametrize("kind", ["adam", "rmsprop"])
+def test_stacked_optimizer_steps_each_seed_like_torch_and_leaves_inactive_seeds_untouched(kind):
+    S = 3
+    mods = _modules(lambda: nn.Linear(4, 3), S)
+    st = Stack(mods)
+    opts = [torch.optim.Adam(m.parameters(), lr=1e-2) if kind == "adam"
+            else torch.optim.RMSprop(m.parameters(), lr=1e-2, alpha=0.99, eps=1e-5) for m in mods]
+    sopt = StackedOptimizer(st.tensors(), kind, 1e-2, alpha=0.99, eps=1e-8 if kind == "adam" else 1e-5)
+    gen = torch.Generator().manual_seed(3)
+    # Seed 1 sits out rounds 1 and 3: its parameters and state must stay, its step count lag.
+    plan = [[True, True, True], [True, False, True], [True, True, True], [False, False, True]]
+    for active in plan:
+        grads = {n: torch.randn(st[n].shape, generator=gen) for n in st.names}
+        for n in st.names:
+            st[n].grad = grads[n].clone()
+        before = {n: st[n].detach().clone() for n in st.names}
+        sopt.step(torch.tensor(active))
+        for k, m in enumerate(mods):
+            if not active[k]:
+                for n in st.names:
+                    assert torch.equal(st[n][k], before[n][k])
+                continue
+            for n, p in m.named_parameters():
+                p.grad = grads[n][k].clone()
+            opts[k].step()
+    for k, m in enumerate(mods):
+        for n, p in m.named_parameters():
+            torch.testing.assert_close(st[n][k], p, atol=1e-6, rtol=1e-5)
+    assert sopt.steps.tolist() == [3.0, 2.0, 4.0]
+    # The state converts to each seed's torch optimiser and back.
+    fresh = [torch.optim.Adam(m.parameters(), lr=1e-2) if kind == "adam"
+             else torch.optim.RMSprop(m.parameters(), lr=1e-2) for m in mods]
+    for k, m in enumerate(mods):
+        sopt.write_to(k, fresh[k], list(m.parameters()))
+        ref = opts[k].state_dict()["state"]
+        got = fresh[k].state_dict()["state"]
+        for i in ref:
+            assert float(got[i]["step"]) == float(ref[i]["step"])
+            for key in ref[i]:
+                if key != "step":
+                    torch.testing.assert_close(got[i][key], ref[i][key], atol=1e-7, rtol=1e-5)
+    again = StackedOptimizer(st.tensors(), kind, 1e-2)
+    for k, m in enumerate(mods):
+        again.read_from(k, fresh[k], list(m.parameters()))
+    assert again.steps.tolist() == sopt.steps.tolist()
+    for a, b in zip(again.state, sopt.state, strict=True):
+        for key in a:
+            torch.testing.assert_close(a[key], b[key])
+
+
+def _runs(family: str, task: str, steps: int, cfg: QMixConfig, seeds: list[int]):
+    """Seed by seed unbatched, then batched: (single learners, their logs, batched, its logs)."""
+    singles, single_logs = [], []
+    for s in seeds:
+        env = make_env(family, task, cfg.num_envs, device="cpu", agent_id=True)
+        algo = QMix(copy.deepcopy(cfg), env.info, "cpu", s)
+        log: list = []
+        algo.learn(env, steps, s, lambda st, m, log=log: log.append((st, m)))
+        singles.append(algo)
+        single_logs.append(log)
+    envs = [make_env(family, task, cfg.num_envs, device="cpu", agent_id=True) for _ in seeds]
+    batched = QMixSeeds(copy.deepcopy(cfg), envs[0].info, "cpu", seeds)
+    logs: list[list] = [[] for _ in seeds]
+    batched.learn(envs, steps, seeds, [lambda st, m, log=log: log.append((st, m)) for log in logs])
+    return singles, single_logs, batched, logs
+
+
+def _assert_follows(single: QMix, single_log: list, member: QMix, log: list) -> None:
+    assert [s for s, _ in log] == [s for s, _ in single_log]  # same iterations reported
+    assert member.updates == single.updates and member.episodes == single.episodes
+    for (_, a), (_, b) in zip(single_log, log, strict=True):
+        assert a.keys() == b.keys()
+        assert a["train_return_mean"] == pytest.approx(b["train_return_mean"], rel=1e-6, nan_ok=True)
+        for key in ("td_loss", "q_mean", "grad_norm"):
+            if key in a:
+                assert b[key] == pytest.approx(a[key], rel=1e-4, abs=1e-5), key
+    for p, q in zip(single.params, member.params, strict=True):
+        torch.testing.assert_close(q, p, atol=1e-5, rtol=1e-4)
+    for p, q in zip(single.target_agent.parameters(), member.target_agent.parameters(), strict=True):
+        torch.testing.assert_close(q, p, atol=1e-5, rtol=1e-4)
+    ref, got = single.state_dict(), member.state_dict()
+    assert got["opt"]["state"].keys() == ref["opt"]["state"].keys()
+    for i, st in ref["opt"]["state"].items():
+        assert float(got["opt"]["state"][i]["step"]) == float(st["step"])
+    assert got["reward_ms"]["count"] == ref["reward_ms"]["count"]
+
+
+def test_seed_k_of_a_batched_qmix_run_follows_the_single_seed_run_on_mpe():
+    """MPE's recipe (no bootstrap at the limit, standardised rewards) with Adam, TD(lambda) and
+    soft target updates: 12 iterations, 24 updates per seed."""
+    cfg = QMixConfig(num_envs=4, batch_size=4, buffer_size=64, epsilon_anneal_steps=500, standardise_rewards=True,
+                     bootstrap_truncation=False, optimizer="adam", td_lambda=0.6, target_update="soft")
+    singles, single_logs, batched, logs = _runs("jax_mpe", "simple_spread", 1200, cfg, [0, 1, 2])
+    for k in range(3):
+        _assert_follows(singles[k], single_logs[k], batched.members[k], logs[k])
+    assert singles[0].updates == 24
+
+
+def test_seed_k_of_a_batched_qmix_run_follows_the_single_seed_run_on_smax_with_unequal_updates():
+    """SMAX: episodes end at different times, so seeds owe different numbers of updates in an
+    iteration and sit rounds out; hard target updates every 8 episodes; rewards x 10."""
+    cfg = QMixConfig(num_envs=4, batch_size=4, buffer_size=64, epsilon_anneal_steps=500, reward_scale=10.0,
+                     target_update_interval=8)
+    singles, single_logs, batched, logs = _runs("smax", "3m", 2000, cfg, [0, 1, 2])
+    for k in range(3):
+        _assert_follows(singles[k], single_logs[k], batched.members[k], logs[k])
+    assert len({s.updates for s in singles}) > 1  # the seeds did owe different numbers of updates
+
+
+def test_a_batched_member_checkpoint_loads_into_an_unbatched_qmix_and_back():
+    cfg = QMixConfig(num_envs=4, batch_size=4, buffer_size=64, epsilon_anneal_steps=500)
+    envs = [make_env("jax_mpe", "simple_spread", 4, device="cpu", agent_id=True) for _ in range(2)]
+    batched = QMixSeeds(copy.deepcopy(cfg), envs[0].info, "cpu", [0, 1])
+    batched.learn(envs, 500, [0, 1], [lambda *a: None] * 2)
+    sd = batched.members[1].state_dict()
+    single = QMix(copy.deepcopy(cfg), envs[0].info, "cpu", 1)
+    single.load_state_dict(sd)
+    for p, q in zip(single.params, batched.members[1].params, strict=True):
+        assert torch.equal(p, q)
+    # Loaded into a fresh batched learner, the stacks pick the member's state up (sync_in).
+    again = QMixSeeds(copy.deepcopy(cfg), envs[0].info, "cpu", [0, 1])
+    again.members[1].load_state_dict(sd)
+    again.sync_in()
+    assert torch.equal(again.agent["fc1.weight"][1], single.agent.fc1.weight)
+    assert again.opt.steps[1] == float(sd["opt"]["state"][0]["step"])
