@@ -502,6 +502,9 @@ class QMix:
     resumes_mid_episode = False
     resumes_exactly = False
     metrics: tuple[str, ...] = ("td_loss", "q_mean", "grad_norm", "epsilon")
+    # One learner with these settings x S does the arithmetic of S seeds (S x the envs and the batch,
+    # the same updates per iteration): ``bench --seed-stacks`` times it as batching's bound.
+    seed_scaled_settings = ("num_envs", "batch_size", "episodes_per_update")
 
     def __init__(self, cfg: QMixConfig, env_info: EnvInfo, device: torch.device | str, seed: int) -> None:
         cfg.validate()
@@ -534,6 +537,11 @@ class QMix:
         self.updates = 0
         self.last_target_update_episode = 0
         self.update_credit = 0.0
+
+    @classmethod
+    def batched(cls, cfg: QMixConfig, env_info: EnvInfo, device: torch.device | str, seeds: list[int]) -> QMixSeeds:
+        """S seeds as one batched learner (the optional ``batched`` contract, docs/extending.md)."""
+        return QMixSeeds(cfg, env_info, device, seeds)
 
     # -- acting -------------------------------------------------------------------------------
 

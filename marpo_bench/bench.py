@@ -156,9 +156,101 @@ def _train_bench(algo: str, family: str, task: str, num_envs: int | None, second
                     env_ms, transfer_ms, policy_ms, update_ms, _peak_rss_mb(), threads, wall)
 
 
+SEED_MODES = ("sequential", "vectorised", "bound")
+
+
+def _seeds_bench(algo: str, family: str, task: str, seeds: int, mode: str, seconds: float,
+                 overrides: tuple[tuple[str, str], ...], threads: int) -> BenchRow:
+    """S seeds of one (algorithm, task) at its default learning config, three ways:
+
+    - ``sequential``: S single-seed learners one after another in this process (each timed for
+      ``seconds / S``), what S runs cost without batching;
+    - ``vectorised``: one batched learner (the algorithm's ``batched``);
+    - ``bound``: one single-seed learner doing S seeds' arithmetic (the algorithm's
+      ``seed_scaled_settings`` multiplied by S: S times the envs and the batch, the same updates
+      per iteration). Per-op overhead is paid once and the FLOPs and memory traffic are S seeds',
+      so no batching of S seeds can be faster than this: the arithmetic bound.
+
+    Env steps/s is the aggregate over the S seeds (bound: of the one learner); ``update_ms`` is
+    per iteration of all S seeds. The first trained iteration is warm-up (JIT, replay fill)."""
+    import torch
+
+    from marpo_bench.algos import get_algorithm
+    from marpo_bench.config import RunSpec
+    from marpo_bench.envs import make_env
+    from marpo_bench.train import build_config
+
+    torch.set_num_threads(threads)
+    cfg = build_config(RunSpec(algo, family, task, 0, 10**9, overrides))
+    algo_cls = get_algorithm(algo)
+    vectorised = mode == "vectorised"
+    if mode == "bound":
+        scaled = tuple((k, str(getattr(cfg, k) * seeds)) for k in algo_cls.seed_scaled_settings)
+        cfg = build_config(RunSpec(algo, family, task, 0, 10**9, (*overrides, *scaled)))
+
+    class _Stop(Exception):
+        pass
+
+    def timed(learner: Any, budget: float) -> tuple[float, int, float, int]:
+        """(wall, env steps, update seconds, iterations) of ``learner`` after its first iteration."""
+        spent = [0.0]
+        update = learner.update
+
+        def timed_update(*a: Any, **k: Any) -> Any:
+            t0 = time.perf_counter()
+            out = update(*a, **k)
+            spent[0] += time.perf_counter() - t0
+            return out
+
+        learner.update = timed_update
+        marks: list[tuple[float, int, float]] = []
+
+        def on_iteration(steps: int, metrics: dict[str, float]) -> None:
+            marks.append((time.perf_counter(), steps, spent[0]))
+            if len(marks) > 2 and marks[-1][0] - marks[1][0] > budget:
+                raise _Stop
+
+        try:
+            if vectorised:
+                envs = [make_env(family, task, cfg.num_envs, agent_id=cfg.agent_id) for _ in range(seeds)]
+                others = [lambda *a: None] * (seeds - 1)
+                learner.learn(envs, 10**12, list(range(seeds)), [on_iteration, *others])
+            else:
+                env = make_env(family, task, cfg.num_envs, agent_id=cfg.agent_id)
+                learner.learn(env, 10**12, learner.seed, on_iteration)
+        except _Stop:
+            pass
+        (t_a, s_a, u_a), (t_b, s_b, u_b) = marks[1], marks[-1]
+        return t_b - t_a, s_b - s_a, u_b - u_a, len(marks) - 2
+
+    if vectorised:
+        wall, steps, upd, iters = timed(algo_cls.batched(cfg, _info(family, task, cfg), "cpu", list(range(seeds))),
+                                        seconds)
+        steps *= seeds
+    elif mode == "bound":
+        wall, steps, upd, iters = timed(algo_cls(cfg, _info(family, task, cfg), "cpu", 0), seconds)
+    else:
+        parts = [timed(algo_cls(cfg, _info(family, task, cfg), "cpu", k), seconds / seeds) for k in range(seeds)]
+        wall, steps = sum(p[0] for p in parts), sum(p[1] for p in parts)
+        upd, iters = sum(p[2] for p in parts), sum(p[3] for p in parts) / seeds
+    label = f"{algo} S={seeds} {mode}"
+    return BenchRow("seeds", label, f"{family}:{task}", cfg.num_envs, steps / wall, math.nan, math.nan, math.nan,
+                    1000 * upd / iters, _peak_rss_mb(), threads, wall)
+
+
+def _info(family: str, task: str, cfg: Any) -> Any:
+    from marpo_bench.envs import make_env
+
+    env = make_env(family, task, cfg.num_envs, agent_id=cfg.agent_id)
+    info = env.info
+    env.close()
+    return info
+
+
 def _child(kind: str, args: tuple, threads: int, q: Any) -> None:
     try:
-        row = _env_bench(*args, threads) if kind == "env" else _train_bench(*args, threads)
+        runner = {"env": _env_bench, "train": _train_bench, "seeds": _seeds_bench}[kind]
+        row = runner(*args, threads)
         q.put(("ok", asdict(row)))
     except Exception as exc:  # reported as a row error in the parent
         q.put(("error", f"{type(exc).__name__}: {exc}"))

@@ -202,6 +202,10 @@ def bench(
     parallel: int = typer.Option(1, help="Identical measurements run at once, one process each, as "
                                          "`run --workers N` trains: env steps/s is their sum."),
     out: Path | None = typer.Option(None, help="Also write the table as Parquet."),
+    seed_stacks: str = typer.Option("", help="Comma-separated S, e.g. 1,4,8: for each algorithm with a batched "
+                                             "learner: S seeds as one batched learner, as S single-seed "
+                                             "learners one after another, and the arithmetic bound (one "
+                                             "learner doing S seeds' work) (rows `seeds`)."),
     set_: list[str] = typer.Option([], "--set", help="Config override for the training rows, key=value or "
                                                      "algo.key=value (as `run --set`), e.g. to time another recipe."),
 ) -> None:
@@ -210,7 +214,8 @@ def bench(
     update."""
     import os
 
-    from marpo_bench.bench import run_isolated
+    from marpo_bench.algos import get_algorithm
+    from marpo_bench.bench import SEED_MODES, run_isolated
     from marpo_bench.train import build_config
 
     try:
@@ -219,6 +224,9 @@ def bench(
             registry.algorithm_entry(a)  # ValueError naming the valid ones
         env_pairs = [parse_env(e.strip()) for e in envs.split(",") if e.strip()]
         sizes = [int(x) for x in num_envs.split(",") if x.strip()]
+        stacks = [int(x) if x.strip().isdigit() else 0 for x in seed_stacks.split(",") if x.strip()]
+        if any(x <= 0 for x in stacks):
+            raise ConfigError(f"--seed-stacks must list positive seed counts, got {seed_stacks!r}")
         if any(x <= 0 for x in sizes) or seconds <= 0 or parallel <= 0 or threads < 0 or train_num_envs < 0:
             raise ConfigError("--num-envs, --seconds, --parallel must be positive and --threads, "
                               "--train-num-envs >= 0")
@@ -235,6 +243,10 @@ def bench(
             jobs.append(("env", (fam, task, e, seconds)))
         for a in algo_names:
             jobs.append(("train", (a, fam, task, train_num_envs or None, seconds, pairs)))
+            if stacks and hasattr(get_algorithm(a), "batched"):
+                for S in stacks:
+                    for mode in SEED_MODES:
+                        jobs.append(("seeds", (a, fam, task, S, mode, seconds, pairs)))
     rows = []
     from rich.progress import track
 

@@ -38,3 +38,13 @@ def test_parallel_bench_sums_env_steps_over_processes_and_averages_their_phases(
     # mean iteration time is 2 x 200, up to the two processes' different speeds (Jensen's gap).
     per_iter_s = (row["env_ms"] + row["transfer_ms"] + row["policy_ms"] + row["update_ms"]) / 1000
     assert row["env_steps_per_s"] * per_iter_s == pytest.approx(400, rel=0.25)
+
+
+@pytest.mark.parametrize("mode", ["sequential", "vectorised", "bound"])
+def test_seed_stack_bench_times_s_seeds_each_way_and_counts_all_their_env_steps(mode):
+    row = run_isolated("seeds", ("qmix", "jax_mpe", "simple_spread", 2, mode, 1.0,
+                                 (("batch_size", "8"), ("num_envs", "4"))), 1)
+    assert row["kind"] == "seeds" and row["algo"] == f"qmix S=2 {mode}"
+    assert row["env_steps_per_s"] > 0 and row["update_ms"] > 0
+    # The bound is one learner with S x the envs; the others keep each seed's E.
+    assert row["num_envs"] == (8 if mode == "bound" else 4)
