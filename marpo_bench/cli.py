@@ -76,6 +76,9 @@ def run(
     cpus_per_run: float = typer.Option(1.0, help="CPUs each Ray task reserves (--executor ray)."),
     gpus_per_run: float = typer.Option(0.0, help="GPUs each Ray task reserves (--executor ray; fractions share a "
                                                  "GPU between runs, e.g. 0.25 with --device cuda)."),
+    vectorize_seeds: bool = typer.Option(False, help="Train the seeds of each (algorithm, task, config) as one "
+                                                     "batched learner where the algorithm has one (QMix); each "
+                                                     "seed is still its own run (local executor)."),
     retries: int = typer.Option(1, help="Retries of a failed run (from its last checkpoint) before it is "
                                         "recorded failed; NaN losses and bad configs are not retried."),
     checkpoint_every: str | None = typer.Option(None, help="Checkpoint every N env steps, e.g. 50k "
@@ -115,6 +118,9 @@ def run(
             raise ConfigError("--gpus-per-run reserves GPUs for Ray tasks: it needs --executor ray")
         if retries < 0:
             raise ConfigError(f"--retries must be >= 0, got {retries}")
+        if vectorize_seeds and executor != "local":
+            raise ConfigError("--vectorize-seeds runs on the local executor only: drop --executor ray, "
+                              "or --vectorize-seeds")
         every = None
         if checkpoint_every is not None:
             every = 0 if checkpoint_every.strip() == "0" else parse_steps(checkpoint_every)
@@ -139,7 +145,8 @@ def run(
         res = executors.run_grid(specs, results, study, console, executor=executor, workers=workers,
                                  ray_address=ray_address, cpus_per_run=cpus_per_run, gpus_per_run=gpus_per_run,
                                  retries=retries,
-                                 checkpoint_every=every, faults=faults, threads=threads, loggers=loggers)
+                                 checkpoint_every=every, faults=faults, threads=threads, loggers=loggers,
+                                 vectorize_seeds=vectorize_seeds)
     except executors.RayUnavailable as exc:
         fail(str(exc))
     except KeyboardInterrupt:

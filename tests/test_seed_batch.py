@@ -5,7 +5,9 @@ follows the unbatched run of seed k (same initialisation, same data) within floa
 from __future__ import annotations
 
 import copy
+import json
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -199,3 +201,79 @@ def test_a_batched_member_checkpoint_loads_into_an_unbatched_qmix_and_back():
     again.sync_in()
     assert torch.equal(again.agent["fc1.weight"][1], single.agent.fc1.weight)
     assert again.opt.steps[1] == float(sd["opt"]["state"][0]["step"])
+
+
+# ----------------------------------------------------------------------------------------------
+# run --vectorize-seeds: each seed stored as its own ordinary run
+
+
+QMIX_TINY = ["--algos", "qmix", "--envs", "jax_mpe:simple_spread", "--seeds", "3", "--steps", "600",
+             "--set", "num_envs=4", "--set", "batch_size=4", "--set", "epsilon_anneal_steps=500",
+             "--set", "eval_episodes=4", "--set", "eval_interval=200"]
+
+
+def _study(root, name):
+    import pandas as pd
+
+    runs = {}
+    for d in sorted((root / name / "runs").iterdir()):
+        runs[d.name] = (json.loads((d / "run.json").read_text()), pd.read_parquet(d / "metrics.parquet"),
+                        sorted(p.name for p in d.iterdir()))
+    return runs
+
+
+def test_vectorized_seeds_are_stored_as_the_ordinary_runs_an_unbatched_grid_stores(tmp_path):
+    from typer.testing import CliRunner
+
+    from marpo_bench.cli import app
+
+    runner = CliRunner()
+    for study, extra in (("plain", []), ("batched", ["--vectorize-seeds"])):
+        res = runner.invoke(app, ["run", "--results", str(tmp_path), "--study", study, *QMIX_TINY, *extra])
+        assert res.exit_code == 0, res.output
+    plain, batched = _study(tmp_path, "plain"), _study(tmp_path, "batched")
+    assert plain.keys() == batched.keys() and len(plain) == 3  # the same run ids
+    for run_id, (rec, df, files) in plain.items():
+        brec, bdf, bfiles = batched[run_id]
+        assert bfiles == files and "policy.pt" in files and "checkpoint.pt" in files
+        assert brec["status"] == "complete" and brec["config"] == rec["config"]
+        assert list(bdf.columns) == list(df.columns) and list(bdf["env_steps"]) == list(df["env_steps"])
+        for col in df.columns:
+            if col != "wall_seconds" and df[col].dtype.kind == "f":
+                assert np.allclose(bdf[col], df[col], rtol=1e-4, atol=1e-5, equal_nan=True), (run_id, col)
+
+
+def test_one_seed_failing_stops_its_batch_and_the_rerun_resumes_every_seed_from_its_checkpoint(tmp_path,
+                                                                                                monkeypatch):
+    from typer.testing import CliRunner
+
+    from marpo_bench.cli import app
+
+    runner = CliRunner()
+    args = ["run", "--results", str(tmp_path), "--study", "g", "--retries", "0", "--vectorize-seeds", *QMIX_TINY]
+    monkeypatch.setenv("MARPO_BENCH_FAULT", "raise@300:__s1__")
+    res = runner.invoke(app, args)
+    assert res.exit_code == 1, res.output
+    runs = _study(tmp_path, "g")
+    by_seed = {rec["seed"]: rec for rec, _, _ in runs.values()}
+    assert by_seed[1]["status"] == "failed" and "injected fault" in by_seed[1]["message"]
+    for k in (0, 2):
+        assert by_seed[k]["status"] == "failed" and "stopped with its batch" in by_seed[k]["message"]
+        assert "__s1__" in by_seed[k]["message"]
+    monkeypatch.delenv("MARPO_BENCH_FAULT")
+    res = runner.invoke(app, args)
+    assert res.exit_code == 0, res.output
+    for rec, df, _ in _study(tmp_path, "g").values():
+        assert rec["status"] == "complete" and rec["resumed_from"] == 200  # the checkpoint at the 200 eval
+        assert list(df["env_steps"]) == [0, 200, 400, 600]
+
+
+def test_vectorize_seeds_with_ray_is_a_one_line_error(tmp_path):
+    from typer.testing import CliRunner
+
+    from marpo_bench.cli import app
+
+    res = CliRunner().invoke(app, ["run", "--results", str(tmp_path), "--executor", "ray", "--vectorize-seeds",
+                                   *QMIX_TINY])
+    assert res.exit_code == 2 and "--vectorize-seeds runs on the local executor only" in res.output
+    assert "Traceback" not in res.output

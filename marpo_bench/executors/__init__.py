@@ -33,13 +33,17 @@ __all__ = ["EXECUTORS", "RayUnavailable", "ray_session", "run_grid", "run_jobs",
 def run_grid(specs: list[RunSpec], results: Path, study: str, console: Console, *, executor: str = "local",
              workers: int = 1, ray_address: str | None = None, cpus_per_run: float = 1.0, retries: int = 1,
              checkpoint_every: int | None = None, faults: tuple[Fault, ...] | None = None,
-             threads: int = DEFAULT_THREADS, loggers: tuple[str, ...] = (), gpus_per_run: float = 0.0
-             ) -> list[RunResult]:
+             threads: int = DEFAULT_THREADS, loggers: tuple[str, ...] = (), gpus_per_run: float = 0.0,
+             vectorize_seeds: bool = False) -> list[RunResult]:
     """Run the grid on the chosen executor (``local`` or ``ray``); ``threads``: torch threads per
-    local run (a Ray task uses ``cpus_per_run``); ``loggers``: also send metrics rows there."""
+    local run (a Ray task uses ``cpus_per_run``); ``loggers``: also send metrics rows there;
+    ``vectorize_seeds``: seeds as batched learners (local executor only)."""
     if executor == "ray":
+        if vectorize_seeds:
+            raise ValueError("--vectorize-seeds runs on the local executor only: drop --executor ray, "
+                             "or --vectorize-seeds")
         return run_ray(specs, results, study, console, address=ray_address, cpus_per_run=cpus_per_run,
                        retries=retries, checkpoint_every=checkpoint_every, faults=faults, loggers=loggers,
                        gpus_per_run=gpus_per_run)
     return run_local(specs, results, study, workers, console, retries=retries, checkpoint_every=checkpoint_every,
-                     faults=faults, threads=threads, loggers=loggers)
+                     faults=faults, threads=threads, loggers=loggers, vectorize_seeds=vectorize_seeds)

@@ -32,9 +32,10 @@ from typing import Any
 from rich.console import Console
 
 from marpo_bench import provenance, store
+from marpo_bench.algos import get_algorithm
 from marpo_bench.config import DEFAULT_THREADS, RunSpec, one_line
 from marpo_bench.executors.common import GridBars, mark_run, should_retry
-from marpo_bench.train import Fault, RunResult, faults_from_env, train_run
+from marpo_bench.train import Fault, RunResult, faults_from_env, train_run, train_seed_group
 
 Job = tuple[RunSpec, str]  # a run and the study it goes to
 
@@ -114,23 +115,45 @@ def _worker_init(threads: int, progress_queue: Any, deterministic: bool) -> None
     provenance.code_provenance()  # the commit of the code this worker imports now, not of a later HEAD
 
 
-def _worker(spec: RunSpec, results: str, study: str, checkpoint_every: int | None,
-            faults: tuple[Fault, ...], attempt: int, loggers: tuple[str, ...] = ()) -> RunResult:
+def _train_unit(specs: Sequence[RunSpec], results: Path, study: str, progress: Any, checkpoint_every: int | None,
+                faults: tuple[Fault, ...] | None, attempt: int, loggers: tuple[str, ...]) -> list[RunResult]:
+    """Train one unit: a run on its own, or the seeds of a group as one batched learner."""
+    if len(specs) == 1:
+        return [train_run(specs[0], results, study, progress=progress(specs[0].run_id),
+                          checkpoint_every=checkpoint_every, faults=faults, attempt=attempt, loggers=loggers)]
+    return train_seed_group(list(specs), results, study, progress, checkpoint_every=checkpoint_every, faults=faults,
+                            attempt=attempt, loggers=loggers)
+
+
+def _worker(specs: tuple[RunSpec, ...], results: str, study: str, checkpoint_every: int | None,
+            faults: tuple[Fault, ...], attempt: int, loggers: tuple[str, ...] = ()) -> list[RunResult]:
     global _in_run
 
-    def report(done: int, total: int) -> None:
-        _progress_queue.put((spec.run_id, done, total))
+    def progress(run_id: str) -> Any:
+        return lambda done, total: _progress_queue.put((run_id, done, total))
 
     _in_run = True
     t0 = time.perf_counter()
     try:
-        res = train_run(spec, Path(results), study, progress=report, checkpoint_every=checkpoint_every,
-                        faults=faults, attempt=attempt, loggers=loggers)
-        return dataclasses.replace(res, seconds=time.perf_counter() - t0)
+        out = _train_unit(specs, Path(results), study, progress, checkpoint_every, faults, attempt, loggers)
+        return [dataclasses.replace(res, seconds=time.perf_counter() - t0) for res in out]
     except KeyboardInterrupt:  # the parent is stopping the pool; the run is marked interrupted
         os._exit(130)
     finally:
         _in_run = False
+
+
+def seed_units(jobs: Sequence[Job], vectorize_seeds: bool) -> list[tuple[tuple[RunSpec, ...], str]]:
+    """The units of work: each job alone, or (``vectorize_seeds``) the seeds of one (study,
+    algorithm, task, config, budget, device) together where the algorithm has a batched learner
+    (``batched``; the others stay one run per unit). Units keep the jobs' order."""
+    groups: dict[tuple, list[RunSpec]] = {}
+    for spec, study in jobs:
+        batched = vectorize_seeds and hasattr(get_algorithm(spec.algo), "batched")
+        key = ((study, spec.algo, spec.env, spec.task, spec.steps, spec.overrides, spec.device) if batched
+               else (study, spec.run_id))
+        groups.setdefault(key, []).append(spec)
+    return [(tuple(specs), key[0]) for key, specs in groups.items()]
 
 
 def _status(results: Path, study: str, spec: RunSpec) -> str | None:
@@ -159,45 +182,60 @@ def stop_pool(pool: ProcessPoolExecutor | None, grace: float = 10.0) -> None:
 def run_local(specs: Sequence[RunSpec], results: Path, study: str, workers: int, console: Console, *,
               retries: int = 1, checkpoint_every: int | None = None,
               faults: tuple[Fault, ...] | None = None, threads: int = DEFAULT_THREADS,
-              loggers: tuple[str, ...] = ()) -> list[RunResult]:
+              loggers: tuple[str, ...] = (), vectorize_seeds: bool = False) -> list[RunResult]:
     """Run every spec of one study (complete ones are skipped, incomplete ones resume): :func:`run_jobs`."""
     return run_jobs([(s, study) for s in specs], results, workers, console, retries=retries,
-                    checkpoint_every=checkpoint_every, faults=faults, threads=threads, loggers=loggers)
+                    checkpoint_every=checkpoint_every, faults=faults, threads=threads, loggers=loggers,
+                    vectorize_seeds=vectorize_seeds)
 
 
 def run_jobs(jobs: Sequence[Job], results: Path, workers: int, console: Console, *, retries: int = 1,
              checkpoint_every: int | None = None, faults: tuple[Fault, ...] | None = None,
              threads: int = DEFAULT_THREADS, deterministic: bool = False,
-             loggers: tuple[str, ...] = ()) -> list[RunResult]:
+             loggers: tuple[str, ...] = (), vectorize_seeds: bool = False) -> list[RunResult]:
     """Train every ``(spec, study)`` into ``results/study`` with a grid progress bar and one bar per
     active run: in this process, in order (``workers <= 1``), or in one pool of ``workers`` spawned
     processes, each run with ``threads`` torch threads, or under :func:`set_deterministic`
-    (``deterministic``), sending metrics rows to ``loggers`` too. Failed attempts are retried
-    (module doc). Returns one RunResult per job,
-    in the order they finished, each with the seconds its last attempt took."""
+    (``deterministic``), sending metrics rows to ``loggers`` too. ``vectorize_seeds``: the seeds
+    of one (algorithm, task, config) train as one batched learner where the algorithm has one
+    (:func:`seed_units`; each seed is still its own run). Failed attempts are retried (module
+    doc); the runs of a unit to retry are retried together. Returns one RunResult per job, in the
+    order they finished, each with the seconds its last attempt took."""
     faults = faults_from_env() if faults is None else faults
+    units = seed_units(jobs, vectorize_seeds)
     out: list[RunResult] = []
+
+    def settle(specs: Sequence[RunSpec], study: str, attempt: int, results_: Sequence[RunResult],
+               crashed: Sequence[bool]) -> tuple[RunSpec, ...]:
+        """Finish each run of a unit or pick it for another attempt; returns those to retry."""
+        again = []
+        for spec, res, crash in zip(specs, results_, crashed, strict=True):
+            if should_retry(res, attempt, retries, console):
+                again.append(spec)
+                continue
+            if crash:
+                mark_run(results, study, spec, "failed", res.message)
+            out.append(bars.finish(res))
+        return tuple(again)
+
     with GridBars(console, len(jobs)) as bars:
         if workers <= 1:
-            for spec, study in jobs:
+            for specs, study in units:
                 attempt = 1
-                while True:
+                while specs:
                     t0 = time.perf_counter()
                     with deterministic_torch() if deterministic else torch_threads(threads):
-                        res = train_run(spec, results, study, progress=bars.callback(spec.run_id),
-                                        checkpoint_every=checkpoint_every, faults=faults, attempt=attempt,
-                                        loggers=loggers)
-                    res = dataclasses.replace(res, seconds=time.perf_counter() - t0)
-                    if not should_retry(res, attempt, retries, console):
-                        break
+                        res = _train_unit(specs, results, study, bars.callback, checkpoint_every, faults, attempt,
+                                          loggers)
+                    res = [dataclasses.replace(r, seconds=time.perf_counter() - t0) for r in res]
+                    specs = settle(specs, study, attempt, res, [False] * len(res))
                     attempt += 1
-                out.append(bars.finish(res))
             return out
 
         ctx = mp.get_context("spawn")
         q = ctx.Queue()
-        todo = deque((spec, study, 1) for spec, study in jobs)
-        running: dict[Future, tuple[RunSpec, str, int]] = {}
+        todo = deque((specs, study, 1) for specs, study in units)
+        running: dict[Future, tuple[tuple[RunSpec, ...], str, int]] = {}
         pool: ProcessPoolExecutor | None = None
 
         def drain() -> None:
@@ -213,9 +251,9 @@ def run_jobs(jobs: Sequence[Job], results: Path, workers: int, console: Console,
                     pool = ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_worker_init,
                                                initargs=(threads, q, deterministic))
                 while todo and len(running) < workers:  # submit what can start now: a crash loses little
-                    spec, study, attempt = todo.popleft()
-                    fut = pool.submit(_worker, spec, str(results), study, checkpoint_every, faults, attempt, loggers)
-                    running[fut] = (spec, study, attempt)
+                    specs, study, attempt = todo.popleft()
+                    fut = pool.submit(_worker, specs, str(results), study, checkpoint_every, faults, attempt, loggers)
+                    running[fut] = (specs, study, attempt)
                 done, _ = wait(running, timeout=0.2, return_when=FIRST_COMPLETED)
                 drain()
                 if any(isinstance(f.exception(), BrokenProcessPool) for f in done if not f.cancelled()):
@@ -225,32 +263,36 @@ def run_jobs(jobs: Sequence[Job], results: Path, workers: int, console: Console,
                     pool = None
                     done = {f for f in running if f.done()}
                 for fut in done:
-                    spec, study, attempt = running.pop(fut)
-                    crashed = False
+                    specs, study, attempt = running.pop(fut)
                     try:
                         res = fut.result()
+                        crashed = [False] * len(specs)
                     except BrokenProcessPool:
-                        crashed = True
-                        if _status(results, study, spec) == "interrupted":
-                            todo.appendleft((spec, study, attempt))  # stopped because another worker died
+                        status = {s.run_id: _status(results, study, s) for s in specs}
+                        live = tuple(s for s in specs if status[s.run_id] != "complete")
+                        if live and all(status[s.run_id] == "interrupted" for s in live):
+                            todo.appendleft((live, study, attempt))  # stopped because another worker died
+                            for s in specs:
+                                if s not in live:
+                                    out.append(bars.finish(RunResult(s.run_id, "complete")))
                             continue
-                        res = RunResult(spec.run_id, "failed", "a worker process died (crash or killed)",
-                                        retryable=True)
+                        res = [RunResult(s.run_id, "complete") if status[s.run_id] == "complete" else
+                               RunResult(s.run_id, "failed", "a worker process died (crash or killed)", retryable=True)
+                               for s in specs]
+                        crashed = [r.status == "failed" for r in res]
                     except Exception as exc:  # could not even report: e.g. an unpicklable result
-                        crashed = True
-                        res = RunResult(spec.run_id, "failed", one_line(exc), retryable=True)
-                    if should_retry(res, attempt, retries, console):
-                        todo.appendleft((spec, study, attempt + 1))
-                        continue
-                    if crashed:
-                        mark_run(results, study, spec, "failed", res.message)
-                    out.append(bars.finish(res))
+                        res = [RunResult(s.run_id, "failed", one_line(exc), retryable=True) for s in specs]
+                        crashed = [True] * len(specs)
+                    again = settle(specs, study, attempt, res, crashed)
+                    if again:
+                        todo.appendleft((again, study, attempt + 1))
         except KeyboardInterrupt:
             stop_pool(pool)
             pool = None
-            for spec, study, _ in running.values():
-                if _status(results, study, spec) == "running":
-                    mark_run(results, study, spec, "interrupted", "interrupted by the user")
+            for specs, study, _ in running.values():
+                for spec in specs:
+                    if _status(results, study, spec) == "running":
+                        mark_run(results, study, spec, "interrupted", "interrupted by the user")
             raise
         finally:
             if pool is not None:
