@@ -77,7 +77,7 @@ def test_per_seed_grad_clipping_equals_clip_grad_norm_of_each_seed():
 
 
 @pytest.mark.parametrize("kind", ["adam", "rmsprop"])
-def test_stacked_optimizer_steps_each_seed_like_torch_and_leaves_inactive_seeds_untouched(kind):
+def test_stacked_optimizer_steps_each_seed_bit_for_bit_like_torch_and_leaves_inactive_seeds_untouched(kind):
     S = 3
     mods = _modules(lambda: nn.Linear(4, 3), S)
     st = Stack(mods)
@@ -101,9 +101,9 @@ def test_stacked_optimizer_steps_each_seed_like_torch_and_leaves_inactive_seeds_
             for n, p in m.named_parameters():
                 p.grad = grads[n][k].clone()
             opts[k].step()
-    for k, m in enumerate(mods):
+    for k, m in enumerate(mods):  # torch's own update rule per element: the same bits
         for n, p in m.named_parameters():
-            torch.testing.assert_close(st[n][k], p, atol=1e-6, rtol=1e-5)
+            assert torch.equal(st[n][k], p), (kind, k, n)
     assert sopt.steps.tolist() == [3.0, 2.0, 4.0]
     # The state converts to each seed's torch optimiser and back.
     fresh = [torch.optim.Adam(m.parameters(), lr=1e-2) if kind == "adam"
@@ -277,3 +277,76 @@ def test_vectorize_seeds_with_ray_is_a_one_line_error(tmp_path):
                                    *QMIX_TINY])
     assert res.exit_code == 2 and "--vectorize-seeds runs on the local executor only" in res.output
     assert "Traceback" not in res.output
+
+
+# ----------------------------------------------------------------------------------------------
+# MAPPO and MARPO (marpo_bench.algos.ppo_seeds.OnPolicySeeds)
+
+
+def _ppo_runs(algo: str, family: str, task: str, steps: int, seeds: list[int], sets: tuple = ()):
+    from marpo_bench.algos import get_algorithm
+    from marpo_bench.config import RunSpec
+    from marpo_bench.train import build_config
+
+    cfg = build_config(RunSpec(algo, family, task, 0, steps, (("num_envs", "8"), *sets)))
+    cls = get_algorithm(algo)
+    singles, single_logs = [], []
+    for s in seeds:
+        env = make_env(family, task, cfg.num_envs, device="cpu", agent_id=cfg.agent_id)
+        learner = cls(copy.deepcopy(cfg), env.info, "cpu", s)
+        log: list = []
+        learner.learn(env, steps, s, lambda st, m, log=log: log.append((st, m)))
+        singles.append(learner)
+        single_logs.append(log)
+    envs = [make_env(family, task, cfg.num_envs, device="cpu", agent_id=cfg.agent_id) for _ in seeds]
+    batched = cls.batched(copy.deepcopy(cfg), envs[0].info, "cpu", seeds)
+    logs: list[list] = [[] for _ in seeds]
+    batched.learn(envs, steps, seeds, [lambda st, m, log=log: log.append((st, m)) for log in logs])
+    return singles, single_logs, batched, logs
+
+
+def _assert_ppo_follows(single, single_log, member, log, param_atol: float, metric_rtol: float) -> None:
+    assert [s for s, _ in log] == [s for s, _ in single_log]
+    for (_, a), (_, b) in zip(single_log, log, strict=True):
+        assert a.keys() == b.keys()
+        assert b["train_return_mean"] == pytest.approx(a["train_return_mean"], rel=1e-6, nan_ok=True)
+        for key in a:
+            assert b[key] == pytest.approx(a[key], rel=metric_rtol, abs=1e-6), key
+    params = [*single.actor.parameters(), *single.critic.parameters()]
+    for p, q in zip(params, [*member.actor.parameters(), *member.critic.parameters()], strict=True):
+        torch.testing.assert_close(q, p, atol=param_atol, rtol=0)
+    ref, got = single.state_dict(), member.state_dict()
+    for key in ("actor_opt", "critic_opt"):
+        for i, st in ref[key]["state"].items():
+            assert float(got[key]["state"][i]["step"]) == float(st["step"])
+    if ref["value_norm"] is not None:
+        torch.testing.assert_close(got["value_norm"]["mean"], ref["value_norm"]["mean"], rtol=1e-5, atol=1e-7)
+    for key in ("rollout_h", "rollout_hc"):
+        if ref[key] is not None:
+            torch.testing.assert_close(got[key], ref[key], atol=param_atol, rtol=0)
+
+
+@pytest.mark.parametrize(("algo", "task", "sets"), [
+    ("mappo", "simple_spread", ()),  # on-policy's recurrent spread recipe: GRU actor and critic, Tanh
+    ("marpo", "simple_spread", (("minibatches", "2"),)),  # per-seed permutations; MARPO's delta per seed
+    ("mappo", "simple_speaker_listener", ()),  # one actor per agent
+    ("marpo", "simple_reference", (("recurrent", "false"), ("recurrent_critic", "false"),
+                                   ("bootstrap_truncation", "true"))),  # MLP nets, bootstrap at the limit
+])
+def test_seed_k_of_a_batched_ppo_run_follows_the_single_seed_run_on_mpe(algo, task, sets):
+    """Two iterations (20-30 PPO updates) per seed: parameters within 1e-5, every metric within 1e-4."""
+    singles, single_logs, batched, logs = _ppo_runs(algo, "jax_mpe", task, 400, [0, 1], sets)
+    for k in range(2):
+        _assert_ppo_follows(singles[k], single_logs[k], batched.members[k], logs[k], 1e-5, 1e-4)
+        if algo == "marpo":
+            assert batched.members[k].delta == pytest.approx(singles[k].delta, rel=1e-6)
+
+
+def test_seed_k_of_a_batched_marpo_run_follows_the_single_seed_run_on_smax():
+    """SMAX 3m (dead agents, 15 epochs, GRU actor and critic), two iterations. The stacked
+    optimiser is torch's update rule bit for bit, but batched matmuls add up in another order, and
+    15 epochs of clipped updates amplify that: a ratio on the clip boundary switches its gradient
+    off. Hence looser bounds than on MPE: parameters within 2e-3, metrics within 1e-3."""
+    singles, single_logs, batched, logs = _ppo_runs("marpo", "smax", "3m", 800, [0, 2])
+    for k in range(2):
+        _assert_ppo_follows(singles[k], single_logs[k], batched.members[k], logs[k], 2e-3, 1e-3)

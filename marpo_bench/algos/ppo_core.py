@@ -266,6 +266,9 @@ class OnPolicyAlgorithm:
     resumes_mid_episode = True
     resumes_exactly = True
     metrics: tuple[str, ...] = ("policy_loss", "value_loss", "entropy", "grad_norm", "approx_kl", "clip_fraction")
+    # One learner with S x the envs does S seeds' arithmetic (same epochs and minibatch count):
+    # ``bench --seed-stacks`` times it as batching's bound.
+    seed_scaled_settings = ("num_envs",)
 
     def __init__(self, cfg: PPOConfig, env_info: EnvInfo, device: torch.device | str, seed: int) -> None:
         self.cfg = cfg
@@ -289,8 +292,17 @@ class OnPolicyAlgorithm:
         self.gen = torch.Generator(device=self.device)
         self.gen.manual_seed(seed)
         self.np_rng = np.random.default_rng(seed)
-        self._rollout_h: torch.Tensor | None = None  # recurrent actor state carried across rollouts
-        self._rollout_hc: torch.Tensor | None = None  # recurrent critic state carried across rollouts
+        # The recurrent states carried across rollouts (part of the state: see state_dict).
+        self.rollout_h: torch.Tensor | None = None  # actor [E, N, H]
+        self.rollout_hc: torch.Tensor | None = None  # critic [E, H]
+
+    @classmethod
+    def batched(cls, cfg: PPOConfig, env_info: EnvInfo, device: torch.device | str, seeds: list[int]) -> Any:
+        """S seeds as one batched learner (the optional ``batched`` contract, docs/extending.md):
+        ``marpo_bench.algos.ppo_seeds.OnPolicySeeds`` over members of this class."""
+        from marpo_bench.algos.ppo_seeds import OnPolicySeeds
+
+        return OnPolicySeeds(cls, cfg, env_info, device, seeds)
 
     # -- acting -------------------------------------------------------------------------------
 
@@ -298,7 +310,8 @@ class OnPolicyAlgorithm:
         """Masked log pi(.|o) for every action: [..., A] (feed-forward actor)."""
         return torch.log_softmax(masked_logits(self.actor(obs), avail), dim=-1)
 
-    def _zero_hidden(self, num_envs: int) -> torch.Tensor:
+    def zero_hidden(self, num_envs: int) -> torch.Tensor:
+        """The recurrent actor's state at an episode start: [E, N, H] zeros."""
         return torch.zeros(num_envs, self.info.num_agents, self.cfg.hidden, device=self.device)
 
     def _step_policy(self, ts: TimeStep, h: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -313,7 +326,7 @@ class OnPolicyAlgorithm:
 
     def initial_act_state(self, num_envs: int) -> Any:
         """Per-env policy state for acting: the GRU hidden state, or None for an MLP policy."""
-        return self._zero_hidden(num_envs) if self.cfg.recurrent else None
+        return self.zero_hidden(num_envs) if self.cfg.recurrent else None
 
     @torch.no_grad()
     def act(self, ts: TimeStep, act_state: Any, deterministic: bool) -> tuple[torch.Tensor, Any]:
@@ -385,10 +398,10 @@ class OnPolicyAlgorithm:
         buf: dict[str, list[torch.Tensor]] = {k: [] for k in keys}
         finished: list[float] = []
         E = ts.obs.shape[0]
-        h = self._rollout_h if cfg.recurrent else None
-        hc = self._rollout_hc if cfg.recurrent_critic else None
+        h = self.rollout_h if cfg.recurrent else None
+        hc = self.rollout_hc if cfg.recurrent_critic else None
         if cfg.recurrent and (h is None or h.shape[0] != E):
-            h = self._zero_hidden(E)
+            h = self.zero_hidden(E)
         if cfg.recurrent_critic and (hc is None or hc.shape[0] != E):
             hc = torch.zeros(E, cfg.hidden, device=dev)
         env_dev = ts.obs.device
@@ -420,7 +433,7 @@ class OnPolicyAlgorithm:
             buf["final_state"].append(tsd.final_state)
             if bool(ts.done.any()):
                 finished.extend(ts.episode_return[ts.done].tolist())
-        self._rollout_h, self._rollout_hc = h, hc
+        self.rollout_h, self.rollout_hc = h, hc
         data = {k: torch.stack(v) for k, v in buf.items() if v}
         final_state = data.pop("final_state")
         done = data["done"]
@@ -456,9 +469,11 @@ class OnPolicyAlgorithm:
         ``env_steps`` the env steps collected so far (never the run's budget)."""
         raise NotImplementedError
 
-    def value_loss(self, mb: Rollout, chunks: ChunkedInputs | None = None) -> torch.Tensor:
-        """MAPPO's clipped Huber value loss in normalised space."""
-        v = self.replay_values(mb, chunks)
+    def value_loss(self, mb: Rollout, chunks: ChunkedInputs | None = None, v: torch.Tensor | None = None
+                   ) -> torch.Tensor:
+        """MAPPO's clipped Huber value loss in normalised space (``v``: the critic's values over
+        the minibatch if already computed, e.g. by a batched learner)."""
+        v = self.replay_values(mb, chunks) if v is None else v
         target = self.value_norm.normalize(mb.returns) if self.value_norm is not None else mb.returns
         err = huber(target - v, self.cfg.huber_delta)
         if self.cfg.value_clip:
@@ -522,7 +537,7 @@ class OnPolicyAlgorithm:
         state's recurrent state kept (the runner's env then returns its saved state on reset)."""
         ts = env.reset(seed)
         if not start_steps:
-            self._rollout_h = self._rollout_hc = None
+            self.rollout_h = self.rollout_hc = None
         steps = start_steps
         per_iter = self.cfg.num_envs * self.cfg.rollout_len
         while steps < total_steps:
@@ -541,7 +556,7 @@ class OnPolicyAlgorithm:
             "actor_opt": self.actor_opt.state_dict(), "critic_opt": self.critic_opt.state_dict(),
             "value_norm": self.value_norm.state_dict() if self.value_norm is not None else None,
             "gen": self.gen.get_state(), "np_rng": self.np_rng.bit_generator.state,
-            "rollout_h": self._rollout_h, "rollout_hc": self._rollout_hc,
+            "rollout_h": self.rollout_h, "rollout_hc": self.rollout_hc,
         }
 
     def load_state_dict(self, sd: dict) -> None:
@@ -553,8 +568,8 @@ class OnPolicyAlgorithm:
             self.value_norm.load_state_dict(sd["value_norm"])
         self.gen.set_state(sd["gen"])
         self.np_rng.bit_generator.state = sd["np_rng"]
-        self._rollout_h = sd.get("rollout_h")
-        self._rollout_hc = sd.get("rollout_hc")
+        self.rollout_h = sd.get("rollout_h")
+        self.rollout_hc = sd.get("rollout_hc")
 
     def policy_state_dict(self) -> dict:
         """What ``act`` needs: the actor (the saved policy of a complete run)."""
@@ -565,7 +580,7 @@ class OnPolicyAlgorithm:
 
     def forget_episodes(self) -> None:
         """The env restarted its episodes (an inexact resume): so do the carried GRU states."""
-        self._rollout_h = self._rollout_hc = None
+        self.rollout_h = self.rollout_hc = None
 
 
 def ppo_clip_surrogate(ratio: torch.Tensor, adv: torch.Tensor, lo: float, hi: float) -> torch.Tensor:
