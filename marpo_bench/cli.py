@@ -77,8 +77,8 @@ def run(
     gpus_per_run: float = typer.Option(0.0, help="GPUs each Ray task reserves (--executor ray; fractions share a "
                                                  "GPU between runs, e.g. 0.25 with --device cuda)."),
     vectorize_seeds: bool = typer.Option(False, help="Train the seeds of each (algorithm, task, config) as one "
-                                                     "batched learner where the algorithm has one (QMix); each "
-                                                     "seed is still its own run (local executor)."),
+                                                     "batched learner where the algorithm has one (MAPPO, MARPO, "
+                                                     "QMix); each seed is still its own run (local executor)."),
     retries: int = typer.Option(1, help="Retries of a failed run (from its last checkpoint) before it is "
                                         "recorded failed; NaN losses and bad configs are not retried."),
     checkpoint_every: str | None = typer.Option(None, help="Checkpoint every N env steps, e.g. 50k "
@@ -250,7 +250,7 @@ def bench(
             jobs.append(("env", (fam, task, e, seconds)))
         for a in algo_names:
             jobs.append(("train", (a, fam, task, train_num_envs or None, seconds, pairs)))
-            if stacks and hasattr(get_algorithm(a), "batched"):
+            if stacks and getattr(get_algorithm(a), "batched", None) is not None:
                 for S in stacks:
                     for mode in SEED_MODES:
                         jobs.append(("seeds", (a, fam, task, S, mode, seconds, pairs)))

@@ -350,3 +350,24 @@ def test_seed_k_of_a_batched_marpo_run_follows_the_single_seed_run_on_smax():
     singles, single_logs, batched, logs = _ppo_runs("marpo", "smax", "3m", 800, [0, 2])
     for k in range(2):
         _assert_ppo_follows(singles[k], single_logs[k], batched.members[k], logs[k], 2e-3, 1e-3)
+
+
+def test_an_on_policy_subclass_that_replaces_what_the_batched_learner_computes_trains_unbatched():
+    from baselines.mappo import MAPPO
+    from marpo_bench.executors.pool import seed_units
+
+    class OwnUpdate(MAPPO):
+        def update(self, ro, env_steps):  # the batched learner would bypass this
+            return super().update(ro, env_steps)
+
+    class OwnObjective(MAPPO):
+        def policy_objective(self, mb, logp_all, logp_next, adv, env_steps):  # runs per seed: fine
+            return super().policy_objective(mb, logp_all, logp_next, adv, env_steps)
+
+    assert OwnUpdate.batched is None and OwnObjective.batched is not None and MAPPO.batched is not None
+    from marpo_bench.config import RunSpec
+
+    jobs = [(RunSpec(a, "jax_mpe", "simple_spread", s, 1000), "st") for a in ("mappo", "qmix") for s in (0, 1)]
+    units = seed_units(jobs, vectorize_seeds=True)
+    assert [tuple(sp.seed for sp in specs) for specs, _ in units] == [(0, 1), (0, 1)]
+    assert len(seed_units(jobs, vectorize_seeds=False)) == 4

@@ -296,10 +296,22 @@ class OnPolicyAlgorithm:
         self.rollout_h: torch.Tensor | None = None  # actor [E, N, H]
         self.rollout_hc: torch.Tensor | None = None  # critic [E, H]
 
+    # What the batched learner (``OnPolicySeeds``) computes itself, for all seeds at once; a subclass
+    # that overrides any of these would be silently bypassed, so it trains unbatched instead.
+    _BATCHED_REPLACES = ("collect", "update", "learn", "policy_log_probs", "replay_values", "values",
+                         "critic_step", "log_probs")
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if any(name in vars(cls) for name in OnPolicyAlgorithm._BATCHED_REPLACES):
+            cls.batched = None  # type: ignore[assignment]
+
     @classmethod
     def batched(cls, cfg: PPOConfig, env_info: EnvInfo, device: torch.device | str, seeds: list[int]) -> Any:
         """S seeds as one batched learner (the optional ``batched`` contract, docs/extending.md):
-        ``marpo_bench.algos.ppo_seeds.OnPolicySeeds`` over members of this class."""
+        ``marpo_bench.algos.ppo_seeds.OnPolicySeeds`` over members of this class. ``None`` on a
+        subclass that overrides one of ``_BATCHED_REPLACES`` (only the hooks that run per seed,
+        e.g. ``policy_objective``, may differ)."""
         from marpo_bench.algos.ppo_seeds import OnPolicySeeds
 
         return OnPolicySeeds(cls, cfg, env_info, device, seeds)

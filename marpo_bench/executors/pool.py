@@ -146,10 +146,10 @@ def _worker(specs: tuple[RunSpec, ...], results: str, study: str, checkpoint_eve
 def seed_units(jobs: Sequence[Job], vectorize_seeds: bool) -> list[tuple[tuple[RunSpec, ...], str]]:
     """The units of work: each job alone, or (``vectorize_seeds``) the seeds of one (study,
     algorithm, task, config, budget, device) together where the algorithm has a batched learner
-    (``batched``; the others stay one run per unit). Units keep the jobs' order."""
+    (``batched`` not None; the others stay one run per unit). Units keep the jobs' order."""
     groups: dict[tuple, list[RunSpec]] = {}
     for spec, study in jobs:
-        batched = vectorize_seeds and hasattr(get_algorithm(spec.algo), "batched")
+        batched = vectorize_seeds and getattr(get_algorithm(spec.algo), "batched", None) is not None
         key = ((study, spec.algo, spec.env, spec.task, spec.steps, spec.overrides, spec.device) if batched
                else (study, spec.run_id))
         groups.setdefault(key, []).append(spec)
