@@ -113,10 +113,6 @@ class _Batched:
         return out.reshape(S, L, *batch, out.shape[-1])
 
 
-def _stack(rows: list[Any]) -> Any:
-    return None if rows[0] is None else torch.stack(rows)
-
-
 class OnPolicySeeds:
     """S seeds of one ``OnPolicyAlgorithm`` subclass as one batched learner (module docstring)."""
 
