@@ -68,10 +68,10 @@ class _Batched:
             return sequential(x, self.stack, f"{pre}net.", net.net)
         raise TypeError(f"no stacked forward for {type(net).__name__}")
 
-    def _cell(self, pre: str, g: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
+    def _cell(self, pre: str, x: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
         p = self._p
-        return gru_cell(g, h, p(f"{pre}gru.weight_ih"), p(f"{pre}gru.weight_hh"), p(f"{pre}gru.bias_ih"),
-                        p(f"{pre}gru.bias_hh"), gi=g)
+        return gru_cell(x, h, p(f"{pre}gru.weight_ih"), p(f"{pre}gru.weight_hh"), p(f"{pre}gru.bias_ih"),
+                        p(f"{pre}gru.bias_hh"))
 
     def _head(self, net: RecurrentNet, pre: str, h: torch.Tensor) -> torch.Tensor:
         p = self._p
@@ -86,9 +86,7 @@ class _Batched:
             raise TypeError(f"no stacked step for {type(net).__name__}")
         S, shape, H = x.shape[0], x.shape[1:-1], net.hidden_size
         feats = sequential(x, self.stack, f"{pre}base.", net.base).reshape(S, -1, H)
-        p = self._p
-        g = linear(feats, p(f"{pre}gru.weight_ih"), p(f"{pre}gru.bias_ih"))
-        h_new = self._cell(pre, g, h.reshape(S, -1, H))
+        h_new = self._cell(pre, feats, h.reshape(S, -1, H))
         return self._head(net, pre, h_new).reshape(S, *shape, -1), h_new.reshape(S, *shape, H)
 
     def _unroll(self, net: nn.Module, pre: str, x: torch.Tensor, h0: torch.Tensor, resets: torch.Tensor
@@ -100,14 +98,12 @@ class _Batched:
             raise TypeError(f"no stacked unroll for {type(net).__name__}")
         S, L, batch, H = x.shape[0], x.shape[1], x.shape[2:-1], net.hidden_size
         feats = sequential(x.reshape(S, L, -1, x.shape[-1]), self.stack, f"{pre}base.", net.base)
-        p = self._p
-        gi = linear(feats, p(f"{pre}gru.weight_ih"), p(f"{pre}gru.bias_ih"))  # [S, L, M, 3H]
         resets = resets.reshape(S, L, -1)
         h, outs = h0.reshape(S, -1, H), []
-        for j, g in enumerate(gi.unbind(1)):  # unbind, not gi[:, j] (see seedstack.gru)
+        for j, f in enumerate(feats.unbind(1)):  # step by step, unbind (see seedstack.gru)
             if j > 0:
                 h = h * (~resets[:, j]).unsqueeze(-1).to(h.dtype)
-            h = self._cell(pre, g, h)
+            h = self._cell(pre, f, h)
             outs.append(h)
         out = self._head(net, pre, torch.stack(outs, dim=1))
         return out.reshape(S, L, *batch, out.shape[-1])
@@ -243,31 +239,42 @@ class OnPolicySeeds:
 
     # -- update ---------------------------------------------------------------------------------
 
-    def _log_probs(self, mbs: list[Rollout], chunks: list[ChunkedInputs] | None
-                   ) -> tuple[torch.Tensor, torch.Tensor]:
+    def _inputs(self, mbs: list[Rollout], chunks: list[ChunkedInputs] | None) -> dict[str, torch.Tensor]:
+        """The networks' replay inputs of every seed, stacked ([S, ...]): built once per minibatch
+        (once per update when there is one minibatch: they do not change between epochs)."""
+        c = self.cfg
+        if c.recurrent:
+            names = ("obs", "h0", "starts", "avail")
+            out = {n: torch.stack([getattr(ch, n) for ch in chunks]) for n in names}
+        else:
+            out = {"obs": torch.stack([mb.obs for mb in mbs]), "avail": torch.stack([mb.avail for mb in mbs])}
+        if c.recurrent_critic:
+            out.update({n: torch.stack([getattr(ch, n) for ch in chunks]) for n in ("state", "hc0", "env_starts")})
+        else:
+            out["state"] = torch.stack([mb.state for mb in mbs])
+        return out
+
+    def _log_probs(self, mbs: list[Rollout], x: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         """``policy_log_probs`` of every seed: [S, T, B, N, A] and the next step's [S, T-1, B, N, A]."""
         if not self.cfg.recurrent:
-            logits = self.actor("forward", torch.stack([mb.obs for mb in mbs]))
-            logp_all = torch.log_softmax(masked_logits(logits, torch.stack([mb.avail for mb in mbs])), dim=-1)
+            logp_all = torch.log_softmax(masked_logits(self.actor("forward", x["obs"]), x["avail"]), dim=-1)
             return logp_all, logp_all[:, 1:]
         S = self.S
         T, B, N = mbs[0].actions.shape
         L = self.cfg.chunk_len
-        logits = self.actor("unroll", torch.stack([c.obs for c in chunks]), torch.stack([c.h0 for c in chunks]),
-                            torch.stack([c.starts for c in chunks]))  # [S, L+1, C, B, N, A]
-        logp = torch.log_softmax(masked_logits(logits, torch.stack([c.avail for c in chunks])), dim=-1)
+        logits = self.actor("unroll", x["obs"], x["h0"], x["starts"])  # [S, L+1, C, B, N, A]
+        logp = torch.log_softmax(masked_logits(logits, x["avail"]), dim=-1)
         logp = logp.transpose(1, 2)  # [S, C, L+1, B, N, A]
         logp_all = logp[:, :, :L].reshape(S, T, B, N, -1)
         logp_next = logp[:, :, 1:].reshape(S, T, B, N, -1)[:, :-1]
         return logp_all, logp_next
 
-    def _values(self, mbs: list[Rollout], chunks: list[ChunkedInputs] | None) -> torch.Tensor:
+    def _values(self, mbs: list[Rollout], x: dict[str, torch.Tensor]) -> torch.Tensor:
         """``replay_values`` of every seed: [S, T, B]."""
         if not self.cfg.recurrent_critic:
-            return self.critic("forward", torch.stack([mb.state for mb in mbs])).squeeze(-1)
+            return self.critic("forward", x["state"]).squeeze(-1)
         T, B = mbs[0].rewards.shape
-        v = self.critic("unroll", torch.stack([c.state for c in chunks]), torch.stack([c.hc0 for c in chunks]),
-                        torch.stack([c.env_starts for c in chunks])).squeeze(-1)  # [S, L, C, B]
+        v = self.critic("unroll", x["state"], x["hc0"], x["env_starts"]).squeeze(-1)  # [S, L, C, B]
         return v.transpose(1, 2).reshape(self.S, T, B)
 
     def update(self, ros: list[Rollout], env_steps: int) -> list[dict[str, float]]:
@@ -284,6 +291,7 @@ class OnPolicySeeds:
         chunks = [ChunkedInputs.from_rollout(ro, cfg.chunk_len) for ro in ros] if recurrent else None
         logs: list[dict[str, list[float]]] = [{} for _ in ms]
         whole = cfg.minibatches == 1
+        inputs: dict[str, torch.Tensor] | None = None
         for _ in range(cfg.epochs):
             splits = [torch.chunk(torch.from_numpy(m.np_rng.permutation(E)).to(self.device), cfg.minibatches)
                       for m in ms]
@@ -293,8 +301,10 @@ class OnPolicySeeds:
                 mb_advs = advs if whole else [a[:, i] for a, i in zip(advs, idx, strict=True)]
                 mb_chunks = (chunks if whole or chunks is None
                              else [c.select_envs(i) for c, i in zip(chunks, idx, strict=True)])
-                logp_all, logp_next = self._log_probs(mbs, mb_chunks)
-                v_all = self._values(mbs, mb_chunks)
+                if not whole or inputs is None:
+                    inputs = self._inputs(mbs, mb_chunks)
+                logp_all, logp_next = self._log_probs(mbs, inputs)
+                v_all = self._values(mbs, inputs)
                 total = torch.zeros((), device=self.device)
                 step_logs = []
                 for k, m in enumerate(ms):
