@@ -386,8 +386,8 @@ def train_seed_group(specs: list[RunSpec], results: Path, study: str = "default"
     """Train the seeds of one (algorithm, task, config, budget) as one batched learner (the
     algorithm's ``batched``), each stored as its own ordinary run: same run ids and files as
     :func:`train_run`, each evaluated, checkpointed and saved through its own member learner, so a
-    run started batched resumes unbatched and back. Complete runs are skipped; runs whose
-    checkpoints are at different env steps (e.g. some were trained one by one) train one by one.
+    run started batched resumes unbatched and back. Complete runs are skipped; the others resume
+    in batches of those whose checkpoints are at the same env step (one alone trains unbatched).
     ``progress(run_id)`` gives each run's progress callback.
 
     One seed's failure stops the batch (the seeds share one computation): that run is marked
@@ -412,13 +412,15 @@ def train_seed_group(specs: list[RunSpec], results: Path, study: str = "default"
                 runs.append(run)
             else:
                 out[spec.run_id] = run.result
-        starts = {int(r.resume["env_steps"]) if r.resume else 0 for r in runs}
-        if len(runs) == 1 or len(starts) > 1:
-            for run in runs:
-                out[run.spec.run_id] = _train_opened(run)
-        elif runs:
-            for run, res in zip(runs, _train_batched(runs), strict=True):
-                out[run.spec.run_id] = res
+        by_start: dict[int, list[_Run]] = {}
+        for run in runs:
+            by_start.setdefault(int(run.resume["env_steps"]) if run.resume else 0, []).append(run)
+        for group in by_start.values():
+            if len(group) == 1:
+                out[group[0].spec.run_id] = _train_opened(group[0])
+            else:
+                for run, res in zip(group, _train_batched(group), strict=True):
+                    out[run.spec.run_id] = res
     finally:
         for sink in sinks:
             sink.close()
@@ -442,6 +444,8 @@ def _train_batched(runs: list[_Run]) -> list[RunResult]:
             run.build_envs()
         seeds = [r.spec.seed for r in runs]
         batched = first.algo_cls.batched(first.cfg, first.env.info, first.device, seeds)
+        for run in runs:
+            run.seed_batch = len(runs)
         starts = [run.attach(member) for run, member in zip(runs, batched.members, strict=True)]
         batched.learn([r.env for r in runs], first.spec.steps, seeds, [tagged(r) for r in runs],
                       start_steps=starts[0])
@@ -475,6 +479,7 @@ class _Run:
                  checkpoint_every: int | None, faults: tuple[Fault, ...] | None, attempt: int) -> None:
         self.spec, self.sink, self.progress = spec, sink, progress
         self.checkpoint_every, self.faults, self.attempt = checkpoint_every, faults, attempt
+        self.seed_batch = 1  # how many seeds its learner trains at once (``run --vectorize-seeds``)
         self.result: RunResult | None = None
         self.env: CheckpointableEnv | None = None
         self.eval_env: Any = None
@@ -551,6 +556,7 @@ class _Run:
         self.next_eval, self.next_ckpt = self.interval, self.every or 0
         self.last_steps = 0
         resume, spec, record = self.resume, self.spec, self.record
+        record["seed_batch"] = self.seed_batch
         if resume is None:
             self.log_eval(0)
             return 0
@@ -568,10 +574,18 @@ class _Run:
         # --threads) gives other bits (checkpoints without the count predate it: their runs
         # used one count throughout).
         same_threads = resume.get("torch_threads", torch.get_num_threads()) == torch.get_num_threads()
-        record["resume_exact"] = exact and bool(self.algo_cls.resumes_exactly) and same_threads
+        # A batched learner adds up its matmuls in another order than an unbatched one: a run
+        # resumed in the other mode (or in a batch of another size) follows the same math, not
+        # the same bits.
+        saved_batch = int(resume.get("seed_batch", 1))
+        same_batch = saved_batch == self.seed_batch
+        record["resume_exact"] = exact and bool(self.algo_cls.resumes_exactly) and same_threads and same_batch
         if not same_threads:
             record["resume_note"] = (f"resumed with {torch.get_num_threads()} torch threads, checkpointed with "
                                      f"{resume['torch_threads']}: the same math, not the same bits")
+        elif not same_batch:
+            record["resume_note"] = (f"resumed in a batch of {self.seed_batch} seed(s), checkpointed in a batch of "
+                                     f"{saved_batch} (run --vectorize-seeds): the same math, not the same bits")
         self.sink.write_metrics(self.rows, self.extra_columns)  # drop rows evaluated after the checkpoint
         self.sink.write_record(record)
         if self.progress is not None:
@@ -600,7 +614,7 @@ class _Run:
             "rows": [dict(r) for r in self.rows], "pending": [dict(p) for p in self.pending],
             "next_eval": self.next_eval, "next_checkpoint": self.next_ckpt,
             "wall_seconds": time.perf_counter() - self.t0, "started": self.record["started"],
-            "torch_threads": torch.get_num_threads(),
+            "torch_threads": torch.get_num_threads(), "seed_batch": self.seed_batch,
         })
 
     def on_iteration(self, steps: int, metrics: dict[str, float]) -> None:

@@ -268,6 +268,34 @@ def test_one_seed_failing_stops_its_batch_and_the_rerun_resumes_every_seed_from_
         assert list(df["env_steps"]) == [0, 200, 400, 600]
 
 
+MAPPO_TINY = ["--algos", "mappo", "--envs", "jax_mpe:simple_spread", "--seeds", "2", "--steps", "400",
+              "--set", "num_envs=4", "--set", "eval_episodes=4", "--set", "eval_interval=100"]
+
+
+@pytest.mark.parametrize("rerun_batched", [True, False])
+def test_a_resume_in_the_other_batch_mode_is_recorded_as_not_bit_exact(tmp_path, monkeypatch, rerun_batched):
+    """MAPPO resumes bit for bit in the mode it was checkpointed in; resumed unbatched from a
+    batched checkpoint it follows the same math in another summation order: resume_exact false."""
+    from typer.testing import CliRunner
+
+    from marpo_bench.cli import app
+
+    runner = CliRunner()
+    base = ["run", "--results", str(tmp_path), "--study", "m", "--retries", "0", *MAPPO_TINY]
+    # seed 0 fails at 200 before either seed's checkpoint there: both resume from 100, together
+    monkeypatch.setenv("MARPO_BENCH_FAULT", "raise@200:__s0__")
+    assert runner.invoke(app, [*base, "--vectorize-seeds"]).exit_code == 1
+    monkeypatch.delenv("MARPO_BENCH_FAULT")
+    res = runner.invoke(app, [*base, *(["--vectorize-seeds"] if rerun_batched else [])])
+    assert res.exit_code == 0, res.output
+    for rec, _, _ in _study(tmp_path, "m").values():
+        assert rec["status"] == "complete" and rec["resumed_from"] == 100
+        assert rec["seed_batch"] == (2 if rerun_batched else 1)
+        assert rec["resume_exact"] is rerun_batched
+        if not rerun_batched:
+            assert "checkpointed in a batch of 2" in rec["resume_note"]
+
+
 def test_vectorize_seeds_with_ray_is_a_one_line_error(tmp_path):
     from typer.testing import CliRunner
 
