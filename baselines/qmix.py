@@ -104,7 +104,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from marpo_bench.config import Recipe
-from marpo_bench.envs.base import EnvInfo, MultiAgentVecEnv, TimeStep
+from marpo_bench.envs.base import EnvInfo, MultiAgentVecEnv, SeedEnvs, TimeStep
 
 # Recipes as data: every default below names the file it comes from and equals that file's value
 # (tests/test_qmix.py checks each entry against a transcription of its source).
@@ -1012,7 +1012,8 @@ class QMixSeeds:
         E = info.num_envs
         replays = [EpisodeReplay(cfg.buffer_size, E, info, self.device) for _ in ms]
         chunk = cfg.rollout_len or info.episode_limit
-        tss = [env.reset(s) for env, s in zip(envs, seeds, strict=True)]
+        seed_envs = SeedEnvs(envs)
+        tss = seed_envs.reset(seeds)
         env_dev = tss[0].obs.device
         tss = [ts.to(self.device) for ts in tss]
         act_state = self.initial_act_state(E)
@@ -1025,7 +1026,7 @@ class QMixSeeds:
                 obs = torch.stack([ts.obs for ts in tss])
                 avail = torch.stack([ts.avail_actions for ts in tss])
                 actions, act_state = self._act(obs, avail, done, act_state, [m.epsilon() for m in ms])
-                nxts = [env.step(actions[k].to(env_dev)).to(self.device) for k, env in enumerate(envs)]
+                nxts = [ts.to(self.device) for ts in seed_envs.step(list(actions.to(env_dev)))]
                 for k, (m, rp, nxt) in enumerate(zip(ms, replays, nxts, strict=True)):
                     ended = rp.add_step(actions[k], nxt)
                     m.t_env += E
@@ -1051,6 +1052,7 @@ class QMixSeeds:
                     for key, v in (out or {}).items():
                         logs[k].setdefault(key, []).append(v)
             self.sync_out()
+            seed_envs.sync()
             for k, m in enumerate(ms):
                 if not logs[k] and m.t_env < total_steps:
                     continue  # warm-up: report with the first training iteration

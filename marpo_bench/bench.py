@@ -37,6 +37,7 @@ class BenchRow:
     torch_threads: int
     seconds: float
     parallel: int = 1  # identical measurements run at once; env_steps_per_s is their sum
+    device: str = "cpu"  # where the learner's networks and updates ran (envs: on their backend)
 
 
 def random_available(avail: Any) -> Any:
@@ -78,7 +79,7 @@ class _PhaseClock:
     """Accumulates wall seconds per training phase by wrapping the env's step, the jitted env
     compute inside it and the learner's update (instance attributes only: nothing global)."""
 
-    def __init__(self, env: Any, learner: Any) -> None:
+    def __init__(self, env: Any, learner: Any, device: str = "cpu") -> None:
         self.wrapper_s = self.compute_s = self.update_s = 0.0
         wrapper_step, update = env.step, learner.update
 
@@ -91,6 +92,7 @@ class _PhaseClock:
         def timed_update(*a: Any, **k: Any) -> Any:
             t0 = time.perf_counter()
             out = update(*a, **k)
+            _wait(device)
             self.update_s += time.perf_counter() - t0
             return out
 
@@ -115,7 +117,7 @@ class _PhaseClock:
 
 
 def _train_bench(algo: str, family: str, task: str, num_envs: int | None, seconds: float,
-                 overrides: tuple[tuple[str, str], ...], threads: int) -> BenchRow:
+                 overrides: tuple[tuple[str, str], ...], device: str, threads: int) -> BenchRow:
     """Time whole ``learn()`` iterations (what a real run does), split into phases: env compute,
     torch<->env exchange, update, and the rest (policy forward, sampling, buffers, GAE)."""
     import torch
@@ -128,8 +130,8 @@ def _train_bench(algo: str, family: str, task: str, num_envs: int | None, second
     overrides = (*overrides, *((("num_envs", str(num_envs)),) if num_envs else ()))
     cfg = build_config(RunSpec(algo, family, task, 0, 10**9, overrides))
     env = make_env(family, task, cfg.num_envs, agent_id=cfg.agent_id)
-    learner = get_algorithm(algo)(cfg, env.info, "cpu", 0)
-    clock = _PhaseClock(env, learner)
+    learner = get_algorithm(algo)(cfg, env.info, device, 0)
+    clock = _PhaseClock(env, learner, device)
     marks: list[tuple[float, int, tuple[float, float, float]]] = []
 
     class _Stop(Exception):
@@ -153,14 +155,14 @@ def _train_bench(algo: str, family: str, task: str, num_envs: int | None, second
     policy_ms = 1000 * wall / iters - wrapper_ms - update_ms
     label = algo + "".join(f" {k}={v}" for k, v in overrides if k != "num_envs")
     return BenchRow("train", label, f"{family}:{task}", env.info.num_envs, (s_b - s_a) / wall,
-                    env_ms, transfer_ms, policy_ms, update_ms, _peak_rss_mb(), threads, wall)
+                    env_ms, transfer_ms, policy_ms, update_ms, _peak_rss_mb(), threads, wall, device=device)
 
 
 SEED_MODES = ("sequential", "vectorised", "bound")
 
 
 def _seeds_bench(algo: str, family: str, task: str, seeds: int, mode: str, seconds: float,
-                 overrides: tuple[tuple[str, str], ...], threads: int) -> BenchRow:
+                 overrides: tuple[tuple[str, str], ...], device: str, threads: int) -> BenchRow:
     """S seeds of one (algorithm, task) at its default learning config, three ways:
 
     - ``sequential``: S single-seed learners one after another in this process (each timed for
@@ -199,6 +201,7 @@ def _seeds_bench(algo: str, family: str, task: str, seeds: int, mode: str, secon
         def timed_update(*a: Any, **k: Any) -> Any:
             t0 = time.perf_counter()
             out = update(*a, **k)
+            _wait(device)
             spent[0] += time.perf_counter() - t0
             return out
 
@@ -224,18 +227,26 @@ def _seeds_bench(algo: str, family: str, task: str, seeds: int, mode: str, secon
         return t_b - t_a, s_b - s_a, u_b - u_a, len(marks) - 2
 
     if vectorised:
-        wall, steps, upd, iters = timed(algo_cls.batched(cfg, _info(family, task, cfg), "cpu", list(range(seeds))),
+        wall, steps, upd, iters = timed(algo_cls.batched(cfg, _info(family, task, cfg), device, list(range(seeds))),
                                         seconds)
         steps *= seeds
     elif mode == "bound":
-        wall, steps, upd, iters = timed(algo_cls(cfg, _info(family, task, cfg), "cpu", 0), seconds)
+        wall, steps, upd, iters = timed(algo_cls(cfg, _info(family, task, cfg), device, 0), seconds)
     else:
-        parts = [timed(algo_cls(cfg, _info(family, task, cfg), "cpu", k), seconds / seeds) for k in range(seeds)]
+        parts = [timed(algo_cls(cfg, _info(family, task, cfg), device, k), seconds / seeds) for k in range(seeds)]
         wall, steps = sum(p[0] for p in parts), sum(p[1] for p in parts)
         upd, iters = sum(p[2] for p in parts), sum(p[3] for p in parts) / seeds
     label = f"{algo} S={seeds} {mode}"
     return BenchRow("seeds", label, f"{family}:{task}", cfg.num_envs, steps / wall, math.nan, math.nan, math.nan,
-                    1000 * upd / iters, _peak_rss_mb(), threads, wall)
+                    1000 * upd / iters, _peak_rss_mb(), threads, wall, device=device)
+
+
+def _wait(device: str) -> None:
+    """Wait for the device's queued work (CUDA is asynchronous: time what ran, not what was queued)."""
+    if device.startswith("cuda"):
+        import torch
+
+        torch.cuda.synchronize(device)
 
 
 def _info(family: str, task: str, cfg: Any) -> Any:

@@ -215,6 +215,7 @@ def bench(
                                              "learner doing S seeds' work) (rows `seeds`)."),
     set_: list[str] = typer.Option([], "--set", help="Config override for the training rows, key=value or "
                                                      "algo.key=value (as `run --set`), e.g. to time another recipe."),
+    device: str = typer.Option("cpu", help="Where the learners train: cpu, cuda, cuda:N or auto (as `run`)."),
 ) -> None:
     """Env steps/s (random actions) and training steps/s per algorithm, with peak memory; training
     rows split each iteration (ms) into env compute, torch<->env transfer, policy/bookkeeping and
@@ -223,7 +224,7 @@ def bench(
 
     from marpo_bench.algos import get_algorithm
     from marpo_bench.bench import SEED_MODES, run_isolated
-    from marpo_bench.train import build_config
+    from marpo_bench.train import build_config, resolve_device
 
     try:
         algo_names = [a for a in algos.split(",") if a]
@@ -238,6 +239,7 @@ def bench(
             raise ConfigError("--num-envs, --seconds, --parallel must be positive and --threads, "
                               "--train-num-envs >= 0")
         pairs = parse_set_options(set_)
+        dev = str(resolve_device(device))  # no CUDA here: a one-line error, before any process starts
         for a in algo_names:  # bad keys or values fail here, before any process starts
             for fam, task in env_pairs:
                 build_config(RunSpec(a, fam, task, 0, 10**9, pairs))
@@ -249,11 +251,11 @@ def bench(
         for e in sizes or registry.env_family(fam).bench_sizes:
             jobs.append(("env", (fam, task, e, seconds)))
         for a in algo_names:
-            jobs.append(("train", (a, fam, task, train_num_envs or None, seconds, pairs)))
+            jobs.append(("train", (a, fam, task, train_num_envs or None, seconds, pairs, dev)))
             if stacks and getattr(get_algorithm(a), "batched", None) is not None:
                 for S in stacks:
                     for mode in SEED_MODES:
-                        jobs.append(("seeds", (a, fam, task, S, mode, seconds, pairs)))
+                        jobs.append(("seeds", (a, fam, task, S, mode, seconds, pairs, dev)))
     rows = []
     from rich.progress import track
 
@@ -262,8 +264,8 @@ def bench(
             rows.append(run_isolated(kind, args, nthreads, parallel))
         except RuntimeError as exc:
             err_console.print(f"[red]{kind} {args}: {exc}[/red]")
-    title = f"marpo-bench bench ({nthreads} torch threads" + (f", {parallel} at once: summed env steps/s)"
-                                                              if parallel > 1 else ")")
+    title = f"marpo-bench bench ({nthreads} torch threads, learners on {dev}" + (
+        f", {parallel} at once: summed env steps/s)" if parallel > 1 else ")")
     table = Table(title=title, header_style="bold")
     cols = ("kind", "algo", "env", "E", "env steps/s", "env ms", "transfer ms", "policy ms", "update ms",
             "peak RSS MB")

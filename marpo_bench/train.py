@@ -256,6 +256,10 @@ class CheckpointableEnv:
         self.last = self.env.step(actions)
         return self.last
 
+    def stepped(self, ts: TimeStep) -> None:
+        """The env was stepped around this wrapper (``envs.base.SeedEnvs``): ``ts`` is its TimeStep."""
+        self.last = ts
+
     def close(self) -> None:
         self.env.close()
 

@@ -182,6 +182,8 @@ def test_threads_option_sets_the_torch_threads_of_an_in_process_run(tmp_path):
     (["--envs", "atari:pong"], "unknown env family 'atari'"),
     (["--seed-stacks", "4,0"], "--seed-stacks must list positive seed counts"),
     (["--seed-stacks", "four"], "--seed-stacks must list positive seed counts"),
+    (["--device", "tpu"], "bad --device 'tpu'"),
+    *([(["--device", "cuda"], "no CUDA device")] if not __import__("torch").cuda.is_available() else []),
 ])
 def test_bench_bad_input_is_a_one_line_error(args, needle):
     res = runner.invoke(app, ["bench", *args])

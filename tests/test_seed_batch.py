@@ -204,6 +204,58 @@ def test_a_batched_member_checkpoint_loads_into_an_unbatched_qmix_and_back():
 
 
 # ----------------------------------------------------------------------------------------------
+# the seeds' envs stepped in one call (marpo_bench.envs.jax_stack)
+
+
+@pytest.mark.parametrize(("family", "task", "S", "steps"), [("jax_mpe", "simple_spread", 8, 60),
+                                                            ("smax", "3m", 4, 120)])
+def test_stacked_jax_envs_follow_each_env_stepped_alone(family, task, S, steps):
+    """S envs stepped as one stack (through the runner's wrapper) against twins stepped one by
+    one: the same streams across auto-resets, floats within 1e-5 (XLA may vectorise S x E envs
+    differently), flags equal; after ``sync`` each env's own state is its stacked slice."""
+    from marpo_bench.envs.base import SeedEnvs
+    from marpo_bench.train import CheckpointableEnv
+
+    E = 8
+    wrapped = [CheckpointableEnv(make_env(family, task, E, device="cpu")) for _ in range(S)]
+    twins = [make_env(family, task, E, device="cpu") for _ in range(S)]
+    seed_envs = SeedEnvs(wrapped)
+    assert seed_envs.stacked
+    tss, refs = seed_envs.reset(list(range(S))), [t.reset(k) for k, t in enumerate(twins)]
+    g = torch.Generator().manual_seed(0)
+    ended = 0
+    for _ in range(steps):
+        actions = [torch.rand(ts.avail_actions.shape, generator=g).masked_fill(~ts.avail_actions, -1).argmax(-1)
+                   for ts in refs]
+        tss = seed_envs.step(actions)
+        refs = [t.step(a) for t, a in zip(twins, actions, strict=True)]
+        for w, ts, ref in zip(wrapped, tss, refs, strict=True):
+            assert w.last is ts
+            for f in ("obs", "state", "reward", "final_obs", "episode_return", "won"):
+                assert torch.allclose(getattr(ts, f), getattr(ref, f), atol=1e-5, equal_nan=True), f
+            for f in ("avail_actions", "alive", "terminated", "truncated", "episode_length"):
+                assert torch.equal(getattr(ts, f), getattr(ref, f)), f
+            ended += int(ref.done.sum())
+    assert ended >= S  # the comparison ran across auto-resets
+    seed_envs.sync()
+    for w, t in zip(wrapped, twins, strict=True):
+        for a, b in zip(w.env.snapshot()["leaves"], t.snapshot()["leaves"], strict=True):
+            assert torch.allclose(a.double(), b.double(), atol=1e-5)
+
+
+def test_python_envs_and_mixed_configurations_step_one_by_one():
+    from marpo_bench.envs.base import SeedEnvs
+
+    assert not SeedEnvs([make_env("mpe", "simple_spread", 2, device="cpu") for _ in range(2)]).stacked
+    mixed = [make_env("jax_mpe", "simple_spread", n, device="cpu") for n in (2, 4)]
+    seed_envs = SeedEnvs(mixed)
+    assert not seed_envs.stacked
+    tss = seed_envs.reset([0, 1])
+    tss = seed_envs.step([torch.zeros(ts.obs.shape[:2], dtype=torch.int64) for ts in tss])
+    assert [ts.obs.shape[0] for ts in tss] == [2, 4]
+
+
+# ----------------------------------------------------------------------------------------------
 # run --vectorize-seeds: each seed stored as its own ordinary run
 
 
@@ -273,7 +325,8 @@ MAPPO_TINY = ["--algos", "mappo", "--envs", "jax_mpe:simple_spread", "--seeds", 
 
 
 @pytest.mark.parametrize("rerun_batched", [True, False])
-def test_a_resume_in_the_other_batch_mode_is_recorded_as_not_bit_exact(tmp_path, monkeypatch, rerun_batched):
+def test_a_batched_run_resumes_bit_exact_in_its_mode_and_is_flagged_inexact_in_the_other(tmp_path, monkeypatch,
+                                                                                         rerun_batched):
     """MAPPO resumes bit for bit in the mode it was checkpointed in; resumed unbatched from a
     batched checkpoint it follows the same math in another summation order: resume_exact false."""
     from typer.testing import CliRunner
@@ -294,6 +347,13 @@ def test_a_resume_in_the_other_batch_mode_is_recorded_as_not_bit_exact(tmp_path,
         assert rec["resume_exact"] is rerun_batched
         if not rerun_batched:
             assert "checkpointed in a batch of 2" in rec["resume_note"]
+    if rerun_batched:  # and bit for bit the uninterrupted batched run (the envs' state was synced)
+        res = runner.invoke(app, ["run", "--results", str(tmp_path), "--study", "u", *MAPPO_TINY, "--vectorize-seeds"])
+        assert res.exit_code == 0, res.output
+        whole = _study(tmp_path, "u")
+        for run_id, (_, df, _) in _study(tmp_path, "m").items():
+            cols = [c for c in df.columns if c != "wall_seconds"]
+            assert df[cols].equals(whole[run_id][1][cols]), run_id
 
 
 def test_vectorize_seeds_with_ray_is_a_one_line_error(tmp_path):

@@ -30,7 +30,7 @@ import torch
 from torch import nn
 
 from marpo_bench.algos.ppo_core import ChunkedInputs, OnPolicyAlgorithm, PPOConfig, Rollout, compute_gae, masked_mean
-from marpo_bench.envs.base import EnvInfo, MultiAgentVecEnv, TimeStep
+from marpo_bench.envs.base import EnvInfo, MultiAgentVecEnv, SeedEnvs, TimeStep
 from marpo_bench.nets import MLP, PerAgent, RecurrentNet, gumbel_max_sample, masked_logits
 from marpo_bench.seedstack import (
     Stack,
@@ -147,10 +147,16 @@ class OnPolicySeeds:
     # -- collection -----------------------------------------------------------------------------
 
     @torch.no_grad()
-    def collect(self, envs: list[MultiAgentVecEnv], tss: list[TimeStep]
+    def collect(self, envs: SeedEnvs | list[MultiAgentVecEnv], tss: list[TimeStep]
                 ) -> tuple[list[Rollout], list[TimeStep], list[list[float]]]:
-        """``OnPolicyAlgorithm.collect`` for every seed: the actor and critic steps batched, the
-        sampling, env steps, bootstrap values and GAE per seed."""
+        """``OnPolicyAlgorithm.collect`` for every seed: the actor and critic steps batched (and
+        the envs, when they stack: ``SeedEnvs``), the sampling, bootstrap values and GAE per seed."""
+        if not isinstance(envs, SeedEnvs):  # a list: stepped together for this rollout only
+            seed_envs = SeedEnvs(envs)
+            try:
+                return self.collect(seed_envs, tss)
+            finally:
+                seed_envs.sync()
         cfg, T, dev, S, ms = self.cfg, self.cfg.rollout_len, self.device, self.S, self.members
         E = tss[0].obs.shape[0]
         keys = ("obs", "state", "avail", "alive", "actions", "logp_old", "logits_old", "rewards",
@@ -192,7 +198,7 @@ class OnPolicySeeds:
             buf["actions"].append(actions)
             buf["logits_old"].append(logp_all)
             buf["logp_old"].append(logp_all.gather(-1, actions.unsqueeze(-1)).squeeze(-1))
-            tss = [env.step(actions[k].to(env_dev)) for k, env in enumerate(envs)]
+            tss = envs.step(list(actions.to(env_dev)))
             tsd = [ts.to(dev) for ts in tss]
             buf["rewards"].append(torch.stack([t.reward for t in tsd]))
             buf["terminated"].append(torch.stack([t.terminated for t in tsd]))
@@ -338,17 +344,19 @@ class OnPolicySeeds:
         """``OnPolicyAlgorithm.learn`` for every seed at once (``envs[k]``, ``seeds[k]`` and
         ``on_iteration[k]`` are seed k's). The members are written back before the callbacks."""
         self.sync_in()
-        tss = [env.reset(s) for env, s in zip(envs, seeds, strict=True)]
+        seed_envs = SeedEnvs(envs)
+        tss = seed_envs.reset(seeds)
         if not start_steps:
             for m in self.members:
                 m.rollout_h = m.rollout_hc = None
         steps = start_steps
         per_iter = self.cfg.num_envs * self.cfg.rollout_len
         while steps < total_steps:
-            ros, tss, finished = self.collect(envs, tss)
+            ros, tss, finished = self.collect(seed_envs, tss)
             steps += per_iter
             logs = self.update(ros, env_steps=steps)
             self.sync_out()
+            seed_envs.sync()
             for k, metrics in enumerate(logs):
                 metrics["train_return_mean"] = float(np.mean(finished[k])) if finished[k] else math.nan
                 on_iteration[k](steps, metrics)

@@ -175,6 +175,69 @@ class CompiledStepEnv(Protocol):
     compiled_step: Any
 
 
+@runtime_checkable
+class StackableEnv(Protocol):
+    """An env that can be stepped together with S - 1 identically built copies (one per seed of a
+    batched learner) in one compiled call (the JAX families, ``envs.jax_stack``; optional)."""
+
+    def stack(self, envs: list[Any]) -> Any:
+        """An object with ``step(actions: list[Tensor]) -> list[TimeStep]``, ``store()`` and
+        ``invalidate()`` (``jax_stack.JaxEnvStack``) for ``envs``, or None if they differ."""
+        ...
+
+
+@runtime_checkable
+class EnvWrapper(Protocol):
+    """A wrapper whose ``step`` is its env's plus bookkeeping (``train.CheckpointableEnv``): when
+    its env is stepped around it (``SeedEnvs``), ``stepped`` is told the TimeStep."""
+
+    env: Any
+
+    def stepped(self, ts: TimeStep) -> None:
+        ...
+
+
+class SeedEnvs:
+    """The envs of a batched learner's S seeds (seed k's is ``envs[k]``), stepped together.
+
+    Envs that stack (``StackableEnv``, all built alike) are advanced by one compiled call for all
+    seeds; others one after another. Each seed's env follows its own stream either way. While a
+    stack steps, the envs' own state is stale: ``sync`` writes it back (call it before anything
+    reads an env's state, e.g. a checkpoint's snapshot)."""
+
+    def __init__(self, envs: Sequence[Any]) -> None:
+        self.envs = list(envs)
+        raws = [e.env if isinstance(e, EnvWrapper) else e for e in self.envs]
+        first = raws[0]
+        self._stack = first.stack(raws) if len(raws) > 1 and isinstance(first, StackableEnv) else None
+
+    @property
+    def stacked(self) -> bool:
+        """Whether the envs step in one call."""
+        return self._stack is not None
+
+    def reset(self, seeds: Sequence[int]) -> list[TimeStep]:
+        tss = [e.reset(s) for e, s in zip(self.envs, seeds, strict=True)]
+        if self._stack is not None:
+            self._stack.invalidate()
+        return tss
+
+    def step(self, actions: Sequence[torch.Tensor]) -> list[TimeStep]:
+        """Seed k's env stepped with ``actions[k]`` [E, N]; seed k's TimeStep at ``[k]``."""
+        if self._stack is None:
+            return [e.step(a) for e, a in zip(self.envs, actions, strict=True)]
+        tss = self._stack.step(list(actions))
+        for e, ts in zip(self.envs, tss, strict=True):
+            if isinstance(e, EnvWrapper):
+                e.stepped(ts)
+        return tss
+
+    def sync(self) -> None:
+        """Write the stacked state back into each env (a no-op when they step one by one)."""
+        if self._stack is not None:
+            self._stack.store()
+
+
 @dataclass(frozen=True)
 class Scene:
     """What one env looks like now, for drawing a frame: K round entities on a 2-D field."""

@@ -30,6 +30,7 @@ import numpy as np
 import torch
 
 from marpo_bench.envs.base import EnvFamily, EnvInfo, Scene, TaskParam, TimeStep
+from marpo_bench.envs.jax_stack import CarryEnv, CompiledSteps
 from marpo_bench.envs.mpe import (
     DEFAULT_MAX_CYCLES,
     MPE_MEASUREMENT,
@@ -59,7 +60,7 @@ _JAXMARL_TASKS: dict[str, tuple[str, dict[str, Any]]] = {
 }
 
 
-class _Compiled:
+class _Compiled(CompiledSteps):
     """The jitted reset/step of one configuration (task, E, agent_id, horizon) and its static
     facts. Shared by every ``JaxMPEVecEnv`` of that configuration in the process (``_compiled``
     caches it), so train and eval envs, and successive runs in one worker, compile once."""
@@ -154,7 +155,7 @@ def _compiled(task: str, num_envs: int, agent_id: bool, max_cycles: int, num_age
     return _Compiled(task, num_envs, agent_id, max_cycles, num_agents, landmark_range)
 
 
-class JaxMPEVecEnv:
+class JaxMPEVecEnv(CarryEnv):
     """E JaxMARL MPE envs advanced by one jitted, vmapped call per step, behind ``MultiAgentVecEnv``."""
 
     def __init__(
@@ -231,9 +232,19 @@ class JaxMPEVecEnv:
 
         if self._carry is None:
             raise RuntimeError("call reset(seed) before step()")
-        self._carry, out = self.compiled_step(self._carry, self._actions_to_jax(actions))
+        self._carry, out = self.compiled_step(self._carry, *self.jit_args(actions))
+        return self.timestep(tuple(to_torch(x, self.device) for x in out))
+
+    # -- the pieces of ``step``, shared with ``jax_stack.JaxEnvStack`` (S seeds' envs in one call) --
+
+    def jit_args(self, actions: torch.Tensor) -> tuple[Any, ...]:
+        """The compiled step's arguments after the carry."""
+        return (self._actions_to_jax(actions),)
+
+    def timestep(self, out: tuple[torch.Tensor, ...]) -> TimeStep:
+        """The compiled step's outputs (as torch tensors) as a TimeStep."""
         dev, E = self.device, self._E
-        obs, state, reward, truncated, final_obs, final_state, ep_ret, ep_len = (to_torch(x, dev) for x in out)
+        obs, state, reward, truncated, final_obs, final_state, ep_ret, ep_len = out
         return TimeStep(
             obs=obs,
             state=state,

@@ -56,6 +56,7 @@ import numpy as np
 import torch
 
 from marpo_bench.envs.base import EnvFamily, EnvInfo, Scene, TimeStep
+from marpo_bench.envs.jax_stack import CarryEnv, CompiledSteps
 
 if TYPE_CHECKING:
     import jax
@@ -136,7 +137,7 @@ class _Carry(NamedTuple):
     ep_len: jax.Array  # [E] int32
 
 
-class _Compiled:
+class _Compiled(CompiledSteps):
     """The jitted step of one (task, E, agent_id, max_steps) configuration and its static facts.
 
     Shared by every ``SMAXVecEnv`` with that configuration in the process (``_compiled`` caches
@@ -259,7 +260,7 @@ def _compiled(task: str, num_envs: int, agent_id: bool, max_steps: int) -> _Comp
     return _Compiled(task, num_envs, agent_id, max_steps)
 
 
-class SMAXVecEnv:
+class SMAXVecEnv(CarryEnv):
     """E JaxMARL SMAX envs (heuristic enemy) advanced by one jitted, vmapped call per step."""
 
     def __init__(
@@ -322,8 +323,18 @@ class SMAXVecEnv:
 
         if self._carry is None:
             raise RuntimeError("call reset(seed) before step()")
-        self._carry, out = self.compiled_step(self._carry, self._actions_to_jax(actions), self._fn.false)
-        obs2, state2, avail, alive, scalars, flags = (to_torch(x, self.device) for x in out)
+        self._carry, out = self.compiled_step(self._carry, *self.jit_args(actions))
+        return self.timestep(tuple(to_torch(x, self.device) for x in out))
+
+    # -- the pieces of ``step``, shared with ``jax_stack.JaxEnvStack`` (S seeds' envs in one call) --
+
+    def jit_args(self, actions: torch.Tensor) -> tuple[Any, ...]:
+        """The compiled step's arguments after the carry (no forced reset)."""
+        return (self._actions_to_jax(actions), self._fn.false)
+
+    def timestep(self, out: tuple[torch.Tensor, ...]) -> TimeStep:
+        """The compiled step's outputs (as torch tensors) as a TimeStep."""
+        obs2, state2, avail, alive, scalars, flags = out
         return TimeStep(
             obs=obs2[0],
             state=state2[0],
