@@ -78,7 +78,8 @@ def run(
                                                  "GPU between runs, e.g. 0.25 with --device cuda)."),
     vectorize_seeds: bool = typer.Option(False, help="Train the seeds of each (algorithm, task, config) as one "
                                                      "batched learner where the algorithm has one (MAPPO, MARPO, "
-                                                     "QMix); each seed is still its own run (local executor)."),
+                                                     "QMix); each seed is still its own run (with --executor "
+                                                     "ray: one task per group)."),
     retries: int = typer.Option(1, help="Retries of a failed run (from its last checkpoint) before it is "
                                         "recorded failed; NaN losses and bad configs are not retried."),
     checkpoint_every: str | None = typer.Option(None, help="Checkpoint every N env steps, e.g. 50k "
@@ -118,9 +119,6 @@ def run(
             raise ConfigError("--gpus-per-run reserves GPUs for Ray tasks: it needs --executor ray")
         if retries < 0:
             raise ConfigError(f"--retries must be >= 0, got {retries}")
-        if vectorize_seeds and executor != "local":
-            raise ConfigError("--vectorize-seeds runs on the local executor only: drop --executor ray, "
-                              "or --vectorize-seeds")
         every = None
         if checkpoint_every is not None:
             every = 0 if checkpoint_every.strip() == "0" else parse_steps(checkpoint_every)

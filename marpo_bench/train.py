@@ -63,7 +63,7 @@ import contextlib
 import math
 import os
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -383,8 +383,9 @@ class _GroupFailure(Exception):
         self.run_id, self.exc = run_id, exc
 
 
-def train_seed_group(specs: list[RunSpec], results: Path, study: str = "default",
+def train_seed_group(specs: list[RunSpec], results: Path | None, study: str = "default",
                      progress: Callable[[str], ProgressFn] | None = None, *,
+                     sinks: Sequence[store.RunSink] | None = None,
                      checkpoint_every: int | None = None, faults: tuple[Fault, ...] | None = None,
                      attempt: int = 1, loggers: tuple[str, ...] = ()) -> list[RunResult]:
     """Train the seeds of one (algorithm, task, config, budget) as one batched learner (the
@@ -392,7 +393,8 @@ def train_seed_group(specs: list[RunSpec], results: Path, study: str = "default"
     :func:`train_run`, each evaluated, checkpointed and saved through its own member learner, so a
     run started batched resumes unbatched and back. Complete runs are skipped; the others resume
     in batches of those whose checkpoints are at the same env step (one alone trains unbatched).
-    ``progress(run_id)`` gives each run's progress callback.
+    ``progress(run_id)`` gives each run's progress callback; ``sinks`` (one per spec, e.g. a Ray
+    worker's) replace the runs' directories under ``results``.
 
     One seed's failure stops the batch (the seeds share one computation): that run is marked
     failed with its reason (retryable as in :func:`train_run`), the others failed with
@@ -402,15 +404,17 @@ def train_seed_group(specs: list[RunSpec], results: Path, study: str = "default"
     if len(keys) != 1 or len({s.seed for s in specs}) != len(specs):
         raise ValueError("a seed group holds distinct seeds of one algorithm, task, config and budget")
     out: dict[str, RunResult] = {}
-    sinks: list[store.RunSink] = []
+    opened: list[store.RunSink] = []
     runs: list[_Run] = []
     try:
-        for spec in specs:
-            sink = _open_sink(spec, results, study, loggers)
+        if sinks is not None and len(sinks) != len(specs):
+            raise ValueError("train_seed_group needs one sink per spec")
+        for i, spec in enumerate(specs):
+            sink = sinks[i] if sinks is not None else _open_sink(spec, results, study, loggers)
             if not sink.acquire():
                 out[spec.run_id] = RunResult(spec.run_id, "skipped", "being trained by another process")
                 continue
-            sinks.append(sink)
+            opened.append(sink)
             run = _Run(spec, sink, progress(spec.run_id) if progress else None, checkpoint_every, faults, attempt)
             if run.open():
                 runs.append(run)
@@ -426,7 +430,7 @@ def train_seed_group(specs: list[RunSpec], results: Path, study: str = "default"
                 for run, res in zip(group, _train_batched(group), strict=True):
                     out[run.spec.run_id] = res
     finally:
-        for sink in sinks:
+        for sink in opened:
             sink.close()
     return [out[s.run_id] for s in specs]
 

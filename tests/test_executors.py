@@ -83,6 +83,33 @@ def test_ray_runs_reserve_gpus_and_a_reservation_that_cannot_fit_is_an_error(loc
     assert not (tmp_path / "g2").exists()
 
 
+def test_ray_trains_each_seed_group_as_one_batched_task_sharing_the_gpu(local_ray, tmp_path):
+    """--vectorize-seeds on Ray: one task per seed group (two groups share the fake GPU), each
+    seed stored as its own run, bit for bit as the same groups batched by the local executor
+    (both train with one torch thread); a failing seed stops its group, and a rerun resumes it."""
+    small = (("num_envs", "4"), ("eval_episodes", "4"), ("eval_interval", "100"))
+    sets = {"mappo": small, "qmix": (*small, ("batch_size", "4"), ("epsilon_anneal_steps", "300"))}
+    specs = [RunSpec(a, "jax_mpe", "simple_spread", s, 400, sets[a]) for a in ("mappo", "qmix") for s in (0, 1)]
+    res = run_ray(specs, tmp_path, "ray", quiet(), faults=(), gpus_per_run=0.5, vectorize_seeds=True)
+    assert [r.status for r in res] == ["complete"] * 4
+    run_local(specs, tmp_path, "local", 1, quiet(), faults=(), vectorize_seeds=True)
+    on_ray, local = frames(tmp_path, "ray"), frames(tmp_path, "local")
+    assert on_ray.keys() == local.keys() and len(on_ray) == 4
+    for run_id, df in on_ray.items():
+        assert df.equals(local[run_id]), run_id
+    records, _ = store.load_study(tmp_path / "ray")
+    assert {r["seed_batch"] for r in records} == {2}
+
+    faults = parse_faults("raise@200:mappo__jax_mpe-simple_spread__s0")
+    res = run_ray(specs[:2], tmp_path, "f", quiet(), faults=faults, retries=0, vectorize_seeds=True)
+    assert [r.status for r in res] == ["failed", "failed"]
+    assert "stopped with its batch" in res[1].message
+    res = run_ray(specs[:2], tmp_path, "f", quiet(), faults=(), vectorize_seeds=True)
+    assert [r.status for r in res] == ["complete", "complete"]
+    records, _ = store.load_study(tmp_path / "f")
+    assert [r["resumed_from"] for r in records] == [100, 100] and all(r["resume_exact"] for r in records)
+
+
 def _connect(address: str, env: dict[str, str]) -> subprocess.CompletedProcess:
     code = (f"import ray; ray.init(address={address!r}, include_dashboard=False, log_to_driver=False); "
             f"print('CONNECTED')")

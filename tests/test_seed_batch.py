@@ -356,17 +356,6 @@ def test_a_batched_run_resumes_bit_exact_in_its_mode_and_is_flagged_inexact_in_t
             assert df[cols].equals(whole[run_id][1][cols]), run_id
 
 
-def test_vectorize_seeds_with_ray_is_a_one_line_error(tmp_path):
-    from typer.testing import CliRunner
-
-    from marpo_bench.cli import app
-
-    res = CliRunner().invoke(app, ["run", "--results", str(tmp_path), "--executor", "ray", "--vectorize-seeds",
-                                   *QMIX_TINY])
-    assert res.exit_code == 2 and "--vectorize-seeds runs on the local executor only" in res.output
-    assert "Traceback" not in res.output
-
-
 # ----------------------------------------------------------------------------------------------
 # MAPPO and MARPO (marpo_bench.algos.ppo_seeds.OnPolicySeeds)
 

@@ -2,7 +2,8 @@
 
 - ``local`` (:mod:`.pool`): this process (1 worker) or one pool of spawned processes; also trains
   the regression check's runs.
-- ``ray`` (:mod:`.ray`): one Ray task per run; the driver alone writes the store; a local instance
+- ``ray`` (:mod:`.ray`): one Ray task per run (per seed group with ``vectorize_seeds``); the
+  driver alone writes the store; a local instance
   is closed to strangers (token authentication) and cleaned up by :mod:`.reaper`, even after a
   ``kill -9``.
 
@@ -37,13 +38,10 @@ def run_grid(specs: list[RunSpec], results: Path, study: str, console: Console, 
              vectorize_seeds: bool = False) -> list[RunResult]:
     """Run the grid on the chosen executor (``local`` or ``ray``); ``threads``: torch threads per
     local run (a Ray task uses ``cpus_per_run``); ``loggers``: also send metrics rows there;
-    ``vectorize_seeds``: seeds as batched learners (local executor only)."""
+    ``vectorize_seeds``: each seed group as one batched learner (a Ray task each on ``ray``)."""
     if executor == "ray":
-        if vectorize_seeds:
-            raise ValueError("--vectorize-seeds runs on the local executor only: drop --executor ray, "
-                             "or --vectorize-seeds")
         return run_ray(specs, results, study, console, address=ray_address, cpus_per_run=cpus_per_run,
                        retries=retries, checkpoint_every=checkpoint_every, faults=faults, loggers=loggers,
-                       gpus_per_run=gpus_per_run)
+                       gpus_per_run=gpus_per_run, vectorize_seeds=vectorize_seeds)
     return run_local(specs, results, study, workers, console, retries=retries, checkpoint_every=checkpoint_every,
                      faults=faults, threads=threads, loggers=loggers, vectorize_seeds=vectorize_seeds)

@@ -1,5 +1,7 @@
 """The Ray executor: every run is a Ray task (``cpus_per_run`` CPUs and ``gpus_per_run`` GPUs each;
-fractions allowed, so several runs share one GPU).
+fractions allowed, so several runs share one GPU); with ``vectorize_seeds`` every seed group is
+one task, its seeds trained as one batched learner (``executors.pool.seed_units``), so several
+batched learners can share one GPU.
 
 Workers never touch the results directory: they send run.json records, metrics rows, checkpoints
 and progress through a Ray queue to the driver, which alone writes the store (and holds the runs'
@@ -37,7 +39,8 @@ from rich.console import Console
 from marpo_bench import store
 from marpo_bench.config import RunSpec, one_line
 from marpo_bench.executors.common import GridBars, mark_run, should_retry
-from marpo_bench.train import Fault, RunResult, faults_from_env, train_run
+from marpo_bench.executors.pool import seed_units
+from marpo_bench.train import Fault, RunResult, faults_from_env, train_run, train_seed_group
 
 _AUTH_VARS = ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH")
 
@@ -87,6 +90,19 @@ def _ray_task(spec: RunSpec, study: str, status: str | None, checkpoint: dict | 
     sink = QueueSink(queue, spec.run_id, status, checkpoint)
     return train_run(spec, None, study, progress=sink.progress, sink=sink, checkpoint_every=checkpoint_every,
                      faults=faults, attempt=attempt)
+
+
+def _ray_group_task(specs: tuple[RunSpec, ...], study: str, previous: list[tuple[str | None, dict | None]],
+                    queue: Any, checkpoint_every: int | None, faults: tuple[Fault, ...], attempt: int,
+                    threads: int) -> list[RunResult]:
+    """The seeds of one seed group as one batched learner on a Ray worker (``train_seed_group``)."""
+    import torch
+
+    torch.set_num_threads(threads)
+    sinks = [QueueSink(queue, spec.run_id, status, ckpt) for spec, (status, ckpt) in zip(specs, previous, strict=True)]
+    progress = {spec.run_id: sink.progress for spec, sink in zip(specs, sinks, strict=True)}
+    return train_seed_group(list(specs), None, study, progress.__getitem__, sinks=sinks,
+                            checkpoint_every=checkpoint_every, faults=faults, attempt=attempt)
 
 
 def _ray_error(exc: BaseException) -> str:
@@ -269,10 +285,12 @@ def run_capacity(resources: dict[str, float], cpus_per_run: float, gpus_per_run:
 def run_ray(specs: list[RunSpec], results: Path, study: str, console: Console, *, address: str | None = None,
             cpus_per_run: float = 1.0, retries: int = 1, checkpoint_every: int | None = None,
             faults: tuple[Fault, ...] | None = None, num_cpus: int | None = None,
-            loggers: tuple[str, ...] = (), gpus_per_run: float = 0.0) -> list[RunResult]:
+            loggers: tuple[str, ...] = (), gpus_per_run: float = 0.0, vectorize_seeds: bool = False
+            ) -> list[RunResult]:
     """Run every spec as a Ray task (see the module doc), each reserving ``cpus_per_run`` CPUs and
-    ``gpus_per_run`` GPUs. ``num_cpus``: CPUs of a local instance
-    (default: all). Returns one RunResult per spec."""
+    ``gpus_per_run`` GPUs; with ``vectorize_seeds``, every seed group as one task (one batched
+    learner, the same reservation). ``num_cpus``: CPUs of a local instance (default: all).
+    Returns one RunResult per spec."""
     faults = faults_from_env() if faults is None else faults
     threads = max(1, int(cpus_per_run))
     out: list[RunResult] = []
@@ -280,66 +298,87 @@ def run_ray(specs: list[RunSpec], results: Path, study: str, console: Console, *
         from ray.util.queue import Queue
 
         q = Queue(actor_options={"num_cpus": 0})
-        task = ray.remote(_ray_task).options(num_cpus=cpus_per_run, num_gpus=gpus_per_run, max_retries=0)
+        opts = {"num_cpus": cpus_per_run, "num_gpus": gpus_per_run, "max_retries": 0}
+        task = ray.remote(_ray_task).options(**opts)
+        group_task = ray.remote(_ray_group_task).options(**opts)
         capacity = run_capacity(ray.cluster_resources(), cpus_per_run, gpus_per_run)
         driver = _DriverStore(results, study, bars, console, loggers)
-        todo = deque((s, 1) for s in specs)
-        inflight: dict[Any, tuple[RunSpec, int]] = {}
+        todo = deque((unit, 1) for unit, _ in seed_units([(s, study) for s in specs], vectorize_seeds))
+        inflight: dict[Any, tuple[tuple[RunSpec, ...], int]] = {}
         locks: dict[str, store.WriterLock] = {}  # the driver writes the store: it holds the runs' locks
         try:
             while todo or inflight:
                 while todo and len(inflight) < capacity:  # ship checkpoints only for runs about to start
-                    spec, attempt = todo.popleft()
-                    path = store.run_dir(results, study, spec.run_id)
-                    try:
-                        status = store.run_status(path)
-                        ckpt = store.load_checkpoint(path) if status not in (None, "complete") else None
-                    except store.StoreError as exc:
-                        out.append(bars.finish(RunResult(spec.run_id, "failed", str(exc))))
+                    unit, attempt = todo.popleft()
+                    ready_specs: list[RunSpec] = []
+                    previous: list[tuple[str | None, dict | None]] = []
+                    for spec in unit:
+                        path = store.run_dir(results, study, spec.run_id)
+                        try:
+                            status = store.run_status(path)
+                            ckpt = store.load_checkpoint(path) if status not in (None, "complete") else None
+                        except store.StoreError as exc:
+                            out.append(bars.finish(RunResult(spec.run_id, "failed", str(exc))))
+                            continue
+                        if status == "complete":
+                            out.append(bars.finish(RunResult(spec.run_id, "skipped")))
+                            continue
+                        lock = locks.get(spec.run_id) or store.WriterLock.acquire(path)
+                        if lock is None:
+                            out.append(bars.finish(RunResult(spec.run_id, "skipped",
+                                                             "being trained by another process")))
+                            continue
+                        locks[spec.run_id] = lock
+                        store.remove_stale_temp_files(path)
+                        ready_specs.append(spec)
+                        previous.append((status, ckpt))
+                    if not ready_specs:
                         continue
-                    if status == "complete":
-                        out.append(bars.finish(RunResult(spec.run_id, "skipped")))
-                        continue
-                    lock = locks.get(spec.run_id) or store.WriterLock.acquire(path)
-                    if lock is None:
-                        out.append(bars.finish(RunResult(spec.run_id, "skipped", "being trained by another process")))
-                        continue
-                    locks[spec.run_id] = lock
-                    store.remove_stale_temp_files(path)
-                    ref = task.remote(spec, study, status, ckpt, q, checkpoint_every, faults, attempt, threads)
-                    inflight[ref] = (spec, attempt)
+                    common = (q, checkpoint_every, faults, attempt, threads)
+                    if len(ready_specs) == 1:
+                        ref = task.remote(ready_specs[0], study, *previous[0], *common)
+                    else:
+                        ref = group_task.remote(tuple(ready_specs), study, previous, *common)
+                    inflight[ref] = (tuple(ready_specs), attempt)
                 if not inflight:
                     continue
                 ready, _ = ray.wait(list(inflight), num_returns=len(inflight), timeout=0.2)
                 driver.drain(q)  # a finished task's messages are all queued before it returns
                 for ref in ready:
-                    spec, attempt = inflight.pop(ref)
+                    unit, attempt = inflight.pop(ref)
                     crashed = False
                     try:
-                        res = ray.get(ref)
+                        got = ray.get(ref)
+                        results_ = got if isinstance(got, list) else [got]
                     except ray.exceptions.RayError as exc:
                         crashed = True
-                        res = RunResult(spec.run_id, "failed", _ray_error(exc), retryable=True)
-                    if spec.run_id in driver.errors:
-                        res = RunResult(spec.run_id, "failed", driver.errors.pop(spec.run_id))
-                        crashed = True
-                    if should_retry(res, attempt, retries, console):
-                        todo.appendleft((spec, attempt + 1))
-                        continue
-                    if crashed:
-                        mark_run(results, study, spec, "failed", res.message, driver.records.get(spec.run_id))
-                    driver.close_log(spec.run_id)
-                    locks.pop(spec.run_id).release()
-                    out.append(bars.finish(res))
+                        results_ = [RunResult(spec.run_id, "failed", _ray_error(exc), retryable=True) for spec in unit]
+                    again: list[RunSpec] = []
+                    for spec, res in zip(unit, results_, strict=True):
+                        failed_here = crashed
+                        if spec.run_id in driver.errors:
+                            res = RunResult(spec.run_id, "failed", driver.errors.pop(spec.run_id))
+                            failed_here = True
+                        if should_retry(res, attempt, retries, console):
+                            again.append(spec)
+                            continue
+                        if failed_here:
+                            mark_run(results, study, spec, "failed", res.message, driver.records.get(spec.run_id))
+                        driver.close_log(spec.run_id)
+                        locks.pop(spec.run_id).release()
+                        out.append(bars.finish(res))
+                    if again:
+                        todo.appendleft((tuple(again), attempt + 1))
         except KeyboardInterrupt:
             with contextlib.suppress(Exception):
                 driver.drain(q)
-            for ref, (spec, _) in inflight.items():
+            for ref, (unit, _) in inflight.items():
                 with contextlib.suppress(Exception):
                     ray.cancel(ref, force=True)
-                with contextlib.suppress(store.StoreError, OSError):
-                    mark_run(results, study, spec, "interrupted", "interrupted by the user",
-                          driver.records.get(spec.run_id))
+                for spec in unit:
+                    with contextlib.suppress(store.StoreError, OSError):
+                        mark_run(results, study, spec, "interrupted", "interrupted by the user",
+                                 driver.records.get(spec.run_id))
             raise
         finally:
             for run_id in list(driver.logs):
