@@ -99,14 +99,14 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.T
 
 
 def gru_cell(x: torch.Tensor, h: torch.Tensor, w_ih: torch.Tensor, w_hh: torch.Tensor, b_ih: torch.Tensor,
-             b_hh: torch.Tensor, gi: torch.Tensor | None = None) -> torch.Tensor:
+             b_hh: torch.Tensor) -> torch.Tensor:
     """``nn.GRUCell`` per seed (PyTorch's gate order r, z, n and equations): ``x`` [S, M, in],
-    ``h`` [S, M, H] -> the next h; ``gi``: ``linear(x, w_ih, b_ih)`` if already computed.
+    ``h`` [S, M, H] -> the next h.
 
         r = sigma(W_ir x + b_ir + W_hr h + b_hr),  z = sigma(W_iz x + b_iz + W_hz h + b_hz)
         n = tanh(W_in x + b_in + r (W_hn h + b_hn)),  h' = (1 - z) n + z h
     """
-    g = linear(x, w_ih, b_ih) if gi is None else gi
+    g = linear(x, w_ih, b_ih)
     gh = torch.baddbmm(b_hh.unsqueeze(1), h, w_hh.transpose(1, 2))
     # chunk rather than slicing: a slice's backward allocates a zero tensor of the whole input.
     i_r, i_z, i_n = g.chunk(3, dim=-1)
