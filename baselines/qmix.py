@@ -22,9 +22,9 @@ Lineage (docs/algorithms.md, pitfalls): ``lineage`` names the code base whose de
 - ``pymarl2`` (hijkzzz/pymarl2 ``qmix.yaml``): Adam lr 1e-3, batch 128 episodes, epsilon over 100k
   steps, TD(lambda = 0.6).
 - ``epymarl`` (uoe-agents/epymarl v.1.0.0, the code of its benchmark paper): Adam lr 5e-4, batch 32,
-  epsilon over 50k steps, one-step targets, no last action in the agent's input (its agent is
-  feed-forward, ``use_rnn: False``; here it stays the GRU). For calibrating against EPyMARL's
-  published figures.
+  epsilon over 50k steps, one-step targets, no last action in the agent's input, a feed-forward
+  agent (``use_rnn: False``: the GRU becomes ``Linear -> ReLU``). For calibrating against
+  EPyMARL's published figures.
 Shared by both: gamma 0.99, buffer 5,000 episodes, target update every 200 episodes, double-Q,
 grad-norm clip 10, GRU hidden 64, mixing embed 32, 2-layer hypernets of width 64.
 
@@ -113,28 +113,29 @@ from marpo_bench.envs.base import EnvInfo, MultiAgentVecEnv, SeedEnvs, TimeStep
 LINEAGE_DEFAULTS: dict[str, Recipe] = {
     "pymarl": Recipe(
         source="oxwhirl/pymarl src/config/default.yaml (lr: 0.0005, batch_size: 32, obs_last_action: True, "
-               "optimiser RMSprop in src/learners/q_learner.py) + src/config/algs/qmix.yaml "
-               "(epsilon_anneal_time: 50000; one-step targets in q_learner.py)",
+               "agent: 'rnn', the GRU of src/modules/agents/rnn_agent.py; optimiser RMSprop in "
+               "src/learners/q_learner.py) + src/config/algs/qmix.yaml (epsilon_anneal_time: 50000; one-step "
+               "targets in q_learner.py)",
         values={"optimizer": "rmsprop", "lr": 5e-4, "batch_size": 32, "epsilon_anneal_steps": 50_000,
-                "td_lambda": 0.0, "obs_last_action": True},
+                "td_lambda": 0.0, "obs_last_action": True, "use_rnn": True},
     ),
     "pymarl2": Recipe(
         source="hijkzzz/pymarl2 src/config/algs/qmix.yaml (optimizer: 'adam', lr: 0.001, batch_size: 128, "
-               "epsilon_anneal_time: 100000, td_lambda: 0.6; nq_learner) + src/config/default.yaml "
-               "(obs_last_action: True)",
+               "epsilon_anneal_time: 100000, td_lambda: 0.6, agent: 'n_rnn', a GRUCell; nq_learner) + "
+               "src/config/default.yaml (obs_last_action: True)",
         values={"optimizer": "adam", "lr": 1e-3, "batch_size": 128, "epsilon_anneal_steps": 100_000,
-                "td_lambda": 0.6, "obs_last_action": True},
+                "td_lambda": 0.6, "obs_last_action": True, "use_rnn": True},
     ),
     # The code behind EPyMARL's benchmark (Papoudakis et al. 2021), tag v.1.0.0: what its published
     # QMIX figures ran, as far as its code says (the paper tuned some values per environment; its
-    # tables are not in the stored sources). Its feed-forward agent (qmix.yaml use_rnn: False) is
-    # not available here: the agent stays pymarl's GRU.
+    # tables are not in the stored sources).
     "epymarl": Recipe(
         source="uoe-agents/epymarl v.1.0.0 src/learners/q_learner.py (Adam(params, lr=args.lr)) + "
                "src/config/default.yaml (lr: 0.0005, batch_size: 32) + src/config/algs/qmix.yaml "
-               "(epsilon_anneal_time: 50000, obs_last_action: False; one-step targets in q_learner.py)",
+               "(epsilon_anneal_time: 50000, obs_last_action: False, use_rnn: False; one-step targets in "
+               "q_learner.py)",
         values={"optimizer": "adam", "lr": 5e-4, "batch_size": 32, "epsilon_anneal_steps": 50_000,
-                "td_lambda": 0.0, "obs_last_action": False},
+                "td_lambda": 0.0, "obs_last_action": False, "use_rnn": False},
     ),
 }
 
@@ -202,6 +203,7 @@ class QMixConfig:
     epsilon_anneal_steps: int | None = None  # env steps: pymarl 50k | pymarl2 100k
     # -- networks --
     rnn_hidden_dim: int = 64  # pymarl default.yaml
+    use_rnn: bool | None = None  # agent's middle layer: pymarl, pymarl2 GRU (True) | epymarl qmix.yaml False
     obs_last_action: bool | None = None  # pymarl, pymarl2 default.yaml True | epymarl qmix.yaml False
     mixing_embed_dim: int = 32  # pymarl qmix.yaml
     hypernet_layers: int = 2  # pymarl qmix.yaml (1 or 2)
@@ -246,17 +248,25 @@ class QMixConfig:
 
 
 class RNNAgent(nn.Module):
-    """pymarl's RNNAgent: ``fc1 -> ReLU -> GRU -> fc2`` (PyTorch default init, as in pymarl)."""
+    """pymarl's RNNAgent: ``fc1 -> ReLU -> GRU -> fc2`` (PyTorch default init, as in pymarl).
 
-    def __init__(self, in_dim: int, hidden: int, num_actions: int) -> None:
+    ``recurrent=False`` is EPyMARL's feed-forward variant of the same class (``use_rnn: False``):
+    the GRU becomes ``Linear -> ReLU`` and the hidden state is not carried between steps."""
+
+    def __init__(self, in_dim: int, hidden: int, num_actions: int, recurrent: bool = True) -> None:
         super().__init__()
+        self.recurrent = recurrent
         self.fc1 = nn.Linear(in_dim, hidden)
-        self.rnn = nn.GRU(hidden, hidden)
+        self.rnn: nn.Module = nn.GRU(hidden, hidden) if recurrent else nn.Linear(hidden, hidden)
         self.fc2 = nn.Linear(hidden, num_actions)
 
     def forward(self, x: torch.Tensor, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``x`` [L, M, in] (time-major), ``h`` [M, H] -> Q [L, M, A] and the last hidden [M, H]."""
-        out, hn = self.rnn(F.relu(self.fc1(x)), h.unsqueeze(0))
+        y = F.relu(self.fc1(x))
+        if not self.recurrent:
+            out = F.relu(self.rnn(y))
+            return self.fc2(out), out[-1]
+        out, hn = self.rnn(y, h.unsqueeze(0))
         return self.fc2(out), hn[0]
 
 
@@ -532,7 +542,7 @@ class QMix:
         self.in_dim = env_info.obs_dim + (A if cfg.obs_last_action else 0)
         with torch.random.fork_rng(devices=[]):  # seeded init without touching global RNG state
             torch.manual_seed(seed)
-            self.agent = RNNAgent(self.in_dim, cfg.rnn_hidden_dim, A).to(self.device)
+            self.agent = RNNAgent(self.in_dim, cfg.rnn_hidden_dim, A, cfg.use_rnn).to(self.device)
             self.mixer = QMixer(N, env_info.state_dim, cfg.mixing_embed_dim, cfg.hypernet_layers,
                                 cfg.hypernet_embed).to(self.device)
         self.target_agent = copy.deepcopy(self.agent)
@@ -867,6 +877,9 @@ class QMixSeeds:
         from marpo_bench.seedstack import gru, linear
 
         y = F.relu(linear(x, stack["fc1.weight"], stack["fc1.bias"]))
+        if not self.cfg.use_rnn:
+            out = F.relu(linear(y, stack["rnn.weight"], stack["rnn.bias"]))
+            return linear(out, stack["fc2.weight"], stack["fc2.bias"]), out[:, -1]
         out, hn = gru(y, h, stack["rnn.weight_ih_l0"], stack["rnn.weight_hh_l0"], stack["rnn.bias_ih_l0"],
                       stack["rnn.bias_hh_l0"])
         return linear(out, stack["fc2.weight"], stack["fc2.bias"]), hn

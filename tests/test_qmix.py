@@ -80,25 +80,26 @@ _EPYMARL_QMIX = ("uoe-agents/epymarl src/config/algs/qmix.yaml", {"standardise_r
                  {"standardise_rewards": "standardise_rewards"})
 PUBLISHED = {
     "pymarl": [("oxwhirl/pymarl src/config/default.yaml",
-                {"lr": 0.0005, "batch_size": 32, "optimiser": "rmsprop", "td_lambda": 0.0, "obs_last_action": True},
+                {"lr": 0.0005, "batch_size": 32, "optimiser": "rmsprop", "td_lambda": 0.0, "obs_last_action": True,
+                 "agent is a GRU": True},  # agent: "rnn" -> rnn_agent.py's nn.GRUCell
                 {"lr": "lr", "batch_size": "batch_size", "optimizer": "optimiser", "td_lambda": "td_lambda",
-                 "obs_last_action": "obs_last_action"}),
+                 "obs_last_action": "obs_last_action", "use_rnn": "agent is a GRU"}),
                ("src/config/algs/qmix.yaml", {"epsilon_anneal_time": 50000},
                 {"epsilon_anneal_steps": "epsilon_anneal_time"})],
     "pymarl2": [("hijkzzz/pymarl2 src/config/algs/qmix.yaml",
                  {"lr": 0.001, "batch_size": 128, "epsilon_anneal_time": 100000, "optimizer": "adam",
-                  "td_lambda": 0.6},
+                  "td_lambda": 0.6, "agent is a GRU": True},  # agent: "n_rnn" -> n_rnn_agent.py's nn.GRUCell
                  {"lr": "lr", "batch_size": "batch_size", "epsilon_anneal_steps": "epsilon_anneal_time",
-                  "optimizer": "optimizer", "td_lambda": "td_lambda"}),
+                  "optimizer": "optimizer", "td_lambda": "td_lambda", "use_rnn": "agent is a GRU"}),
                 ("src/config/default.yaml", {"obs_last_action": True}, {"obs_last_action": "obs_last_action"})],
     # v.1.0.0: q_learner.py builds Adam; default.yaml lr/batch_size; qmix.yaml the rest.
     "epymarl": [("uoe-agents/epymarl v.1.0.0 src/learners/q_learner.py", {"optimiser": "adam"},
                  {"optimizer": "optimiser"}),
                 ("src/config/default.yaml", {"lr": 0.0005, "batch_size": 32}, {"lr": "lr", "batch_size": "batch_size"}),
                 ("src/config/algs/qmix.yaml", {"epsilon_anneal_time": 50000, "obs_last_action": False,
-                                               "td_lambda": 0.0},
+                                               "td_lambda": 0.0, "use_rnn": False},
                  {"epsilon_anneal_steps": "epsilon_anneal_time", "obs_last_action": "obs_last_action",
-                  "td_lambda": "td_lambda"})],
+                  "td_lambda": "td_lambda", "use_rnn": "use_rnn"})],
     "mpe": [_JAXMARL_QMIX, _EPYMARL_QMIX],
     "jax_mpe": [_JAXMARL_QMIX, _EPYMARL_QMIX],
     "smax": [("FLAIROx/JaxMARL baselines/QLearning/config/alg/ql_rnn_smax.yaml", {"REW_SCALE": 10.0},
@@ -404,6 +405,27 @@ def test_greedy_act_is_the_masked_argmax_and_resets_memory_on_done():
     # the GRU state after this step equals a fresh start's for done envs only
     assert torch.allclose(st2[0][ts2.done], st[0][ts2.done])
     assert not torch.allclose(st2[0][~ts2.done], st[0][~ts2.done])
+
+
+def test_feed_forward_agent_is_linear_relu_in_place_of_the_gru_and_keeps_no_memory():
+    """EPyMARL's ``use_rnn: False``: Q_t = fc2(relu(W relu(fc1(x_t)) + b)), whatever came before."""
+    info = fake_info(N=2, obs_dim=5, S=4, A=4)
+    algo = QMix(QMixConfig(lineage="epymarl"), info, "cpu", 3)
+    assert algo.cfg.use_rnn is False and algo.in_dim == 5  # no last action either
+    ag = algo.agent
+    x = torch.randn(3, 4, 5, generator=torch.Generator().manual_seed(0))
+    q, h = ag(x, torch.randn(4, algo.cfg.rnn_hidden_dim))  # the incoming hidden state is ignored
+    with torch.no_grad():
+        hand = torch.relu(x @ ag.fc1.weight.T + ag.fc1.bias) @ ag.rnn.weight.T + ag.rnn.bias
+        want = torch.relu(hand) @ ag.fc2.weight.T + ag.fc2.bias
+    torch.testing.assert_close(q, want)
+    torch.testing.assert_close(h, torch.relu(hand[-1]))
+    q_alone, _ = ag(x[2:], torch.zeros(4, algo.cfg.rnn_hidden_dim))
+    torch.testing.assert_close(q_alone[0], q[2])  # step 2 alone = step 2 after steps 0 and 1
+    # a GRU agent does depend on what came before
+    gru = QMix(QMixConfig(lineage="epymarl", use_rnn=True), info, "cpu", 3).agent
+    q_seq, _ = gru(x, torch.zeros(4, 64))
+    assert not torch.allclose(gru(x[2:], torch.zeros(4, 64))[0][0], q_seq[2])
 
 
 # ----------------------------------------------------------------------------------------------

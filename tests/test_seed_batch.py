@@ -163,11 +163,13 @@ def _assert_follows(single: QMix, single_log: list, member: QMix, log: list) -> 
     assert got["reward_ms"]["count"] == ref["reward_ms"]["count"]
 
 
-def test_seed_k_of_a_batched_qmix_run_follows_the_single_seed_run_on_mpe():
+@pytest.mark.parametrize("lineage", ["pymarl", "epymarl"])  # GRU agent | feed-forward agent, no last action
+def test_seed_k_of_a_batched_qmix_run_follows_the_single_seed_run_on_mpe(lineage):
     """MPE's recipe (no bootstrap at the limit, standardised rewards) with Adam, TD(lambda) and
     soft target updates: 12 iterations, 24 updates per seed."""
-    cfg = QMixConfig(num_envs=4, batch_size=4, buffer_size=64, epsilon_anneal_steps=500, standardise_rewards=True,
-                     bootstrap_truncation=False, optimizer="adam", td_lambda=0.6, target_update="soft")
+    cfg = QMixConfig(lineage=lineage, num_envs=4, batch_size=4, buffer_size=64, epsilon_anneal_steps=500,
+                     standardise_rewards=True, bootstrap_truncation=False, optimizer="adam", td_lambda=0.6,
+                     target_update="soft")
     singles, single_logs, batched, logs = _runs("jax_mpe", "simple_spread", 1200, cfg, [0, 1, 2])
     for k in range(3):
         _assert_follows(singles[k], single_logs[k], batched.members[k], logs[k])
