@@ -4,7 +4,8 @@ Reinforcement Learning", ICML 2018), following the pymarl / pymarl2 code bases.
 Structure
 - Agent: one recurrent Q-network shared by all agents (pymarl's ``RNNAgent``): ``Linear -> ReLU ->
   GRU -> Linear`` over the input ``[obs (with the agent-id one-hot the env appends when
-  agent_id=True), last action one-hot]``; the id is not added a second time here.
+  agent_id=True), last action one-hot]``; the id is not added a second time here. ``use_rnn=False``
+  is EPyMARL's feed-forward variant (``Linear -> ReLU`` in place of the GRU, no memory).
 - Mixer: pymarl's ``QMixer``: Q_tot = w_f(s)^T ELU(W_1(s)^T q + b_1(s)) + V(s), where W_1 and w_f are
   the absolute values of hypernetwork outputs (so dQ_tot/dQ_i >= 0), b_1 is linear in s and V(s) is
   a small ReLU MLP (the state-dependent bias).
@@ -28,14 +29,29 @@ Lineage (docs/algorithms.md, pitfalls): ``lineage`` names the code base whose de
 Shared by both: gamma 0.99, buffer 5,000 episodes, target update every 200 episodes, double-Q,
 grad-norm clip 10, GRU hidden 64, mixing embed 32, 2-layer hypernets of width 64.
 
-The default lineage is ``pymarl``. ``pymarl2``'s Adam 1e-3 + TD(0.6) diverged on
-``jax_mpe:simple_spread`` (Q_tot blowing up after 100-150k steps) and costs three times the compute
-per update (batch 128 vs 32).
+The default lineage is ``pymarl``; MPE's recipe selects ``epymarl`` (below). ``pymarl2``'s Adam
+1e-3 + TD(0.6) diverged on ``jax_mpe:simple_spread`` (Q_tot blowing up after 100-150k steps) and
+costs three times the compute per update (batch 128 vs 32).
 
 Recipes per env family (``QMIX_RECIPES``, each value citing its source; the lineage's value is one
 ``--set`` away):
-- MPE: the time limit is terminal (``bootstrap_truncation=False``, JaxMARL's QMix) and rewards are
-  standardised (EPyMARL). Why: MPE observations and states carry no time, and every episode ends
+- MPE: EPyMARL's settings (``lineage=epymarl``, one update per episode: EPyMARL published QMIX on
+  MPE, pymarl never ran it) with pymarl's GRU agent (``use_rnn=True``; EPyMARL's code says
+  feed-forward, the values its authors list "from paper" say GRU). Measured on
+  ``jax_mpe:simple_spread``, 3 seeds x 2M env steps, greedy return (team_sum) over 100 episodes
+  every 50k steps, final = the mean of the last 3 points, 95% t-interval (results/calibration):
+
+  ====================================================  =========================  ====================
+  settings                                              return at 500k / 1M / 2M   final
+  ====================================================  =========================  ====================
+  pymarl (RMSprop, last action, 1 update / 2 episodes)  -56.6 / -50.4 / -41.3       -42.1 [-44.4, -39.8]
+  EPyMARL with the GRU agent (the recipe)               -44.9 / -39.6 / -32.5       -32.9 [-36.4, -29.5]
+  EPyMARL's code (feed-forward agent)                   -56.4 / -51.0 / -47.4       -47.5 [-53.8, -41.1]
+  ====================================================  =========================  ====================
+
+  The time limit is terminal (``bootstrap_truncation=False``: JaxMARL's QMix, and EPyMARL's gym
+  wrapper, whose empty info makes the limit a terminal) and rewards are standardised (EPyMARL).
+  Why no bootstrap: MPE observations and states carry no time, and every episode ends
   at the 25-step limit, so a bootstrap there asks for the infinite-horizon value of a state (the
   final slot) that is never itself a training input: Q_tot(s_T) is pure extrapolation and, with
   gamma = 0.99, any bias in it is amplified up to 1 / (1 - gamma) = 100 times through the
@@ -86,7 +102,8 @@ episode per env on fixed-horizon tasks) in all E envs, then performs one gradien
 episode batch collected, i.e. 1 with its episode runner and ``batch_size_run`` with the parallel
 one). Default 2 (4 updates per iteration of 8 episodes): on simple_spread, 8 (pymarl's parallel
 ratio at E = 8) learned clearly slower per env step (about -70 at 90k vs -60), 1 was no better than
-2 at twice the compute.
+2 at twice the compute at that budget. MPE's recipe takes EPyMARL's 1 (its episode runner),
+measured better over 2M steps together with EPyMARL's other settings (the table above); SMAX keeps 2.
 """
 
 from __future__ import annotations
@@ -140,26 +157,41 @@ LINEAGE_DEFAULTS: dict[str, Recipe] = {
 }
 
 # Per env family: where this suite's env contract or reward scale differs from what the lineage
-# was tuned on (SMAC). Applied by ``train.build_config`` before the user's ``--set``; each value is
-# the cited code base's, and the lineage's own value is one ``--set`` away (pymarl:
+# was tuned on (SMAC), or where another code base published QMix on the family. Applied by
+# ``train.build_config`` before the user's ``--set``; each value is the cited code base's, and the
+# default's own value is one ``--set`` away (pymarl: ``lineage=pymarl``, ``episodes_per_update=2``,
 # ``bootstrap_truncation=true``, ``standardise_rewards=false``, ``reward_scale=1``).
 #
-# MPE (measured, jax_mpe:simple_spread seed 0, 300k steps, see the module docstring): bootstrapping
-# at the 25-step time limit made Q_tot an infinite-horizon value fed only by the network's
-# extrapolation to the never-trained final slot; mean Q_tot grew 6 -> 97 while the realised
-# discounted return of the same steps stayed at 2 -> -0.5 (standardised units) and the greedy
-# return fell from -59 to -69. With the time limit terminal: Q_tot 6 / realised 3, return -58.
-# Every MPE episode lasts exactly 25 steps, so centring the reward (standardising) shifts the
-# return from step t by c (1 - gamma^(25 - t)) / (1 - gamma): a function of time, not of the action,
-# which leaves the optimal policy unchanged.
+# MPE: EPyMARL's settings, the code base that published QMix on MPE (pymarl never ran it).
+# Measured (jax_mpe:simple_spread, 3 seeds x 2M env steps, greedy return over 100 episodes every
+# 50k steps, results/calibration): pymarl's settings reach -42.1 team_sum (final, last 3 points),
+# EPyMARL's -32.9. Its agent stays the GRU (EPyMARL's code: feed-forward, ``use_rnn: False``; the
+# hyperparameters its authors list "from paper" in commit bedc593 say ``use_rnn: True``): the
+# feed-forward agent reached -47.5 (see the module docstring). EPyMARL's published QMIX on spread is
+# -126.62 on its scale, -25.8 team_sum (unverified; results/calibration/README.md).
+# The time limit is terminal (no bootstrap), as in JaxMARL's QMix and EPyMARL's gym wrapper (its
+# ``step`` returns an empty info, so the runner's ``terminated != episode_limit`` is True at the
+# limit). Measured (seed 0, 300k steps, see the module docstring): bootstrapping at the 25-step
+# limit made Q_tot an infinite-horizon value fed only by the network's extrapolation to the
+# never-trained final slot; mean Q_tot grew 6 -> 97 while the realised discounted return of the same
+# steps stayed at 2 -> -0.5 (standardised units) and the greedy return fell from -59 to -69. With the
+# time limit terminal: Q_tot 6 / realised 3, return -58. Every MPE episode lasts exactly 25 steps, so
+# centring the reward (standardising) shifts the return from step t by c (1 - gamma^(25 - t)) /
+# (1 - gamma): a function of time, not of the action, which leaves the optimal policy unchanged.
 _MPE = (
-    "FLAIROx/JaxMARL baselines/QLearning/qmix_rnn.py (target = r + (1 - dones['__all__']) * GAMMA * "
-    "q_next; MPE sets done at max_steps: the time limit is terminal, no bootstrap) + uoe-agents/epymarl "
-    "src/config/algs/qmix.yaml (standardise_rewards: True)"
+    "uoe-agents/epymarl v.1.0.0 (the code of Papoudakis et al. 2021, which published QMIX on MPE): "
+    "src/config/default.yaml (runner: 'episode', batch_size_run: 1; src/run.py trains once per "
+    "runner.run(): one update per episode) + src/config/algs/qmix.yaml (standardise_rewards: True) + "
+    "src/envs/gymma.py (step returns an empty info: the time limit is terminal) + uoe-agents/epymarl "
+    "bedc593 src/config/algs/qmix.yaml ('Hyperparams from paper': use_rnn: True) + FLAIROx/JaxMARL "
+    "baselines/QLearning/qmix_rnn.py (target = r + (1 - dones['__all__']) * GAMMA * q_next; MPE sets "
+    "done at max_steps: no bootstrap)"
 )
+_MPE_VALUES = {"lineage": "epymarl", "episodes_per_update": 1.0, "use_rnn": True, "bootstrap_truncation": False,
+               "standardise_rewards": True}
 QMIX_RECIPES: dict[str, Recipe] = {
-    "mpe": Recipe(source=_MPE, values={"bootstrap_truncation": False, "standardise_rewards": True}),
-    "jax_mpe": Recipe(source=_MPE, values={"bootstrap_truncation": False, "standardise_rewards": True}),
+    "mpe": Recipe(source=_MPE, values=_MPE_VALUES),
+    "jax_mpe": Recipe(source=_MPE, values=_MPE_VALUES),
     "smax": Recipe(
         source="FLAIROx/JaxMARL baselines/QLearning/config/alg/ql_rnn_smax.yaml (REW_SCALE: 10., 'scale the "
                "reward to the original scale of SMAC'; qmix_rnn.py multiplies the stored rewards by it)",

@@ -64,6 +64,9 @@ def test_build_config_spells_out_the_lineage_values_and_overrides_select_the_lin
 
     cfg = build_config(RunSpec("qmix", "jax_mpe", "simple_spread", 0, 1000))
     assert None not in dataclasses.asdict(cfg).values()
+    assert (cfg.lineage, cfg.optimizer, cfg.lr, cfg.batch_size, cfg.td_lambda) == ("epymarl", "adam", 5e-4, 32, 0.0)
+    cfg = build_config(RunSpec("qmix", "smax", "3m", 0, 1000))
+    assert None not in dataclasses.asdict(cfg).values()
     assert (cfg.lineage, cfg.optimizer, cfg.lr, cfg.batch_size, cfg.td_lambda) == ("pymarl", "rmsprop", 5e-4, 32, 0.0)
     spec = RunSpec("qmix", "smax", "3m", 0, 1000, (("qmix.lineage", "pymarl2"), ("qmix.lr", "3e-4")))
     cfg = build_config(spec)
@@ -76,8 +79,17 @@ def test_build_config_spells_out_the_lineage_values_and_overrides_select_the_lin
 # our setting -> the published key)]. A recipe value must equal the published one.
 _JAXMARL_QMIX = ("FLAIROx/JaxMARL baselines/QLearning/qmix_rnn.py",  # r + (1 - dones["__all__"]) * GAMMA * q_next
                  {"bootstrap_at_max_steps": False}, {"bootstrap_truncation": "bootstrap_at_max_steps"})
-_EPYMARL_QMIX = ("uoe-agents/epymarl src/config/algs/qmix.yaml", {"standardise_rewards": True},
-                 {"standardise_rewards": "standardise_rewards"})
+# MPE: EPyMARL's settings. default.yaml's runner "episode" with batch_size_run 1 and run.py's one
+# learner.train per runner.run() make one update per episode; gymma.py's step returns {} so the
+# runner's `terminated != env_info.get("episode_limit", False)` is True at the time limit.
+_EPYMARL_MPE = [("uoe-agents/epymarl v.1.0.0", {"code base": "epymarl"}, {"lineage": "code base"}),
+                ("src/config/default.yaml", {"runner": "episode", "batch_size_run": 1, "episodes per update": 1},
+                 {"episodes_per_update": "episodes per update"}),
+                ("src/config/algs/qmix.yaml", {"standardise_rewards": True},
+                 {"standardise_rewards": "standardise_rewards"}),
+                ("src/envs/gymma.py", {"bootstrap at the time limit": False},
+                 {"bootstrap_truncation": "bootstrap at the time limit"}),
+                ("bedc593 src/config/algs/qmix.yaml", {"use_rnn": True}, {"use_rnn": "use_rnn"})]
 PUBLISHED = {
     "pymarl": [("oxwhirl/pymarl src/config/default.yaml",
                 {"lr": 0.0005, "batch_size": 32, "optimiser": "rmsprop", "td_lambda": 0.0, "obs_last_action": True,
@@ -100,8 +112,8 @@ PUBLISHED = {
                                                "td_lambda": 0.0, "use_rnn": False},
                  {"epsilon_anneal_steps": "epsilon_anneal_time", "obs_last_action": "obs_last_action",
                   "td_lambda": "td_lambda", "use_rnn": "use_rnn"})],
-    "mpe": [_JAXMARL_QMIX, _EPYMARL_QMIX],
-    "jax_mpe": [_JAXMARL_QMIX, _EPYMARL_QMIX],
+    "mpe": [_JAXMARL_QMIX, *_EPYMARL_MPE],
+    "jax_mpe": [_JAXMARL_QMIX, *_EPYMARL_MPE],
     "smax": [("FLAIROx/JaxMARL baselines/QLearning/config/alg/ql_rnn_smax.yaml", {"REW_SCALE": 10.0},
               {"reward_scale": "REW_SCALE"})],
 }
@@ -126,8 +138,21 @@ def test_recipe_departures_are_one_set_away_from_the_published_value():
     from marpo_bench.train import build_config
 
     on = (("qmix.bootstrap_truncation", "true"),)
-    assert not build_config(RunSpec("qmix", "jax_mpe", "simple_spread", 0, 1000)).bootstrap_truncation
+    mpe = build_config(RunSpec("qmix", "jax_mpe", "simple_spread", 0, 1000))
+    assert not mpe.bootstrap_truncation
     assert build_config(RunSpec("qmix", "jax_mpe", "simple_spread", 0, 1000, on)).bootstrap_truncation
+    # MPE runs EPyMARL's settings with pymarl's GRU agent; EPyMARL's code's feed-forward agent and
+    # pymarl's settings are each one --set (two) away
+    assert (mpe.lineage, mpe.optimizer, mpe.obs_last_action, mpe.episodes_per_update, mpe.use_rnn) == (
+        "epymarl", "adam", False, 1.0, True)
+    ff = build_config(RunSpec("qmix", "jax_mpe", "simple_spread", 0, 1000, (("use_rnn", "false"),)))
+    assert ff.use_rnn is False
+    pymarl = build_config(RunSpec("qmix", "jax_mpe", "simple_spread", 0, 1000,
+                                  (("lineage", "pymarl"), ("episodes_per_update", "2"))))
+    assert (pymarl.optimizer, pymarl.obs_last_action, pymarl.episodes_per_update, pymarl.use_rnn) == (
+        "rmsprop", True, 2.0, True)
+    smax = build_config(RunSpec("qmix", "smax", "3m", 0, 1000))
+    assert (smax.lineage, smax.episodes_per_update) == ("pymarl", 2.0)
     assert build_config(RunSpec("qmix", "smax", "3m", 0, 1000, (("qmix.reward_scale", "1"),))).reward_scale == 1.0
     assert QMixConfig().reward_scale == 1.0 and QMixConfig().bootstrap_truncation
 
@@ -708,7 +733,8 @@ LEARN_MARGIN = 12.0  # greedy eval return must beat the random policy's by this 
 def test_qmix_learns_simple_spread_beyond_random():
     """QMix with the runner's config for jax_mpe (class defaults + DEFAULTS_BY_FAMILY), 2 seeds x
     80k env steps: the greedy return over 32 evaluation episodes beats the uniform-random policy
-    (about -80, team_sum, 25 steps) by >= 12 on each seed. Measured: about -58 on both seeds."""
+    (about -80, team_sum, 25 steps) by >= 12 on each seed. Measured with MPE's recipe (EPyMARL's
+    settings, GRU agent): -58.0 and -60.5 (pymarl's settings: about -58 on both seeds)."""
     from marpo_bench.envs import make_env
     from marpo_bench.train import build_config, evaluate
 
@@ -749,11 +775,11 @@ def _in_reward_units(values: torch.Tensor, algo: QMix, batch: EpisodeBatch) -> t
 def test_mean_q_stays_within_a_factor_of_the_realised_discounted_return_on_spread():
     """The jax_mpe recipe, 40k env steps, seed 0; then 64 fresh epsilon-greedy episodes: mean Q_tot
     of the taken actions is within a factor 1.5 of the mean realised discounted return-to-go of
-    the same steps, both in the env's reward units. Measured: Q_tot -30.6, realised -29.5 (ratio
-    1.04), 44 s. This guards the scale only: at 40k steps the pre-fix recipe (bootstrap at the time
-    limit) also passes (ratio 0.98); its divergence shows after about 150k steps (Q_tot 97 against a
-    realised -0.5, standardised units, at 300k: see the module docstring), too slow for a test. The
-    hand-computed target tests above pin the cause."""
+    the same steps, both in the env's reward units. Measured: Q_tot -30.1, realised -29.3 (ratio
+    1.03; pymarl's settings: -30.6 / -29.5). This guards the scale only: at 40k steps the pre-fix
+    recipe (bootstrap at the time limit) also passes (ratio 0.98); its divergence shows after about
+    150k steps (Q_tot 97 against a realised -0.5, standardised units, at 300k: see the module
+    docstring), too slow for a test. The hand-computed target tests above pin the cause."""
     from marpo_bench.envs import make_env
     from marpo_bench.train import build_config
 
@@ -791,7 +817,8 @@ def test_cli_run_writes_a_complete_qmix_run_with_q_metrics(tmp_path):
     assert res.exit_code == 0, res.output
     records, metrics = store.load_study(tmp_path / "q")
     assert len(records) == 1 and records[0]["status"] == "complete" and records[0]["algo"] == "qmix"
-    assert records[0]["config"]["lineage"] == QMixConfig().lineage
+    assert records[0]["config"]["lineage"] == "epymarl"  # MPE's recipe (QMIX_RECIPES)
+    assert records[0]["config"]["use_rnn"] is True and records[0]["config"]["episodes_per_update"] == 1.0
     assert metrics["env_steps"].iloc[0] == 0 and metrics["env_steps"].iloc[-1] == 1200
     assert len(metrics) >= 4
     trained = metrics.iloc[1:]
