@@ -113,7 +113,7 @@ import dataclasses
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 import torch
@@ -203,6 +203,10 @@ QMIX_RECIPES: dict[str, Recipe] = {
 @dataclass
 class QMixConfig:
     """QMix settings. ``None`` means "the lineage's default" (``LINEAGE_DEFAULTS``)."""
+
+    # Settings added after runs were stored, with the value those runs ran with: a stored config
+    # that lacks one is rebuilt with it (``policy.config_from``), not with today's lineage default.
+    LEGACY_VALUES: ClassVar[dict[str, Any]] = {"use_rnn": True}  # before use_rnn every agent was a GRU
 
     lineage: Literal["pymarl", "pymarl2", "epymarl"] = "pymarl"  # which code base fills the None settings
     # -- runner / evaluation (marpo-bench) --

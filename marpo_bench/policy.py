@@ -79,9 +79,11 @@ def load(run_dir: Path) -> SavedPolicy:
 
 def config_from(cls: type, stored: dict[str, Any]) -> Any:
     """The algorithm's config with the stored (resolved) values; settings this version of the
-    algorithm does not have are ignored, new ones keep their defaults."""
+    algorithm does not have are ignored, new ones take the value the config class says runs
+    stored before them ran with (``LEGACY_VALUES``, where it has one), else their defaults."""
     cfg = cls()
     types_ = field_types(cls)
+    stored = {**getattr(cls, "LEGACY_VALUES", {}), **stored}
     values = {k: tuple(v) if isinstance(v, list) and isinstance(getattr(cfg, k), tuple) else v
               for k, v in stored.items() if k in types_}
     return dataclasses.replace(cfg, **values)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 import struct
@@ -212,6 +213,17 @@ def test_eval_of_a_saved_policy_repeats_the_runs_final_evaluation(trained, algo)
         res.return_lo <= other.return_mean <= res.return_hi
     if algo == "marpo":  # SMAX: win rate with a Wilson interval
         assert 0.0 <= res.win_lo <= res.win_rate <= res.win_hi <= 1.0
+
+
+def test_a_qmix_policy_stored_before_use_rnn_existed_rebuilds_its_gru_agent(trained):
+    """Runs stored before ``use_rnn`` have no such key; every agent was then a GRU. On MPE the
+    lineage is ``epymarl``, whose own value is feed-forward: the rebuilt agent must still be the GRU
+    the run trained (``QMixConfig.LEGACY_VALUES``), and repeat the run's final evaluation."""
+    saved = policy.load(trained["qmix"])
+    assert saved.config["lineage"] == "epymarl" and saved.config["use_rnn"] is True
+    old = dataclasses.replace(saved, config={k: v for k, v in saved.config.items() if k != "use_rnn"})
+    last = store.read_metrics(trained["qmix"]).iloc[-1]
+    assert policy.evaluate(old).return_mean == pytest.approx(float(last.eval_return_mean))
 
 
 def test_eval_works_from_a_copy_of_the_run_without_its_checkpoint(trained, tmp_path):

@@ -149,10 +149,11 @@ def update_command(reference: Path, suite: Suite, workers: int, reason: str) -> 
 
 
 def _strip_run(run_path: Path) -> None:
-    """Make a stored run committable: no checkpoint, no host name or pid of the writer."""
-    (run_path / store.CHECKPOINT_PT).unlink(missing_ok=True)
-    for tmp in run_path.glob(".*.tmp"):
-        tmp.unlink()
+    """Make a stored run committable: its record and metrics only (no checkpoint, saved policy,
+    writer lock or temporary file), no host name or pid of the writer."""
+    for path in run_path.iterdir():
+        if path.name not in (store.RUN_JSON, store.METRICS_PARQUET):
+            path.unlink()
     record = store.read_run_json(run_path)
     record.pop("writer", None)
     record.pop("schema_version", None)
