@@ -225,6 +225,9 @@ class QMixConfig:
     gamma: float = 0.99  # pymarl default.yaml
     reward_scale: float = 1.0  # team reward x this before learning (JaxMARL ql_rnn_smax.yaml REW_SCALE: 10 on SMAX)
     standardise_rewards: bool = False  # pymarl/pymarl2: none; EPyMARL qmix.yaml True
+    # with which statistics: "running" (EPyMARL v.1.0.0's RunningMeanStd over every reward trained
+    # on) | "batch" (EPyMARL's 2021 release: the sampled batch's own mean and std)
+    reward_stats: Literal["running", "batch"] = "running"
     bootstrap_truncation: bool = True  # env contract + pymarl's episode_limit: bootstrap at truncation (not on MPE)
     td_lambda: float | None = None  # pymarl 0 (one-step targets) | pymarl2 0.6
     double_q: bool = True  # pymarl qmix.yaml double_q: True (pymarl2 nq_learner always double-Q)
@@ -274,6 +277,8 @@ class QMixConfig:
             raise ConfigError("gamma and td_lambda must lie in [0, 1], tau in (0, 1]")
         if not 0.0 <= c.epsilon_finish <= 1.0 or not 0.0 <= c.epsilon_start <= 1.0 or not 0 <= c.optim_alpha < 1:
             raise ConfigError("epsilon_start and epsilon_finish must lie in [0, 1], optim_alpha in [0, 1)")
+        if c.reward_stats not in ("running", "batch"):
+            raise ConfigError(f"reward_stats must be running or batch, got {c.reward_stats!r}")
         if c.hypernet_layers not in (1, 2):
             raise ConfigError(f"hypernet_layers must be 1 or 2 (as in pymarl), got {c.hypernet_layers}")
 
@@ -392,6 +397,15 @@ def learning_reward(reward: torch.Tensor, scale: float, standardiser: RunningMea
     (EPyMARL's ``standardise_rewards``)."""
     r = reward * scale
     return standardiser.normalize(r) if standardiser is not None else r
+
+
+def batch_standardised(reward: torch.Tensor, filled: torch.Tensor) -> torch.Tensor:
+    """EPyMARL's first release (2021, the code of its benchmark paper; ``q_learner.py``: ``rewards =
+    (rewards - rewards.mean()) / (rewards.std() + 1e-5)``): the sampled batch's own mean and
+    (unbiased) std, here over the valid steps (EPyMARL also counts the zero padding after shorter
+    episodes; on MPE every episode is full, so the two agree)."""
+    valid = reward[filled]
+    return (reward - valid.mean()) / (valid.std() + 1e-5)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -616,7 +630,7 @@ class QMix:
         return c.epsilon_start + frac * (c.epsilon_finish - c.epsilon_start)
 
     def initial_act_state(self, num_envs: int) -> Any:
-        """(GRU hidden [E, N, H], last action one-hot [E, N, A]), zeros at episode start."""
+        """(agent hidden [E, N, H], last action one-hot [E, N, A]), zeros at episode start."""
         N, A, H = self.info.num_agents, self.info.num_actions, self.cfg.rnn_hidden_dim
         return (torch.zeros(num_envs, N, H, device=self.device), torch.zeros(num_envs, N, A, device=self.device))
 
@@ -657,7 +671,7 @@ class QMix:
     # -- learning -------------------------------------------------------------------------------
 
     def _q_all(self, agent: RNNAgent, batch: EpisodeBatch) -> torch.Tensor:
-        """Per-agent Q for every slot: [B, T+1, N, A] (one GRU pass over whole episodes)."""
+        """Per-agent Q for every slot: [B, T+1, N, A] (one agent pass over whole episodes)."""
         B, L, N, _ = batch.obs.shape
         x = self._inputs(batch.obs, _onehot_last(batch.actions, self.info.num_actions))
         x = x.permute(1, 0, 2, 3).reshape(L, B * N, -1)
@@ -687,8 +701,10 @@ class QMix:
                                      self.cfg.gamma, lam=self.cfg.td_lambda if lam is None else lam)
 
     def _reward(self, batch: EpisodeBatch) -> torch.Tensor:
-        ms = self.reward_ms if self.cfg.standardise_rewards else None
-        return learning_reward(batch.reward, self.cfg.reward_scale, ms)
+        c = self.cfg
+        if c.standardise_rewards and c.reward_stats == "batch":
+            return batch_standardised(learning_reward(batch.reward, c.reward_scale, None), batch.filled)
+        return learning_reward(batch.reward, c.reward_scale, self.reward_ms if c.standardise_rewards else None)
 
     def _no_bootstrap(self, batch: EpisodeBatch) -> torch.Tensor:
         return no_bootstrap(batch.terminated, batch.filled, self.cfg.bootstrap_truncation)
@@ -714,7 +730,7 @@ class QMix:
 
     def update(self, batch: EpisodeBatch) -> dict[str, float]:
         """One gradient step; then the target update when due."""
-        if self.cfg.standardise_rewards:
+        if self.cfg.standardise_rewards and self.cfg.reward_stats == "running":
             self.reward_ms.update(self.cfg.reward_scale * batch.reward[batch.filled])
         loss, logs = self.loss(batch)
         self.opt.zero_grad(set_to_none=True)
@@ -1013,7 +1029,7 @@ class QMixSeeds:
         rows = [b if b is not None else first for b in batches]
         rewards = []
         for m, b, on in zip(self.members, rows, active_list, strict=True):
-            if c.standardise_rewards and on:
+            if c.standardise_rewards and c.reward_stats == "running" and on:
                 m.reward_ms.update(c.reward_scale * b.reward[b.filled])
         t_max = max(int(b.reward.shape[1]) for b in rows)
         rows = [_pad_time(b, t_max) for b in rows]

@@ -326,6 +326,29 @@ def test_td_targets_use_the_standardised_reward_when_standardise_rewards_is_on()
     assert torch.allclose(off.targets(batch)[0, :2], torch.tensor([-1.0 + GAMMA * Q1, -2.0]), atol=1e-4)
 
 
+def test_batch_statistics_standardise_each_sampled_batch_by_its_own_valid_steps():
+    """EPyMARL's 2021 release: (r - mean) / (std + 1e-5) of the sampled batch (unbiased std), here
+    over the valid steps only. Scaled x 2 the valid rewards are -2, -4, -2, -4: mean -3, std
+    sqrt(4/3), so -2 and -4 become +-1 / sqrt(4/3) (the padding's 1e6 ignored); the running
+    statistics neither matter nor move."""
+    from baselines.qmix import batch_standardised
+
+    r = torch.tensor([[1.0, 2.0, 3.0], [5.0, 0.0, 0.0]])
+    filled = torch.tensor([[True, True, True], [True, False, False]])
+    std = math.sqrt(((1 - 2.75) ** 2 + (2 - 2.75) ** 2 + (3 - 2.75) ** 2 + (5 - 2.75) ** 2) / 3)
+    torch.testing.assert_close(batch_standardised(r, filled)[filled], (r[filled] - 2.75) / (std + 1e-5))
+    algo = _hand_coded_qmix(False, 0.0, standardise_rewards=True, reward_stats="batch", reward_scale=2.0)
+    algo.reward_ms.mean.fill_(100.0)
+    before = {k: v.clone() for k, v in algo.reward_ms.state_dict().items()}
+    batch = _two_step_batch(algo.info)
+    z = 1.0 / (math.sqrt(4 / 3) + 1e-5)
+    y = algo.targets(batch)
+    assert torch.allclose(y[0, :2], torch.tensor([z + GAMMA * Q1, -z]), atol=1e-4), y
+    assert torch.allclose(y[1, :2], torch.tensor([z + GAMMA * Q1, -z + GAMMA * Q_FINAL]), atol=1e-4), y
+    algo.update(batch)
+    assert all(torch.equal(v, before[k]) for k, v in algo.reward_ms.state_dict().items())
+
+
 def test_standardiser_tracks_the_scaled_reward():
     """The running statistics are those of reward_scale * r over the valid steps: rewards -1, -2
     (twice, padding excluded) x 10 -> mean -15, variance 25."""

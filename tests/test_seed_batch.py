@@ -143,7 +143,7 @@ def _runs(family: str, task: str, steps: int, cfg: QMixConfig, seeds: list[int])
     return singles, single_logs, batched, logs
 
 
-def _assert_follows(single: QMix, single_log: list, member: QMix, log: list) -> None:
+def _assert_follows(single: QMix, single_log: list, member: QMix, log: list, atol: float = 1e-5) -> None:
     assert [s for s, _ in log] == [s for s, _ in single_log]  # same iterations reported
     assert member.updates == single.updates and member.episodes == single.episodes
     for (_, a), (_, b) in zip(single_log, log, strict=True):
@@ -153,9 +153,9 @@ def _assert_follows(single: QMix, single_log: list, member: QMix, log: list) -> 
             if key in a:
                 assert b[key] == pytest.approx(a[key], rel=1e-4, abs=1e-5), key
     for p, q in zip(single.params, member.params, strict=True):
-        torch.testing.assert_close(q, p, atol=1e-5, rtol=1e-4)
+        torch.testing.assert_close(q, p, atol=atol, rtol=1e-4)
     for p, q in zip(single.target_agent.parameters(), member.target_agent.parameters(), strict=True):
-        torch.testing.assert_close(q, p, atol=1e-5, rtol=1e-4)
+        torch.testing.assert_close(q, p, atol=atol, rtol=1e-4)
     ref, got = single.state_dict(), member.state_dict()
     assert got["opt"]["state"].keys() == ref["opt"]["state"].keys()
     for i, st in ref["opt"]["state"].items():
@@ -163,16 +163,20 @@ def _assert_follows(single: QMix, single_log: list, member: QMix, log: list) -> 
     assert got["reward_ms"]["count"] == ref["reward_ms"]["count"]
 
 
-@pytest.mark.parametrize("lineage", ["pymarl", "epymarl"])  # GRU agent | feed-forward agent, no last action
-def test_seed_k_of_a_batched_qmix_run_follows_the_single_seed_run_on_mpe(lineage):
+# GRU agent | feed-forward agent without last action | the same, rewards standardised per batch
+@pytest.mark.parametrize("lineage, stats", [("pymarl", "running"), ("epymarl", "running"), ("epymarl", "batch")])
+def test_seed_k_of_a_batched_qmix_run_follows_the_single_seed_run_on_mpe(lineage, stats):
     """MPE's recipe (no bootstrap at the limit, standardised rewards) with Adam, TD(lambda) and
     soft target updates: 12 iterations, 24 updates per seed."""
     cfg = QMixConfig(lineage=lineage, num_envs=4, batch_size=4, buffer_size=64, epsilon_anneal_steps=500,
-                     standardise_rewards=True, bootstrap_truncation=False, optimizer="adam", td_lambda=0.6,
-                     target_update="soft")
+                     standardise_rewards=True, reward_stats=stats, bootstrap_truncation=False, optimizer="adam",
+                     td_lambda=0.6, target_update="soft")
     singles, single_logs, batched, logs = _runs("jax_mpe", "simple_spread", 1200, cfg, [0, 1, 2])
+    # Per-batch standardisation divides by a small-batch std: rounding differences of the batched
+    # matmuls grow to about 3e-5 in a few of the 1,344 agent weights after 24 Adam steps of 5e-4.
+    atol = 1e-4 if stats == "batch" else 1e-5
     for k in range(3):
-        _assert_follows(singles[k], single_logs[k], batched.members[k], logs[k])
+        _assert_follows(singles[k], single_logs[k], batched.members[k], logs[k], atol)
     assert singles[0].updates == 24
 
 

@@ -153,7 +153,7 @@ def _strip_run(run_path: Path) -> None:
     writer lock or temporary file), no host name or pid of the writer."""
     for path in run_path.iterdir():
         if path.name not in (store.RUN_JSON, store.METRICS_PARQUET):
-            path.unlink()
+            shutil.rmtree(path) if path.is_dir() else path.unlink()
     record = store.read_run_json(run_path)
     record.pop("writer", None)
     record.pop("schema_version", None)
