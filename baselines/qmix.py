@@ -22,7 +22,8 @@ Lineage (docs/algorithms.md, pitfalls): ``lineage`` names the code base whose de
   1e-5), batch 32 episodes, epsilon 1 -> 0.05 over 50k steps, one-step targets.
 - ``pymarl2`` (hijkzzz/pymarl2 ``qmix.yaml``): Adam lr 1e-3, batch 128 episodes, epsilon over 100k
   steps, TD(lambda = 0.6).
-- ``epymarl`` (uoe-agents/epymarl v.1.0.0, the code of its benchmark paper): Adam lr 5e-4, batch 32,
+- ``epymarl`` (uoe-agents/epymarl; its 2021 first release, the code of its benchmark paper, and the
+  2024 tag v.1.0.0 agree on these values): Adam lr 5e-4, batch 32,
   epsilon over 50k steps, one-step targets, no last action in the agent's input, a feed-forward
   agent (``use_rnn: False``: the GRU becomes ``Linear -> ReLU``). For calibrating against
   EPyMARL's published figures.
@@ -37,7 +38,7 @@ Recipes per env family (``QMIX_RECIPES``, each value citing its source; the line
 ``--set`` away):
 - MPE: EPyMARL's settings (``lineage=epymarl``, one update per episode: EPyMARL published QMIX on
   MPE, pymarl never ran it) with pymarl's GRU agent (``use_rnn=True``; EPyMARL's code says
-  feed-forward, the values its authors list "from paper" say GRU). Measured on
+  feed-forward; a contributor's commit listing values "from paper" says GRU). Measured on
   ``jax_mpe:simple_spread``, 3 seeds x 2M env steps, greedy return (team_sum) over 100 episodes
   every 50k steps, final = the mean of the last 3 points, 95% t-interval (results/calibration):
 
@@ -143,9 +144,11 @@ LINEAGE_DEFAULTS: dict[str, Recipe] = {
         values={"optimizer": "adam", "lr": 1e-3, "batch_size": 128, "epsilon_anneal_steps": 100_000,
                 "td_lambda": 0.6, "obs_last_action": True, "use_rnn": True},
     ),
-    # The code behind EPyMARL's benchmark (Papoudakis et al. 2021), tag v.1.0.0: what its published
-    # QMIX figures ran, as far as its code says (the paper tuned some values per environment; its
-    # tables are not in the stored sources).
+    # EPyMARL (Papoudakis et al. 2021): tag v.1.0.0 (June 2024); its first release (4bcbb1c, June
+    # 2021, the code of the paper) has the same values here (Adam in q_learner.py, default.yaml's lr and
+    # batch, qmix.yaml's epsilon, obs_last_action and use_rnn). It differs in how rewards are
+    # standardised: per sampled batch (``reward_stats="batch"``), v.1.0.0 by running statistics. The
+    # paper tuned some values per environment; its tables are not in the stored sources.
     "epymarl": Recipe(
         source="uoe-agents/epymarl v.1.0.0 src/learners/q_learner.py (Adam(params, lr=args.lr)) + "
                "src/config/default.yaml (lr: 0.0005, batch_size: 32) + src/config/algs/qmix.yaml "
@@ -165,15 +168,16 @@ LINEAGE_DEFAULTS: dict[str, Recipe] = {
 # MPE: EPyMARL's settings, the code base that published QMix on MPE (pymarl never ran it).
 # Measured (jax_mpe:simple_spread, 3 seeds x 2M env steps, greedy return over 100 episodes every
 # 50k steps, results/calibration): pymarl's settings reach -42.1 team_sum (final, last 3 points),
-# EPyMARL's -32.9. Its agent stays the GRU (EPyMARL's code: feed-forward, ``use_rnn: False``; the
-# hyperparameters its authors list "from paper" in commit bedc593 say ``use_rnn: True``): the
-# feed-forward agent reached -47.5 (see the module docstring). EPyMARL's published QMIX on spread is
+# EPyMARL's -32.9. Its agent stays the GRU (EPyMARL's code: feed-forward, ``use_rnn: False``; a
+# contributor's commit, bedc593, "Hyperparams from paper" for an unnamed environment, later reverted,
+# says ``use_rnn: True``, with lr 0.005 and hidden 128): the feed-forward agent reached -47.5 (see
+# the module docstring). EPyMARL's published QMIX on spread is
 # -126.62 on its scale, -25.8 team_sum (unverified; results/calibration/README.md).
 # The time limit is terminal (no bootstrap), as in JaxMARL's QMix and EPyMARL's gym wrapper (its
 # ``step`` returns an empty info, so the runner's ``terminated != episode_limit`` is True at the
 # limit). Measured (seed 0, 300k steps, see the module docstring): bootstrapping at the 25-step
 # limit made Q_tot an infinite-horizon value fed only by the network's extrapolation to the
-# never-trained final slot; mean Q_tot grew 6 -> 97 while the realised discounted return of the same
+# never-trained final slot; mean Q_tot grew 12 -> 97 while the realised discounted return of the same
 # steps stayed at 2 -> -0.5 (standardised units) and the greedy return fell from -59 to -69. With the
 # time limit terminal: Q_tot 6 / realised 3, return -58. Every MPE episode lasts exactly 25 steps, so
 # centring the reward (standardising) shifts the return from step t by c (1 - gamma^(25 - t)) /
