@@ -173,6 +173,22 @@ def field_types(cls: type) -> dict[str, Any]:
     return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
 
 
+def with_new_settings(cls: type, stored: dict[str, Any]) -> dict[str, Any]:
+    """A stored (resolved) config as this version of ``cls`` reads it: each setting added since
+    the run was stored takes the value such runs ran with (the class's ``LEGACY_VALUES`` where it
+    names one, else the setting's default); settings this version no longer has are kept as stored.
+    JSON-typed (tuples as lists), like the stored config."""
+    legacy = getattr(cls, "LEGACY_VALUES", {})
+    added = {f.name: legacy.get(f.name, _default_of(f)) for f in dataclasses.fields(cls) if f.name not in stored}
+    return {**json.loads(json.dumps(added)), **stored}
+
+
+def _default_of(f: dataclasses.Field) -> Any:
+    if f.default is not dataclasses.MISSING:
+        return f.default
+    return f.default_factory() if f.default_factory is not dataclasses.MISSING else None
+
+
 def apply_overrides(cfg: Any, overrides: dict[str, str], where: str) -> Any:
     """Return a copy of dataclass ``cfg`` with string ``overrides`` converted to the field types.
 
@@ -236,4 +252,5 @@ def to_dict(cfg: Any) -> dict[str, Any]:
 __all__ = [
     "ConfigError", "RUN_SETTINGS", "Recipe", "RunConfig", "RunSpec", "apply_overrides", "field", "overrides_for",
     "budget_for", "parse_budgets", "parse_set_options", "parse_steps", "to_dict",
+    "with_new_settings",
 ]

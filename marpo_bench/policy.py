@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from marpo_bench import store
-from marpo_bench.config import ConfigError, field_types
+from marpo_bench.config import ConfigError, field_types, with_new_settings
 from marpo_bench.train import eval_seed_of
 
 EVAL_MODES = ("greedy", "sample")
@@ -83,7 +83,7 @@ def config_from(cls: type, stored: dict[str, Any]) -> Any:
     stored before them ran with (``LEGACY_VALUES``, where it has one), else their defaults."""
     cfg = cls()
     types_ = field_types(cls)
-    stored = {**getattr(cls, "LEGACY_VALUES", {}), **stored}
+    stored = with_new_settings(cls, stored)
     values = {k: tuple(v) if isinstance(v, list) and isinstance(getattr(cfg, k), tuple) else v
               for k, v in stored.items() if k in types_}
     return dataclasses.replace(cfg, **values)

@@ -7,6 +7,7 @@ Most tests share one reference of the ``tiny`` suite, trained once per module in
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import re
@@ -191,6 +192,38 @@ def test_exact_difference_names_the_earliest_step_then_the_schema_column(tiny_re
     diff = rg.first_difference((store.read_run_json(src), store.read_metrics(src)),
                                (store.read_run_json(dst), store.read_metrics(dst)))
     assert (diff.metric, diff.env_steps) == ("entropy", int(df.loc[1, "env_steps"]))
+
+
+def test_a_setting_added_since_the_reference_is_a_change_only_where_it_departs_from_what_older_runs_ran(
+        tiny_ref):
+    """A reference recorded before a switch existed lacks its key: the re-run's value is no change
+    when it is the switch's default (or the config's ``LEGACY_VALUES``), a change otherwise; a key
+    only the reference has (a switch since removed) is a change."""
+    from baselines.qmix import QMixConfig
+
+    spec = next(s for s in rg.SUITES["tiny"].specs() if s.algo == "marpo")
+    src = store.run_dir(tiny_ref, rg.SUITE_STUDY, spec.run_id)
+    rec, df = store.read_run_json(src), store.read_metrics(src)
+    assert rec["config"]["progress_horizon"] == 10_000_000  # MARPO's default
+    older = {**rec, "config": {k: v for k, v in rec["config"].items() if k != "progress_horizon"}}
+    assert rg.first_difference((older, df), (rec, df)) is None
+    shorter = {**rec, "config": {**rec["config"], "progress_horizon": 300_000}}
+    diff = rg.first_difference((older, df), (shorter, df))
+    assert (diff.kind, diff.metric, diff.reference, diff.candidate) == (
+        "config", "progress_horizon", 10_000_000, 300_000)
+    retired = {**rec, "config": {**rec["config"], "retired_switch": 1}}
+    diff = rg.first_difference((retired, df), (rec, df))
+    assert (diff.kind, diff.metric, diff.reference, diff.candidate) == ("config", "retired_switch", 1, None)
+
+    # QMix's use_rnn defaults to its lineage's choice (None), but runs from before it were GRUs
+    assert QMixConfig().use_rnn is None and QMixConfig.LEGACY_VALUES["use_rnn"] is True
+    gru = {**rec, "algo": "qmix", "config": {**json.loads(json.dumps(dataclasses.asdict(QMixConfig()))),
+                                             "use_rnn": True}}
+    before = {**gru, "config": {k: v for k, v in gru["config"].items() if k != "use_rnn"}}
+    assert rg.first_difference((before, df), (gru, df)) is None
+    feed_forward = {**gru, "config": {**gru["config"], "use_rnn": False}}
+    diff = rg.first_difference((before, df), (feed_forward, df))
+    assert (diff.kind, diff.metric, diff.reference, diff.candidate) == ("config", "use_rnn", True, False)
 
 
 # --------------------------------------------------------------------------------------------

@@ -13,7 +13,9 @@ Two checks, two questions (``--mode exact|stat|both``):
 - **exact** ("did behaviour change?"): re-trains the suite's short *exact slice* (one seed per
   algorithm on one task, a few thousand env steps) on CPU with one torch thread and
   ``torch.use_deterministic_algorithms(True)``, and compares every stored metric bit for bit
-  (``wall_seconds`` aside) and the resolved config. Any difference is reported as the first
+  (``wall_seconds`` aside) and the resolved config (a setting added since the reference was
+  recorded counts as a change only when it departs from the value older runs ran with: the
+  config's ``LEGACY_VALUES``, else its default). Any difference is reported as the first
   differing run, metric and env step (with the distance in ulps). A change is not a verdict on
   quality: an intended change is recorded with ``--update --reason``. Bits are only comparable on
   the reference's CPU kind (``provenance.cpu_kind``: model and vector-ISA flags) with the same package

@@ -13,6 +13,7 @@ import numpy as np
 import pandas as pd
 
 from marpo_bench import store
+from marpo_bench.config import with_new_settings
 from marpo_bench.regress.suites import RegressError, Suite
 
 DEFAULT_TOLERANCE = 0.10
@@ -131,6 +132,20 @@ def _config_difference(ref: dict, cand: dict, prefix: str = "") -> tuple[str, An
     return None
 
 
+def _as_read_now(record: dict) -> dict:
+    """The reference's resolved config with the settings its algorithm gained since it was
+    recorded, at the values such runs ran with (``config.with_new_settings``): a new switch whose
+    default keeps the old behaviour is no change. Settings the algorithm lost still differ."""
+    from marpo_bench.algos import get_algorithm
+
+    stored = record.get("config") or {}
+    try:
+        cls = get_algorithm(record["algo"]).Config
+    except (KeyError, ValueError):
+        return stored  # the algorithm is not installed here: compare as stored
+    return with_new_settings(cls, stored)
+
+
 def first_difference(ref: RunFiles, cand: RunFiles) -> Difference | None:
     """The first difference between two stored runs, each ``(record, metrics)`` (None when
     identical): resolved config, then evaluation points, then metrics row by row (env steps
@@ -141,7 +156,7 @@ def first_difference(ref: RunFiles, cand: RunFiles) -> Difference | None:
     if cand_rec["status"] != "complete":
         return Difference(run_id, "failed", candidate=f"is {cand_rec['status']}"
                           + (f" ({cand_rec['message']})" if cand_rec.get("message") else ""))
-    cfg = _config_difference(ref_rec.get("config") or {}, cand_rec.get("config") or {})
+    cfg = _config_difference(_as_read_now(ref_rec), cand_rec.get("config") or {})
     if cfg:
         return Difference(run_id, "config", cfg[0], reference=cfg[1], candidate=cfg[2])
     if a is None or b is None:
