@@ -38,7 +38,8 @@ Recipes per env family (``QMIX_RECIPES``, each value citing its source; the line
 ``--set`` away):
 - MPE: EPyMARL's settings (``lineage=epymarl``, one update per episode: EPyMARL published QMIX on
   MPE, pymarl never ran it) with pymarl's GRU agent (``use_rnn=True``; EPyMARL's code says
-  feed-forward; a contributor's commit listing values "from paper" says GRU). Measured on
+  feed-forward; the paper's tuned QMIX uses a GRU on SMAC, its MPE values are not in the stored
+  sources; the GRU is the measured better here). Measured on
   ``jax_mpe:simple_spread``, 3 seeds x 2M env steps, greedy return (team_sum) over 100 episodes
   every 50k steps, final = the mean of the last 3 points, 95% t-interval (results/calibration):
 
@@ -169,10 +170,12 @@ LINEAGE_DEFAULTS: dict[str, Recipe] = {
 # Measured (jax_mpe:simple_spread, 3 seeds x 2M env steps, greedy return over 100 episodes every
 # 50k steps, results/calibration): pymarl's settings reach -42.1 team_sum (final, last 3 points),
 # EPyMARL's -32.9. Its agent stays the GRU (EPyMARL's code: feed-forward, ``use_rnn: False``; a
-# contributor's commit, bedc593, "Hyperparams from paper" for an unnamed environment, later reverted,
-# says ``use_rnn: True``, with lr 0.005 and hidden 128): the feed-forward agent reached -47.5 (see
-# the module docstring). EPyMARL's published QMIX on spread is
-# -126.62 on its scale, -25.8 team_sum (unverified; results/calibration/README.md).
+# contributor's commit, bedc593, "Hyperparams from paper", later reverted, says ``use_rnn: True``
+# with lr 0.005, hidden 128, evaluation epsilon 0.05: the values of the paper's SMAC column as a
+# third-party transcription of its appendix gives them, so SMAC's, not MPE's): the feed-forward agent
+# reached -47.5 (see the module docstring), a measured departure (README "Baselines"). EPyMARL's
+# published QMIX on spread is -126.62 on its scale, -25.8 team_sum (unverified;
+# results/calibration/README.md).
 # The time limit is terminal (no bootstrap), as in JaxMARL's QMix and EPyMARL's gym wrapper (its
 # ``step`` returns an empty info, so the runner's ``terminated != episode_limit`` is True at the
 # limit). Measured (seed 0, 300k steps, see the module docstring): bootstrapping at the 25-step
@@ -187,7 +190,8 @@ _MPE = (
     "src/config/default.yaml (runner: 'episode', batch_size_run: 1; src/run.py trains once per "
     "runner.run(): one update per episode) + src/config/algs/qmix.yaml (standardise_rewards: True) + "
     "src/envs/gymma.py (step returns an empty info: the time limit is terminal) + uoe-agents/epymarl "
-    "bedc593 src/config/algs/qmix.yaml ('Hyperparams from paper': use_rnn: True) + FLAIROx/JaxMARL "
+    "bedc593 src/config/algs/qmix.yaml ('Hyperparams from paper', the paper's SMAC values: use_rnn: True; "
+    "on MPE a measured choice, README 'Baselines') + FLAIROx/JaxMARL "
     "baselines/QLearning/qmix_rnn.py (target = r + (1 - dones['__all__']) * GAMMA * q_next; MPE sets "
     "done at max_steps: no bootstrap)"
 )
