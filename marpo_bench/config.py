@@ -177,10 +177,11 @@ def with_new_settings(cls: type, stored: dict[str, Any]) -> dict[str, Any]:
     """A stored (resolved) config as this version of ``cls`` reads it: each setting added since
     the run was stored takes the value such runs ran with (the class's ``LEGACY_VALUES`` where it
     names one, else the setting's default); settings this version no longer has are kept as stored.
-    JSON-typed (tuples as lists), like the stored config."""
+    A new setting whose default is ``None`` (filled when the config is resolved) needs its entry in
+    ``LEGACY_VALUES``, or a stored run reads as having run with ``None``."""
     legacy = getattr(cls, "LEGACY_VALUES", {})
     added = {f.name: legacy.get(f.name, _default_of(f)) for f in dataclasses.fields(cls) if f.name not in stored}
-    return {**json.loads(json.dumps(added)), **stored}
+    return {**added, **stored}
 
 
 def _default_of(f: dataclasses.Field) -> Any:

@@ -186,6 +186,11 @@ def _json_default(obj: Any) -> Any:
     raise TypeError(f"object of type {type(obj).__name__} is not JSON serialisable: {obj!r}")
 
 
+def as_stored(obj: Any) -> Any:
+    """``obj`` as a JSON record stores it and reads it back (tuples as lists, paths as strings)."""
+    return json.loads(json.dumps(obj, default=_json_default))
+
+
 def atomic_write_json(path: Path, obj: dict) -> None:
     """Write ``obj`` as pretty JSON with sorted keys (stable diffs), atomically."""
     text = json.dumps(obj, indent=2, sort_keys=True, default=_json_default) + "\n"

@@ -197,9 +197,11 @@ def test_exact_difference_names_the_earliest_step_then_the_schema_column(tiny_re
 def test_a_setting_added_since_the_reference_is_a_change_only_where_it_departs_from_what_older_runs_ran(
         tiny_ref):
     """A reference recorded before a switch existed lacks its key: the re-run's value is no change
-    when it is the switch's default (or the config's ``LEGACY_VALUES``), a change otherwise; a key
-    only the reference has (a switch since removed) is a change."""
+    when it is the switch's default (or the config's ``LEGACY_VALUES``), a change otherwise, for
+    the algorithm's settings and the run settings alike; a key only the reference has (a switch
+    since removed) is a change."""
     from baselines.qmix import QMixConfig
+    from marpo_bench.config import RunConfig
 
     spec = next(s for s in rg.SUITES["tiny"].specs() if s.algo == "marpo")
     src = store.run_dir(tiny_ref, rg.SUITE_STUDY, spec.run_id)
@@ -211,14 +213,20 @@ def test_a_setting_added_since_the_reference_is_a_change_only_where_it_departs_f
     diff = rg.first_difference((older, df), (shorter, df))
     assert (diff.kind, diff.metric, diff.reference, diff.candidate) == (
         "config", "progress_horizon", 10_000_000, 300_000)
+    # run settings too (RunConfig): a reference from before eval_mode ran greedy evaluations
+    assert rec["config"]["eval_mode"] == "greedy"
+    pre_mode = {**rec, "config": {k: v for k, v in rec["config"].items() if k != "eval_mode"}}
+    assert rg.first_difference((pre_mode, df), (rec, df)) is None
+    sampled = {**rec, "config": {**rec["config"], "eval_mode": "sample"}}
+    assert rg.first_difference((pre_mode, df), (sampled, df)).metric == "eval_mode"
     retired = {**rec, "config": {**rec["config"], "retired_switch": 1}}
     diff = rg.first_difference((retired, df), (rec, df))
     assert (diff.kind, diff.metric, diff.reference, diff.candidate) == ("config", "retired_switch", 1, None)
 
     # QMix's use_rnn defaults to its lineage's choice (None), but runs from before it were GRUs
     assert QMixConfig().use_rnn is None and QMixConfig.LEGACY_VALUES["use_rnn"] is True
-    gru = {**rec, "algo": "qmix", "config": {**json.loads(json.dumps(dataclasses.asdict(QMixConfig()))),
-                                             "use_rnn": True}}
+    resolved = {**dataclasses.asdict(QMixConfig()), **dataclasses.asdict(RunConfig()), "use_rnn": True}
+    gru = {**rec, "algo": "qmix", "config": json.loads(json.dumps(resolved))}
     before = {**gru, "config": {k: v for k, v in gru["config"].items() if k != "use_rnn"}}
     assert rg.first_difference((before, df), (gru, df)) is None
     feed_forward = {**gru, "config": {**gru["config"], "use_rnn": False}}

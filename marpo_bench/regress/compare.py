@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 
 from marpo_bench import store
-from marpo_bench.config import with_new_settings
+from marpo_bench.config import RunConfig, with_new_settings
 from marpo_bench.regress.suites import RegressError, Suite
 
 DEFAULT_TOLERANCE = 0.10
@@ -133,17 +133,18 @@ def _config_difference(ref: dict, cand: dict, prefix: str = "") -> tuple[str, An
 
 
 def _as_read_now(record: dict) -> dict:
-    """The reference's resolved config with the settings its algorithm gained since it was
-    recorded, at the values such runs ran with (``config.with_new_settings``): a new switch whose
-    default keeps the old behaviour is no change. Settings the algorithm lost still differ."""
+    """The reference's resolved config with the settings its algorithm and the run settings gained
+    since it was recorded, at the values such runs ran with (``config.with_new_settings``), as
+    run.json stores them: a new switch whose default keeps the old behaviour is no change. Settings
+    since removed still differ."""
     from marpo_bench.algos import get_algorithm
 
-    stored = record.get("config") or {}
+    stored = with_new_settings(RunConfig, record.get("config") or {})
     try:
-        cls = get_algorithm(record["algo"]).Config
-    except (KeyError, ValueError):
-        return stored  # the algorithm is not installed here: compare as stored
-    return with_new_settings(cls, stored)
+        stored = with_new_settings(get_algorithm(record["algo"]).Config, stored)
+    except (KeyError, ValueError, ImportError):
+        pass  # the algorithm is not installed here: its settings compare as stored
+    return store.as_stored(stored)
 
 
 def first_difference(ref: RunFiles, cand: RunFiles) -> Difference | None:
