@@ -173,7 +173,7 @@ LINEAGE_DEFAULTS: dict[str, Recipe] = {
 # EPyMARL's -32.9. Its agent stays the GRU (EPyMARL's code: feed-forward, ``use_rnn: False``; a
 # contributor's commit, bedc593, "Hyperparams from paper", later reverted, says ``use_rnn: True``
 # with lr 0.005, hidden 128, evaluation epsilon 0.05: the values of the paper's SMAC column as a
-# third-party transcription of its appendix gives them, so SMAC's, not MPE's): the feed-forward agent
+# third-party transcription of its appendix gives them, unverified: SMAC's, not MPE's): the feed-forward agent
 # reached -47.5 (see the module docstring), a measured departure (README "Baselines"). EPyMARL's
 # published QMIX on spread is -126.62 on its scale, -25.8 team_sum (unverified;
 # results/calibration/README.md).
