@@ -179,15 +179,10 @@ def with_new_settings(cls: type, stored: dict[str, Any]) -> dict[str, Any]:
     names one, else the setting's default); settings this version no longer has are kept as stored.
     A new setting whose default is ``None`` (filled when the config is resolved) needs its entry in
     ``LEGACY_VALUES``, or a stored run reads as having run with ``None``."""
-    legacy = getattr(cls, "LEGACY_VALUES", {})
-    added = {f.name: legacy.get(f.name, _default_of(f)) for f in dataclasses.fields(cls) if f.name not in stored}
+    legacy, defaults = getattr(cls, "LEGACY_VALUES", {}), cls()
+    added = {f.name: legacy.get(f.name, getattr(defaults, f.name)) for f in dataclasses.fields(cls)
+             if f.name not in stored}
     return {**added, **stored}
-
-
-def _default_of(f: dataclasses.Field) -> Any:
-    if f.default is not dataclasses.MISSING:
-        return f.default
-    return f.default_factory() if f.default_factory is not dataclasses.MISSING else None
 
 
 def apply_overrides(cfg: Any, overrides: dict[str, str], where: str) -> Any:
