@@ -4,7 +4,9 @@ follows the unbatched run of seed k (same initialisation, same data) within floa
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import dataclasses
 import json
 
 import numpy as np
@@ -366,25 +368,64 @@ def test_a_batched_run_resumes_bit_exact_in_its_mode_and_is_flagged_inexact_in_t
 # MAPPO and MARPO (marpo_bench.algos.ppo_seeds.OnPolicySeeds)
 
 
+class Float64Env:
+    """An env whose float outputs are float64, stepped on its own (it offers no ``stack``), so a
+    batched and an unbatched learner see bit-identical observations and rewards."""
+
+    def __init__(self, env) -> None:
+        self.env, self.info = env, env.info
+
+    @staticmethod
+    def _cast(ts):
+        return dataclasses.replace(ts, **{f.name: getattr(ts, f.name).double() for f in dataclasses.fields(ts)
+                                          if getattr(ts, f.name).is_floating_point()})
+
+    def reset(self, seed: int):
+        return self._cast(self.env.reset(seed))
+
+    def step(self, actions):
+        return self._cast(self.env.step(actions))
+
+    def __getattr__(self, name: str):
+        return getattr(self.env, name)
+
+
+@contextlib.contextmanager
+def _float64():
+    before = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    try:
+        yield
+    finally:
+        torch.set_default_dtype(before)
+
+
 def _ppo_runs(algo: str, family: str, task: str, steps: int, seeds: list[int], sets: tuple = ()):
+    """Seed by seed unbatched, then batched, in float64 on float64 envs stepped one by one: the
+    comparison is of the math, not of float32 summation orders (which differ by CPU)."""
     from marpo_bench.algos import get_algorithm
     from marpo_bench.config import RunSpec
     from marpo_bench.train import build_config
 
     cfg = build_config(RunSpec(algo, family, task, 0, steps, (("num_envs", "8"), *sets)))
     cls = get_algorithm(algo)
+
+    def env():
+        return Float64Env(make_env(family, task, cfg.num_envs, device="cpu", agent_id=cfg.agent_id))
+
     singles, single_logs = [], []
-    for s in seeds:
-        env = make_env(family, task, cfg.num_envs, device="cpu", agent_id=cfg.agent_id)
-        learner = cls(copy.deepcopy(cfg), env.info, "cpu", s)
-        log: list = []
-        learner.learn(env, steps, s, lambda st, m, log=log: log.append((st, m)))
-        singles.append(learner)
-        single_logs.append(log)
-    envs = [make_env(family, task, cfg.num_envs, device="cpu", agent_id=cfg.agent_id) for _ in seeds]
-    batched = cls.batched(copy.deepcopy(cfg), envs[0].info, "cpu", seeds)
-    logs: list[list] = [[] for _ in seeds]
-    batched.learn(envs, steps, seeds, [lambda st, m, log=log: log.append((st, m)) for log in logs])
+    with _float64():
+        for s in seeds:
+            learner = cls(copy.deepcopy(cfg), env().info, "cpu", s)
+            log: list = []
+            learner.learn(env(), steps, s, lambda st, m, log=log: log.append((st, m)))
+            singles.append(learner)
+            single_logs.append(log)
+        envs = [env() for _ in seeds]
+        batched = cls.batched(copy.deepcopy(cfg), envs[0].info, "cpu", seeds)
+        logs: list[list] = [[] for _ in seeds]
+        batched.learn(envs, steps, seeds, [lambda st, m, log=log: log.append((st, m)) for log in logs])
+    assert singles[0].actor.parameters().__next__().dtype == torch.float64
     return singles, single_logs, batched, logs
 
 
@@ -394,7 +435,7 @@ def _assert_ppo_follows(single, single_log, member, log, param_atol: float, metr
         assert a.keys() == b.keys()
         assert b["train_return_mean"] == pytest.approx(a["train_return_mean"], rel=1e-6, nan_ok=True)
         for key in a:
-            assert b[key] == pytest.approx(a[key], rel=metric_rtol, abs=1e-6), key
+            assert b[key] == pytest.approx(a[key], rel=metric_rtol, abs=metric_rtol), key
     params = [*single.actor.parameters(), *single.critic.parameters()]
     for p, q in zip(params, [*member.actor.parameters(), *member.critic.parameters()], strict=True):
         torch.testing.assert_close(q, p, atol=param_atol, rtol=0)
@@ -403,10 +444,19 @@ def _assert_ppo_follows(single, single_log, member, log, param_atol: float, metr
         for i, st in ref[key]["state"].items():
             assert float(got[key]["state"][i]["step"]) == float(st["step"])
     if ref["value_norm"] is not None:
-        torch.testing.assert_close(got["value_norm"]["mean"], ref["value_norm"]["mean"], rtol=1e-5, atol=1e-7)
+        torch.testing.assert_close(got["value_norm"]["mean"], ref["value_norm"]["mean"], rtol=0, atol=param_atol)
     for key in ("rollout_h", "rollout_hc"):
         if ref[key] is not None:
             torch.testing.assert_close(got[key], ref[key], atol=param_atol, rtol=0)
+
+
+# The tolerance, derived: float64 rounds at 1.1e-16; the float32 version of these runs (stacked
+# envs, float32 learners) measured parameter gaps of 1e-7 to 1.2e-3 on different CPUs, i.e. the
+# learner amplifies a rounding difference by up to about 2e4 in two iterations (a ratio crossing a
+# clip boundary switches its gradient). 1e-16 x 2e4 = 2e-12, so 1e-9 leaves a 500x margin while a
+# change in the math (e.g. another seed's minibatch or advantage statistics) moves parameters by
+# 1e-6 or more. Measured in float64: 2e-16 to 9e-16 on MPE.
+F64_ATOL = 1e-9
 
 
 @pytest.mark.parametrize(("algo", "task", "sets"), [
@@ -417,22 +467,22 @@ def _assert_ppo_follows(single, single_log, member, log, param_atol: float, metr
                                    ("bootstrap_truncation", "true"))),  # MLP nets, bootstrap at the limit
 ])
 def test_seed_k_of_a_batched_ppo_run_follows_the_single_seed_run_on_mpe(algo, task, sets):
-    """Two iterations (20-30 PPO updates) per seed: parameters within 1e-5, every metric within 1e-4."""
+    """Two iterations (20-30 PPO updates) per seed, in float64: parameters and every metric
+    within F64_ATOL."""
     singles, single_logs, batched, logs = _ppo_runs(algo, "jax_mpe", task, 400, [0, 1], sets)
     for k in range(2):
-        _assert_ppo_follows(singles[k], single_logs[k], batched.members[k], logs[k], 1e-5, 1e-4)
+        _assert_ppo_follows(singles[k], single_logs[k], batched.members[k], logs[k], F64_ATOL, F64_ATOL)
         if algo == "marpo":
-            assert batched.members[k].delta == pytest.approx(singles[k].delta, rel=1e-6)
+            assert batched.members[k].delta == pytest.approx(singles[k].delta, rel=F64_ATOL)
 
 
 def test_seed_k_of_a_batched_marpo_run_follows_the_single_seed_run_on_smax():
-    """SMAX 3m (dead agents, 15 epochs, GRU actor and critic), two iterations. The stacked
-    optimiser is torch's update rule bit for bit, but batched matmuls add up in another order, and
-    15 epochs of clipped updates amplify that: a ratio on the clip boundary switches its gradient
-    off. Hence looser bounds than on MPE: parameters within 2e-3, metrics within 1e-3."""
+    """SMAX 3m (dead agents, 15 epochs, GRU actor and critic), two iterations, in float64. In
+    float32 the batched matmuls' other summation order, amplified by 15 epochs of clipped updates,
+    moved parameters by up to 2e-3; float64 leaves the math alone to compare."""
     singles, single_logs, batched, logs = _ppo_runs("marpo", "smax", "3m", 800, [0, 2])
     for k in range(2):
-        _assert_ppo_follows(singles[k], single_logs[k], batched.members[k], logs[k], 2e-3, 1e-3)
+        _assert_ppo_follows(singles[k], single_logs[k], batched.members[k], logs[k], F64_ATOL, F64_ATOL)
 
 
 def test_an_on_policy_subclass_that_replaces_what_the_batched_learner_computes_trains_unbatched():
