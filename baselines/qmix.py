@@ -76,7 +76,7 @@ Recipes per env family (``QMIX_RECIPES``, each value citing its source; the line
   drift but not its size.
 - SMAX: rewards x 10 (JaxMARL's ``REW_SCALE``): SMAX's team return lies in [0, 2], SMAC's (which
   pymarl's settings were tuned on) in about [0, 20]. At x 1 on 2s3z (seed 0, 300k steps): mean
-  Q_tot about 0.3, TD loss about 1e-3, win rate 0.0 (results/paper). SMAX keeps pymarl's
+  Q_tot about 0.3, TD loss about 1e-3, win rate 0.0 (results/paper-300k). SMAX keeps pymarl's
   bootstrap at its 100-step limit (battles mostly end earlier).
 
 Replay (vectorised, whole episodes; pymarl's ``EpisodeBatch``/``ReplayBuffer``)

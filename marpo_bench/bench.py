@@ -57,7 +57,7 @@ def _env_bench(family: str, task: str, num_envs: int, seconds: float, threads: i
     from marpo_bench.envs import make_env
 
     torch.set_num_threads(threads)
-    env = make_env(family, task, num_envs)
+    env = make_env(family, task, num_envs, trust_imports=True)
     ts = env.reset(seed=0)
     checksum = 0.0
     for _ in range(WARMUP_STEPS):
@@ -129,7 +129,7 @@ def _train_bench(algo: str, family: str, task: str, num_envs: int | None, second
     torch.set_num_threads(threads)
     overrides = (*overrides, *((("num_envs", str(num_envs)),) if num_envs else ()))
     cfg = build_config(RunSpec(algo, family, task, 0, 10**9, overrides))
-    env = make_env(family, task, cfg.num_envs, agent_id=cfg.agent_id)
+    env = make_env(family, task, cfg.num_envs, agent_id=cfg.agent_id, trust_imports=True)
     learner = get_algorithm(algo)(cfg, env.info, device, 0)
     clock = _PhaseClock(env, learner, device)
     marks: list[tuple[float, int, tuple[float, float, float]]] = []
@@ -215,11 +215,12 @@ def _seeds_bench(algo: str, family: str, task: str, seeds: int, mode: str, secon
 
         try:
             if vectorised:
-                envs = [make_env(family, task, cfg.num_envs, agent_id=cfg.agent_id) for _ in range(seeds)]
+                envs = [make_env(family, task, cfg.num_envs, agent_id=cfg.agent_id, trust_imports=True)
+                        for _ in range(seeds)]
                 others = [lambda *a: None] * (seeds - 1)
                 learner.learn(envs, 10**12, list(range(seeds)), [on_iteration, *others])
             else:
-                env = make_env(family, task, cfg.num_envs, agent_id=cfg.agent_id)
+                env = make_env(family, task, cfg.num_envs, agent_id=cfg.agent_id, trust_imports=True)
                 learner.learn(env, 10**12, learner.seed, on_iteration)
         except _Stop:
             pass
@@ -252,7 +253,7 @@ def _wait(device: str) -> None:
 def _info(family: str, task: str, cfg: Any) -> Any:
     from marpo_bench.envs import make_env
 
-    env = make_env(family, task, cfg.num_envs, agent_id=cfg.agent_id)
+    env = make_env(family, task, cfg.num_envs, agent_id=cfg.agent_id, trust_imports=True)
     info = env.info
     env.close()
     return info

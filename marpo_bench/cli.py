@@ -18,7 +18,7 @@ from marpo_bench.config import (
     parse_set_options,
     parse_steps,
 )
-from marpo_bench.envs import parse_env
+from marpo_bench.envs import UntrustedTaskError, parse_env
 from marpo_bench.presets import (  # the default grid and bench rows live with the presets
     BENCH_ALGOS,
     BENCH_ENVS,
@@ -99,10 +99,11 @@ def run(
     from marpo_bench.train import faults_from_env
 
     try:
-        grid = presets.resolve(preset, algos=algos, envs=envs, seeds=seeds, steps=steps, sets=set_,
-                               defaults=(DEFAULT_ALGOS, DEFAULT_ENVS, DEFAULT_SEEDS, DEFAULT_STEPS))
+        grids = presets.resolve(preset, algos=algos, envs=envs, seeds=seeds, steps=steps, sets=set_,
+                                defaults=(DEFAULT_ALGOS, DEFAULT_ENVS, DEFAULT_SEEDS, DEFAULT_STEPS))
         store.check_results_dir(results)
-        specs = plan.plan_grid(grid.algos, grid.envs, grid.seeds, grid.steps, list(grid.sets), device)
+        specs = list({s.run_id: s for g in grids
+                      for s in plan.plan_grid(g.algos, g.envs, g.seeds, g.steps, list(g.sets), device)}.values())
         if workers <= 0:
             raise ConfigError(f"--workers must be positive, got {workers}")
         if threads <= 0:
@@ -185,10 +186,12 @@ def list_(what: str = typer.Argument(..., help="algos | envs | presets")) -> Non
     elif what == "presets":
         from marpo_bench.presets import PRESETS
 
-        for col in ("preset", "grid", "description"):
+        for col in ("preset", "grid (one line per cell)", "CPU-h", "description"):
             table.add_column(col)
         for p in PRESETS.values():
-            table.add_row(p.name, f"{p.algos} | {p.envs} | {p.seeds} seeds | {p.steps}", p.description)
+            grid = "\n".join(f"{c.algos} | {c.envs} | {c.seeds} seeds | {c.steps}" for c in p.cells)
+            hours = "\n".join("-" if c.cpu_hours is None else f"{c.cpu_hours:.1f}" for c in p.cells)
+            table.add_row(p.name, grid, hours, p.description)
     else:
         fail(f"unknown list {what!r}; valid: algos, envs, presets")
     console.print(table)
@@ -228,7 +231,7 @@ def bench(
         algo_names = [a for a in algos.split(",") if a]
         for a in algo_names:
             registry.algorithm_entry(a)  # ValueError naming the valid ones
-        env_pairs = [parse_env(e.strip()) for e in envs.split(",") if e.strip()]
+        env_pairs = [parse_env(e.strip(), trust_imports=True) for e in envs.split(",") if e.strip()]
         sizes = [int(x) for x in num_envs.split(",") if x.strip()]
         stacks = [int(x) if x.strip().isdigit() else 0 for x in seed_stacks.split(",") if x.strip()]
         if any(x <= 0 for x in stacks):
@@ -313,6 +316,9 @@ def report(
     bad = [f for f in formats if f not in FORMATS]
     if bad or not formats:
         fail(f"unknown format {', '.join(bad) or '(none)'}; valid: {', '.join(FORMATS)}")
+    target = out if out is not None else study / "report"
+    if target.exists() and not target.is_dir():
+        fail(f"--out {target} is a file, not a directory: give a directory for the report's files")
     t0 = time.perf_counter()
     try:
         res = analyse(study, reps=reps, seed=seed, baseline=baseline, last_k=last_k,
@@ -320,7 +326,7 @@ def report(
         t1 = time.perf_counter()
         for note in res.notes:
             console.print(f"note: {note}", highlight=False, soft_wrap=True)
-        paths = write_report(res, out if out is not None else study / "report", formats, seed_traces)
+        paths = write_report(res, target, formats, seed_traces)
         print_verdict(res)
     except (store.StoreError, AnalysisError, ReportError) as exc:
         fail(str(exc))
@@ -339,6 +345,9 @@ def bounds(
                                                                "(repeatable), e.g. rendezvous:meet=0.9."),
     source: str = typer.Option("given by the user", help="Where the reference scores come from (stored with them)."),
     episodes: int = typer.Option(512, help="Episodes of the random policy's measurement (once per task)."),
+    trust_imports: bool = typer.Option(False, "--trust-imports", help="Let a task read from the run's files "
+                                                                      "import the module it names (pettingzoo:); "
+                                                                      "only for results from a source you trust."),
 ) -> None:
     """Normalisation bounds for the study's return-scored tasks that have none stored: measures the
     uniform-random policy's score once per task and records the reference scores you give, in
@@ -356,7 +365,7 @@ def bounds(
                         if score_kind(r["env"]) == "return" and task_bounds(r["env"], r["task"]) is None})
         refs = {}
         for key, score in nb.parse_references(reference).items():
-            env, task = parse_env(key)
+            env, task = parse_env(key, trust_imports=True)
             if (env, task) not in tasks:
                 valid = ", ".join(f"{e}:{t}" for e, t in tasks) or "none"
                 raise nb.BoundsError(f"--reference names {key}, which is not a task of this study without stored "
@@ -371,7 +380,10 @@ def bounds(
     for env, task in track(todo, description="measuring the random policy", console=err_console,
                            disable=not todo):
         try:
-            table.setdefault(f"{env}:{task}", {}).update(nb.measure_random(env, task, episodes))
+            table.setdefault(f"{env}:{task}", {}).update(nb.measure_random(env, task, episodes,
+                                                                           trust_imports=trust_imports))
+        except UntrustedTaskError as exc:
+            err_console.print(f"[yellow]warning:[/yellow] not measured: {exc}", highlight=False, soft_wrap=True)
         except Exception as exc:  # the env cannot be built here: say which and why, keep the rest
             err_console.print(f"[yellow]warning:[/yellow] {env}:{task}: the random policy could not be measured "
                               f"({type(exc).__name__}: {exc})", highlight=False, soft_wrap=True)
@@ -453,6 +465,9 @@ def eval_(
     render: Path | None = typer.Option(None, help="Also play one episode and write it as an animated GIF."),
     task: str | None = typer.Option(None, help="Evaluate on another task of the run's family with the same "
                                                "spaces, e.g. 'simple_spread?landmark_range=0.8'."),
+    trust_imports: bool = typer.Option(False, "--trust-imports", help="Let a task read from the run's files "
+                                                                      "import the module it names (pettingzoo:); "
+                                                                      "only for results from a source you trust."),
 ) -> None:
     """Evaluate a complete run's saved final policy (policy.pt), also one trained on another
     machine; with the defaults this repeats the run's final evaluation."""
@@ -460,11 +475,11 @@ def eval_(
 
     try:
         saved = policy.load(run_dir)
-        res = policy.evaluate(saved, episodes, mode, seed, task=task)
-        frames = policy.render(saved, render, seed, res.mode) if render is not None else 0
+        rows = store.read_metrics(run_dir)  # read first: a damaged file stops here, before any work
+        res = policy.evaluate(saved, episodes, mode, seed, task=task, trust_imports=trust_imports)
+        frames = policy.render(saved, render, seed, res.mode, trust_imports=trust_imports) if render is not None else 0
     except (policy.PolicyError, store.StoreError) as exc:
         fail(str(exc))
-    rows = store.read_metrics(run_dir)
     last = rows.iloc[-1] if len(rows) else None
     line = (f"{saved.algo} on {saved.env}:{task or saved.task}, seed {saved.seed}: return {res.return_mean:.3f} "
             f"[{res.return_lo:.3f}, {res.return_hi:.3f}] (95% CI) over {res.episodes} {res.mode} episodes, "

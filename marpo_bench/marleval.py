@@ -150,11 +150,20 @@ def _seed(run_key: str, index: int) -> int:
     return int(m.group(1)) if m else index
 
 
+MAX_STEP_COUNT = 2**53  # the largest step count a float (JSON's number) holds exactly
+
+
 def _number_list(value: Any, where: str) -> list[float]:
     vals = value if isinstance(value, list) else [value]
     if not vals or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in vals):
         raise _fail(where, "a metric must be a non-empty list of numbers")
-    return [float(v) for v in vals]
+    try:
+        out = [float(v) for v in vals]
+    except OverflowError:  # an integer beyond float's range
+        raise _fail(where, "a metric value is beyond a float's range") from None
+    if not all(math.isfinite(v) for v in out):
+        raise _fail(where, "a metric value is not finite (NaN or beyond a float's range)")
+    return out
 
 
 def parse(data: Any, name: str, sha256: str, *, return_metric: str | None = None,
@@ -204,8 +213,9 @@ def _rows(steps: Any, where: str, return_metric: str | None, win_family: bool) -
         if not isinstance(step, dict) or "step_count" not in step:
             raise _fail(f"{where}/{key}", "a logging step must be an object with a step_count")
         count = step["step_count"]
-        if not isinstance(count, (int, float)) or isinstance(count, bool) or count < 0 or count != int(count):
-            raise _fail(f"{where}/{key}", f"step_count must be a non-negative integer, got {count!r}")
+        if (not isinstance(count, (int, float)) or isinstance(count, bool) or not math.isfinite(count)
+                or not 0 <= count <= MAX_STEP_COUNT or count != int(count)):
+            raise _fail(f"{where}/{key}", f"step_count must be a whole number from 0 to 2^53, got {count!r}")
         metric = return_metric or next((m for m in RETURN_METRICS if m in step), None)
         if metric is None or metric not in step:
             have = ", ".join(k for k in step if k not in ("step_count", "elapsed_time")) or "none"
@@ -258,6 +268,9 @@ def import_file(path: Path, results: Path, study: str, *, return_metric: str | N
         data = json.loads(raw.decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise MarlEvalError(f"{store.show_path(path)} is not JSON ({type(exc).__name__}: {exc})") from None
+    except RecursionError:
+        raise MarlEvalError(f"{store.show_path(path)} nests deeper than Python's JSON reader allows; marl-eval "
+                            "files are 6 levels deep") from None
     runs = parse(data, path.name, hashlib.sha256(raw).hexdigest(), return_metric=return_metric, env_map=env_map,
                  reward_scale=reward_scale)
     store.check_results_dir(results)

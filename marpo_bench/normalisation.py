@@ -159,13 +159,15 @@ def study_bounds(study_path: Path) -> dict[tuple[str, str], TaskBounds]:
     return out
 
 
-def measure_random(env: str, task: str, episodes: int = MEASURE_EPISODES, seed: int = MEASURE_SEED) -> dict[str, Any]:
+def measure_random(env: str, task: str, episodes: int = MEASURE_EPISODES, seed: int = MEASURE_SEED, *,
+                   trust_imports: bool = False) -> dict[str, Any]:
     """The uniform-random policy's return on ``env:task``: one episode in each of ``episodes``
-    parallel envs, evaluated as every run is (``train.evaluate``), with how it was measured."""
+    parallel envs, evaluated as every run is (``train.evaluate``), with how it was measured. The
+    task was read from a study's runs: it imports nothing unless ``trust_imports``."""
     from marpo_bench.envs import make_env
     from marpo_bench.train import evaluate
 
-    vec = make_env(env, task, episodes)
+    vec = make_env(env, task, episodes, trust_imports=trust_imports)
     try:
         res = evaluate(UniformRandomPolicy(0), vec, seed=seed, deterministic=False)
     finally:

@@ -39,7 +39,7 @@ def plan_grid(algos: str, envs: str, seeds: int, steps: str, sets: list[str], de
         raise ConfigError(f"no algorithm given; valid: {', '.join(registry.algorithm_names())}")
     for a in algo_names:
         registry.algorithm_entry(a)  # ValueError naming the valid ones
-    env_pairs = [parse_env(e.strip()) for e in envs.split(",") if e.strip()]
+    env_pairs = [parse_env(e.strip(), trust_imports=True) for e in envs.split(",") if e.strip()]
     if not env_pairs:
         raise ConfigError(f"no env given; e.g. --envs {DEFAULT_ENVS} (see `marpo-bench list envs`)")
     for fam in dict.fromkeys(f for f, _ in env_pairs):
@@ -115,12 +115,14 @@ def study_status(study_path: Path) -> list[dict[str, Any]]:
     study_path = Path(study_path)
     if not study_path.is_dir():
         raise store.StoreError(f"study directory {study_path} does not exist; check the path or run the study")
+    runs = study_path / "runs"
+    if runs.exists() and not runs.is_dir():
+        raise store.StoreError(f"{runs} is a file, not the study's runs directory; is {study_path} a study?")
     rows: dict[str, dict[str, Any]] = {}
     for entry in read_plan(study_path)["runs"]:
         if isinstance(entry, dict) and "run_id" in entry:
             rows[entry["run_id"]] = {**{k: entry.get(k) for k in ("run_id", "algo", "env", "task", "seed", "budget")},
                                      "status": "pending", "env_steps": 0, "attempt": None, "message": ""}
-    runs = study_path / "runs"
     for path in sorted(runs.iterdir()) if runs.is_dir() else []:
         if not path.is_dir() or path.name.startswith(".") or not (path / store.RUN_JSON).exists():
             continue

@@ -89,13 +89,14 @@ def config_from(cls: type, stored: dict[str, Any]) -> Any:
     return dataclasses.replace(cfg, **values)
 
 
-def build(saved: SavedPolicy, num_envs: int, seed: int, device: str = "cpu", task: str | None = None
-          ) -> tuple[Any, Any]:
+def build(saved: SavedPolicy, num_envs: int, seed: int, device: str = "cpu", task: str | None = None, *,
+          trust_imports: bool = False) -> tuple[Any, Any]:
     """(algorithm with the saved policy loaded, an env of ``num_envs`` parallel envs) on the run's
     task, or on ``task`` (another task of the same family with the same spaces, e.g. other task
-    parameters: how the policy transfers)."""
+    parameters: how the policy transfers). The task was read from the run's files: a task naming
+    a module to import is refused unless ``trust_imports`` (the user's ``--trust-imports``)."""
     from marpo_bench.algos import get_algorithm
-    from marpo_bench.envs import make_env, parse_env
+    from marpo_bench.envs import UntrustedTaskError, make_env, parse_env
 
     try:
         algo_cls = get_algorithm(saved.algo)
@@ -104,12 +105,14 @@ def build(saved: SavedPolicy, num_envs: int, seed: int, device: str = "cpu", tas
                           f"plugin") from None
     try:
         cfg = config_from(algo_cls.Config, saved.config)
-        _, task = parse_env(f"{saved.env}:{task or saved.task}")
-        env = make_env(saved.env, task, num_envs, device="cpu", agent_id=cfg.agent_id)
+        _, task = parse_env(f"{saved.env}:{task or saved.task}", trust_imports=trust_imports)
+        env = make_env(saved.env, task, num_envs, device="cpu", agent_id=cfg.agent_id, trust_imports=trust_imports)
+    except UntrustedTaskError as exc:
+        raise PolicyError(str(exc)) from None
     except (ConfigError, ValueError, TypeError) as exc:
         raise PolicyError(f"cannot rebuild the run's env or config: {exc}") from None
     if task != saved.task:
-        ref = make_env(saved.env, saved.task, 1, device="cpu", agent_id=cfg.agent_id)
+        ref = make_env(saved.env, saved.task, 1, device="cpu", agent_id=cfg.agent_id, trust_imports=trust_imports)
         trained = ref.info
         ref.close()
         if (trained.obs_dim, trained.num_agents, trained.num_actions) != (
@@ -157,10 +160,10 @@ def _wilson(p: float, n: int, z: float = 1.959964) -> tuple[float, float]:
 
 
 def evaluate(saved: SavedPolicy, episodes: int | None = None, mode: str | None = None, seed: int | None = None,
-             device: str = "cpu", task: str | None = None) -> EvalResult:
+             device: str = "cpu", task: str | None = None, *, trust_imports: bool = False) -> EvalResult:
     """Evaluate the saved policy: one episode in each of ``episodes`` parallel envs from eval seed
     ``seed``, acting greedily or by sampling (defaults: the run's final evaluation's), on the
-    run's task or on ``task`` (see :func:`build`)."""
+    run's task or on ``task`` (see :func:`build`, also for ``trust_imports``)."""
     from marpo_bench.train import evaluate as run_evaluation
 
     episodes = int(saved.final_eval["episodes"]) if episodes is None else episodes
@@ -170,7 +173,7 @@ def evaluate(saved: SavedPolicy, episodes: int | None = None, mode: str | None =
         raise PolicyError(f"--episodes must be positive, got {episodes}")
     if mode not in EVAL_MODES:
         raise PolicyError(f"unknown --mode {mode!r}; valid: {', '.join(EVAL_MODES)}")
-    algo, env = build(saved, episodes, saved.seed, device, task)
+    algo, env = build(saved, episodes, saved.seed, device, task, trust_imports=trust_imports)
     try:
         res = run_evaluation(algo, env, seed, deterministic=mode == "greedy")
     finally:
@@ -185,7 +188,7 @@ def evaluate(saved: SavedPolicy, episodes: int | None = None, mode: str | None =
 
 
 def render(saved: SavedPolicy, path: Path, seed: int | None = None, mode: str = "greedy", fps: int = 8,
-           size: int = 360) -> int:
+           size: int = 360, *, trust_imports: bool = False) -> int:
     """Play one episode of the saved policy and write it as an animated GIF (one frame per step:
     the scene each action is taken in). Returns the number of frames. Envs without a
     ``scene`` (``envs.base.RenderableEnv``) get a one-line PolicyError."""
@@ -204,7 +207,7 @@ def render(saved: SavedPolicy, path: Path, seed: int | None = None, mode: str = 
     if mode not in EVAL_MODES:
         raise PolicyError(f"unknown --mode {mode!r}; valid: {', '.join(EVAL_MODES)}")
     seed = int(saved.final_eval["seed"]) if seed is None else seed
-    algo, env = build(saved, 1, saved.seed)
+    algo, env = build(saved, 1, saved.seed, trust_imports=trust_imports)
     if not isinstance(env, RenderableEnv):
         env.close()
         raise PolicyError(f"env family {saved.env!r} cannot draw its scenes (no scene(); see envs/base.py "

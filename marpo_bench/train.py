@@ -545,8 +545,12 @@ class _Run:
 
     def build_envs(self) -> None:
         spec, cfg, rc = self.spec, self.cfg, self.rc
-        self.env = CheckpointableEnv(make_env(spec.env, spec.task, cfg.num_envs, device="cpu", agent_id=cfg.agent_id))
-        self.eval_env = make_env(spec.env, spec.task, rc.eval_episodes, device="cpu", agent_id=cfg.agent_id)
+        # A spec comes from the command line, a preset or code (plan, regress suites), never from a
+        # stored run.json: its task may import what it names.
+        self.env = CheckpointableEnv(make_env(spec.env, spec.task, cfg.num_envs, device="cpu", agent_id=cfg.agent_id,
+                                              trust_imports=True))
+        self.eval_env = make_env(spec.env, spec.task, rc.eval_episodes, device="cpu", agent_id=cfg.agent_id,
+                                 trust_imports=True)
         self.record.update(reward_scale=self.env.info.reward_scale, episode_limit=self.env.info.episode_limit)
 
     def attach(self, algo: Any) -> int:

@@ -55,10 +55,12 @@ def test_list_shows_algorithms_and_envs():
 def test_list_presets_names_every_preset_with_its_grid():
     from marpo_bench.presets import PRESETS
 
-    res = runner.invoke(app, ["list", "presets"], env={"COLUMNS": "400"})
+    res = runner.invoke(app, ["list", "presets"], env={"COLUMNS": "1000"})
     assert res.exit_code == 0
     for p in PRESETS.values():
-        assert p.name in res.output and f"{p.seeds} seeds | {p.steps}" in res.output
+        assert p.name in res.output
+        for c in p.cells:
+            assert f"{c.envs} | {c.seeds} seeds | {c.steps}" in res.output
 
 
 def test_tiny_run_writes_metrics_and_rerun_skips_complete_runs(tmp_path):
@@ -227,3 +229,20 @@ def test_gpus_per_run_needs_the_ray_executor_and_a_non_negative_value(tmp_path):
                         (["--gpus-per-run", "-1", "--executor", "ray"], "--gpus-per-run must be >= 0")):
         res = runner.invoke(app, ["run", "--results", str(tmp_path), *TINY, *extra])
         assert res.exit_code == 2 and says in " ".join(res.output.split()), res.output
+
+
+def test_report_out_naming_a_file_and_a_study_whose_runs_is_a_file_are_one_line_errors(tmp_path):
+    from tests.test_report import write_synthetic_study
+
+    study = tmp_path / "s"
+    write_synthetic_study(study, ["mappo"], [("jax_mpe", "simple_spread")], seeds=2, incomplete=False)
+    out = tmp_path / "report.html"
+    out.write_text("keep")
+    res = runner.invoke(app, ["report", str(study), "--out", str(out), "--format", "html", "--reps", "100"])
+    assert res.exit_code == 2 and "is a file, not a directory" in " ".join(res.output.split()), res.output
+    assert out.read_text() == "keep"  # was a FileExistsError traceback
+    fake = tmp_path / "f"
+    fake.mkdir()
+    (fake / "runs").write_text("x")
+    res = runner.invoke(app, ["status", str(fake)])
+    assert res.exit_code == 2 and "is a file, not the study's runs directory" in " ".join(res.output.split())

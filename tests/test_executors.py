@@ -267,27 +267,38 @@ def test_ray_cli_sigkill_then_rerun_completes_and_leaves_no_processes_or_files(t
 
 
 def test_preset_fields_are_overridden_by_explicit_flags_and_sets_are_appended():
-    g = presets.resolve("paper-mpe", algos=None, envs=None, seeds=2, steps=None, sets=["lr=1e-3"], defaults=DEFAULTS)
-    p = presets.PRESETS["paper-mpe"]
-    assert (g.algos, g.envs, g.seeds, g.steps) == (p.algos, p.envs, 2, p.steps)
-    assert g.sets == (*p.sets, "lr=1e-3")
-    none = presets.resolve(None, algos=None, envs="mpe:simple_spread", seeds=None, steps=None, sets=[],
+    (g,) = presets.resolve("paper-mpe", algos=None, envs=None, seeds=2, steps=None, sets=["lr=1e-3"],
                            defaults=DEFAULTS)
+    (c,) = presets.PRESETS["paper-mpe"].cells
+    assert (g.algos, g.envs, g.seeds, g.steps) == (c.algos, c.envs, 2, c.steps)
+    assert g.sets == (*c.sets, "lr=1e-3")
+    (none,) = presets.resolve(None, algos=None, envs="mpe:simple_spread", seeds=None, steps=None, sets=[],
+                              defaults=DEFAULTS)
     assert (none.algos, none.envs, none.seeds, none.steps) == (DEFAULT_ALGOS, "mpe:simple_spread",
                                                                DEFAULT_SEEDS, DEFAULT_STEPS)
+
+
+def test_a_preset_of_several_cells_gives_one_grid_per_cell_with_the_flags_applied_to_each():
+    cells = presets.PRESETS["paper"].cells
+    grids = presets.resolve("paper", algos=None, envs=None, seeds=1, steps=None, sets=["lr=1e-3"], defaults=DEFAULTS)
+    assert len(grids) == len(cells) > 1
+    for g, c in zip(grids, cells, strict=True):
+        assert (g.algos, g.envs, g.seeds, g.steps, g.sets) == (c.algos, c.envs, 1, c.steps, (*c.sets, "lr=1e-3"))
 
 
 @pytest.mark.parametrize("name", list(presets.PRESETS))
 def test_every_preset_is_a_valid_documented_grid(name):
     p = presets.PRESETS[name]
-    assert p.description and p.budget
-    specs = plan_grid(p.algos, p.envs, p.seeds, p.steps, list(p.sets), "cpu")  # builds every config
-    assert {s.algo for s in specs} == set(p.algos.split(","))
-    assert len(specs) == len(p.algos.split(",")) * len(p.envs.split(",")) * p.seeds
+    assert p.description and p.budget and p.cells
+    for c in p.cells:
+        specs = plan_grid(c.algos, c.envs, c.seeds, c.steps, list(c.sets), "cpu")  # builds every config
+        assert {s.algo for s in specs} == set(c.algos.split(","))
+        assert len(specs) == len(c.algos.split(",")) * len(c.envs.split(",")) * c.seeds
 
 
 @pytest.mark.parametrize("args,needle", [
-    (["--preset", "huge"], "unknown preset 'huge'; valid: smoke, paper-mpe, paper-smax, paper, paper-ablation, full"),
+    (["--preset", "huge"], "unknown preset 'huge'; valid: smoke, paper-mpe, paper-smax, paper-300k, "
+                           "paper-300k-ablation, paper, full"),
     (["--executor", "slurm"], "unknown --executor 'slurm'; valid: local, ray"),
     (["--ray-address", "127.0.0.1:1"], "--ray-address needs --executor ray"),
     (["--retries", "-1"], "--retries must be >= 0"),

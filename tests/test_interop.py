@@ -105,6 +105,12 @@ def test_reimporting_a_file_changes_nothing_and_a_clash_is_refused(tmp_path):
     assert run_ids < {p.name for p in (tmp_path / "f" / "runs").iterdir()}
 
 
+def _one_step(step_count: str, value: str) -> str:
+    """A marl-eval file of one logging step, its numbers written as given (JSON text)."""
+    return ('{"MPE": {"spread": {"ippo": {"seed_0": {"step_0": {"step_count": ' + step_count + ', "return": ['
+            + value + ']}}}}}}')
+
+
 @pytest.mark.parametrize("content, says", [
     ("{not json", "is not JSON"),
     ("[1, 2]", "the top level must be an object"),
@@ -115,6 +121,11 @@ def test_reimporting_a_file_changes_nothing_and_a_clash_is_refused(tmp_path):
      "--return-metric"),
     (json.dumps({"MPE": {"spread": {"a,b": {"seed_0": {"step_0": {"step_count": 5, "return": [1.0]}}}}}}),
      "cannot name a run"),
+    ("[" * 100_000 + "]" * 100_000, "nests deeper than Python's JSON reader allows"),  # was a RecursionError
+    *[(_one_step(count, "1.0"), "step_count must be a whole number from 0 to 2^53")  # were OverflowErrors
+      for count in ("1e400", "1" + "0" * 27, "NaN", "-1", "2.5")],                  # and a bare NaN message
+    (_one_step("5", "1e400"), "not finite"),
+    (_one_step("5", "9" * 400), "beyond a float's range"),
 ])
 def test_a_malformed_or_foreign_json_is_a_one_line_error_and_nothing_is_written(tmp_path, content, says):
     bad = tmp_path / "bad.json"
@@ -272,6 +283,12 @@ def test_eval_bad_input_is_a_one_line_error(trained, tmp_path):
     for name in (store.RUN_JSON, store.METRICS_PARQUET):
         shutil.copy(trained["mappo"] / name, nopolicy / name)
     cases.append(([str(nopolicy)], "has no saved policy"))
+    for kind, data in (("truncated", None), ("random", bytes(range(256)) * 2)):  # were StoreError tracebacks
+        damaged = tmp_path / "runs" / kind
+        shutil.copytree(trained["mappo"], damaged)
+        metrics = damaged / store.METRICS_PARQUET
+        metrics.write_bytes(metrics.read_bytes()[:100] if data is None else data)
+        cases.append(([str(damaged)], "is not a Parquet file"))
     for args, says in cases:
         res = runner.invoke(app, ["eval", *args])
         assert res.exit_code == 2 and says in one_line(res.output), (args, res.output)

@@ -24,7 +24,7 @@ def _same(x: torch.Tensor, y: torch.Tensor) -> bool:
 
 @pytest.mark.parametrize("agent_id", [False, True])
 def test_mpe2_spread_through_the_adapter_equals_the_mpe_family_step_for_step(agent_id) -> None:
-    ours = make_env("pettingzoo", "mpe2.simple_spread_v3", 4, agent_id=agent_id)
+    ours = make_env("pettingzoo", "mpe2.simple_spread_v3", 4, agent_id=agent_id, trust_imports=True)
     ref = make_env("mpe", "simple_spread", 4, agent_id=agent_id)
     try:
         assert (ours.info.obs_dim, ours.info.state_dim, ours.info.episode_limit, ours.info.reward_scale) == \
@@ -42,7 +42,7 @@ def test_mpe2_spread_through_the_adapter_equals_the_mpe_family_step_for_step(age
 
 
 def test_heterogeneous_agents_are_padded_like_the_mpe_family() -> None:
-    ours = make_env("pettingzoo", "mpe2.simple_speaker_listener_v4", 2, agent_id=False)
+    ours = make_env("pettingzoo", "mpe2.simple_speaker_listener_v4", 2, agent_id=False, trust_imports=True)
     ref = make_env("mpe", "simple_speaker_listener", 2, agent_id=False)
     try:
         a, b = ours.reset(3), ref.reset(3)
@@ -113,7 +113,7 @@ def fake_module(tmp_path, monkeypatch) -> str:
 
 
 def test_dead_agents_masks_and_termination_apart_from_truncation(fake_module) -> None:
-    env = make_env("pettingzoo", fake_module, 1, agent_id=False)
+    env = make_env("pettingzoo", fake_module, 1, agent_id=False, trust_imports=True)
     assert env.info.episode_limit == 5 and env.info.num_actions == 3 and env.info.state_dim == 2 * 3
     ts = env.reset(0)
     assert ts.avail_actions[0].tolist() == [[False, True, False], [True, True, False]]  # a's mask; b's 2 actions
@@ -129,8 +129,8 @@ def test_dead_agents_masks_and_termination_apart_from_truncation(fake_module) ->
 
 
 def test_a_time_limit_is_truncation_and_parameters_reach_the_env(fake_module) -> None:
-    family, task = parse_env(f"pettingzoo:{fake_module}?truncate=True&max_cycles=4")
-    env = make_env(family, task, 2, agent_id=False)
+    family, task = parse_env(f"pettingzoo:{fake_module}?truncate=True&max_cycles=4", trust_imports=True)
+    env = make_env(family, task, 2, agent_id=False, trust_imports=True)
     assert env.info.episode_limit == 4
     ts = env.reset(0)
     for _ in range(4):
@@ -145,7 +145,7 @@ def test_a_time_limit_is_truncation_and_parameters_reach_the_env(fake_module) ->
 ])
 def test_bad_pettingzoo_names_get_one_line_errors(name, must_mention) -> None:
     with pytest.raises(ValueError, match=must_mention):
-        parse_env(name)
+        parse_env(name, trust_imports=True)
 
 
 def test_an_env_from_another_suite_trains_and_reports_end_to_end(tmp_path) -> None:

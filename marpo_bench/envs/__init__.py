@@ -9,6 +9,11 @@ Each family declares itself (tasks, factory, score kind, bounds, cost hints) as 
 :class:`~marpo_bench.envs.base.EnvFamily` in its own file; built-ins and plugins are found by the
 registry. Factories import their backend lazily, so importing this package imports neither JAX
 nor mpe2.
+
+A task that names code to import (a family with ``imports_code``, e.g. ``pettingzoo:pkg.module``)
+is parsed or built only with ``trust_imports=True``: callers pass it for names the user typed
+(the command line, a preset, code), never for names read from files (run.json, policy.pt, an
+imported marl-eval file), so opening someone else's results never imports a module they chose.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ __all__ = [
     "EnvInfo",
     "MultiAgentVecEnv",
     "TimeStep",
+    "UntrustedTaskError",
     "agent_id_onehot",
     "check_backend",
     "list_envs",
@@ -31,6 +37,10 @@ __all__ = [
     "parse_env",
     "split_task",
 ]
+
+
+class UntrustedTaskError(ValueError):
+    """A task that would import a module was given without ``trust_imports`` (it came from a file)."""
 
 
 def _family(name: str) -> EnvFamily:
@@ -55,11 +65,16 @@ def _convert(param: TaskParam, raw: str, where: str) -> Any:
     return value
 
 
-def _parse(family: str, task: str) -> tuple[EnvFamily, str, dict[str, Any]]:
+def _parse(family: str, task: str, trust_imports: bool) -> tuple[EnvFamily, str, dict[str, Any]]:
     """The family, the base task and its typed parameters (defaults omitted), after one-line
-    ``ValueError``s naming the valid choices for an unknown family, task or parameter."""
+    ``ValueError``s naming the valid choices for an unknown family, task or parameter, and an
+    ``UntrustedTaskError`` before anything is imported for an untrusted task that names code."""
     fam = _family(family)
     base, sep, query = task.partition("?")
+    if fam.imports_code and not trust_imports:
+        raise UntrustedTaskError(
+            f"{family}:{base} names a module to import ({base.partition(':')[0]!r}) and was read from stored data, "
+            "so nothing was imported; pass --trust-imports if you trust where the data came from")
     if fam.check_task is not None:  # open-ended tasks (e.g. an import path)
         fam.check_task(base)
     elif base not in (tasks := fam.task_names()):
@@ -83,9 +98,9 @@ def _parse(family: str, task: str) -> tuple[EnvFamily, str, dict[str, Any]]:
     return fam, base, {k: v for k, v in sorted(params.items()) if k not in declared or v != declared[k].default}
 
 
-def split_task(family: str, task: str) -> tuple[str, dict[str, Any]]:
+def split_task(family: str, task: str, *, trust_imports: bool = False) -> tuple[str, dict[str, Any]]:
     """``task?name=value&...`` -> (base task, typed parameters that differ from their defaults)."""
-    _, base, params = _parse(family, task)
+    _, base, params = _parse(family, task, trust_imports)
     return base, params
 
 
@@ -94,14 +109,15 @@ def _canonical(base: str, params: dict[str, Any]) -> str:
     return f"{base}?{query}" if query else base
 
 
-def parse_env(name: str) -> tuple[str, str]:
+def parse_env(name: str, *, trust_imports: bool = False) -> tuple[str, str]:
     """Split and validate ``"family:task"`` (e.g. ``"mpe:simple_spread"``, or with parameters
-    ``"jax_mpe:simple_spread?num_agents=5"``) into ``(family, canonical task)``."""
+    ``"jax_mpe:simple_spread?num_agents=5"``) into ``(family, canonical task)``. ``trust_imports``:
+    the name was typed by the user, so a task naming a module may import it."""
     family, sep, task = name.partition(":")
     if not sep:
         valid = ", ".join(n for n, _ in list_envs())
         raise ValueError(f"env name {name!r} is not 'family:task'; valid names: {valid}")
-    _, base, params = _parse(family, task)
+    _, base, params = _parse(family, task, trust_imports)
     return family, _canonical(base, params)
 
 
@@ -113,10 +129,12 @@ def check_backend(family: str) -> None:
 
 
 def make_env(
-    family: str, task: str, num_envs: int, device: torch.device | str = "cpu", agent_id: bool = True
+    family: str, task: str, num_envs: int, device: torch.device | str = "cpu", agent_id: bool = True, *,
+    trust_imports: bool = False,
 ) -> MultiAgentVecEnv:
-    """Build ``num_envs`` parallel envs of ``family:task`` (parameters included) on ``device``."""
-    fam, base, params = _parse(family, task)
+    """Build ``num_envs`` parallel envs of ``family:task`` (parameters included) on ``device``;
+    ``trust_imports`` as for :func:`parse_env`."""
+    fam, base, params = _parse(family, task, trust_imports)
     return fam.factory(base, num_envs, device, agent_id, **params)
 
 

@@ -327,6 +327,9 @@ class EnvFamily:
     - ``check``: raises a one-line ``ValueError`` when the backend is not usable here.
     - ``not_comparable_with``: a note printed when this family's scores sit beside another family's
       in one study (e.g. two implementations of one game), keyed by the other family's name.
+    - ``imports_code``: the task names a module to import (e.g. ``pettingzoo:``). Such a task is
+      built only when the caller trusts where the name came from (the command line), never when
+      it was read from a file (``envs.make_env(..., trust_imports=...)``).
     """
 
     name: str
@@ -345,6 +348,7 @@ class EnvFamily:
     packages: tuple[str, ...] = ()
     check: Callable[[], None] | None = None
     not_comparable_with: Mapping[str, str] = field(default_factory=dict)
+    imports_code: bool = False
 
     def task_names(self) -> tuple[str, ...]:
         """The valid task names (calls ``tasks`` when it is a function)."""

@@ -30,6 +30,8 @@ import ast
 import copy
 import importlib
 import importlib.util
+import inspect
+import sys
 from typing import Any
 
 import numpy as np
@@ -40,19 +42,39 @@ from marpo_bench.envs.base import EnvFamily, EnvInfo, TimeStep, agent_id_onehot
 _LIMIT_NAMES = ("max_cycles", "max_steps", "max_episode_steps", "_max_episode_steps", "episode_limit")
 
 
+def _top(module_path: str) -> str:
+    return module_path.partition(".")[0]
+
+
 def _factory(task: str) -> Any:
-    """The callable named by ``module`` (its ``parallel_env``) or ``module:callable``."""
+    """The factory named by ``module`` (its ``parallel_env``) or ``module:callable``: a class or a
+    Python function outside the standard library (so ``os:system``, ``builtins:exec`` or
+    ``shutil:rmtree`` are refused before they are called). Reached only for a task the user typed
+    (``EnvFamily.imports_code``)."""
     module_path, _, name = task.partition(":")
+    if _top(module_path) in sys.stdlib_module_names:
+        raise ValueError(f"pettingzoo task {task!r}: {module_path!r} is part of Python's standard library, not a "
+                         "PettingZoo env; name the env's module, e.g. mpe2.simple_spread_v3")
     try:
         module = importlib.import_module(module_path)
     except ImportError as exc:
         raise ValueError(f"pettingzoo task {task!r}: cannot import {module_path!r} ({exc}); install the "
                          "package that provides it") from None
     make = getattr(module, name or "parallel_env", None)
-    if not callable(make):
-        raise ValueError(f"pettingzoo task {task!r}: {module_path} has no {name or 'parallel_env'}(); name a "
-                         "Parallel API factory as module or module:callable")
+    if not (inspect.isclass(make) or inspect.isfunction(make)) or _top(make.__module__) in sys.stdlib_module_names:
+        raise ValueError(f"pettingzoo task {task!r}: {module_path} has no {name or 'parallel_env'} class or function "
+                         "of its own; name a Parallel API factory as module or module:callable")
     return make
+
+
+def _check_env(task: str, env: Any) -> Any:
+    """``env`` when it has the PettingZoo Parallel API this adapter reads, else a one-line error."""
+    missing = [a for a in ("possible_agents", "observation_space", "action_space", "reset", "step")
+               if not hasattr(env, a)]
+    if missing:
+        raise ValueError(f"pettingzoo task {task!r}: the factory returned a {type(env).__name__}, not a PettingZoo "
+                         f"Parallel env (no {', '.join(missing)})")
+    return env
 
 
 def check_task(task: str) -> None:
@@ -60,6 +82,9 @@ def check_task(task: str) -> None:
     module_path = task.partition(":")[0]
     if not module_path or any(not part.isidentifier() for part in module_path.split(".")):
         raise ValueError(f"pettingzoo task {task!r} is not an import path: use e.g. pettingzoo:mpe2.simple_spread_v3")
+    if _top(module_path) in sys.stdlib_module_names:
+        raise ValueError(f"pettingzoo task {task!r}: {module_path!r} is part of Python's standard library, not a "
+                         "PettingZoo env; name the env's module, e.g. mpe2.simple_spread_v3")
     try:
         found = importlib.util.find_spec(module_path) is not None
     except (ImportError, ValueError):
@@ -102,7 +127,7 @@ class PettingZooVecEnv:
         if num_envs < 1:
             raise ValueError(f"num_envs must be >= 1, got {num_envs}")
         make = _factory(task)
-        self._envs = [make(**kwargs) for _ in range(num_envs)]
+        self._envs = [_check_env(task, make(**kwargs)) for _ in range(num_envs)]
         env0 = self._envs[0]
         self._agents: list[str] = list(env0.possible_agents)
         self._masked_obs: list[bool] = []
@@ -271,4 +296,5 @@ FAMILY = EnvFamily(
     check_task=check_task,
     free_params=literal,
     packages=("pettingzoo",),
+    imports_code=True,
 )
