@@ -4,7 +4,8 @@ The pipeline (``docs/algorithms.md``, "Comparison pitfalls")::
 
     store.read_study -> load_scores: complete runs only (the rest are listed, never dropped silently),
                         one task = (env family, task), common budget, final score = mean of the
-                        last K evaluation points, scores normalised with the task's bounds
+                        last K evaluation points in the last 10% of that budget (FINAL_WINDOW),
+                        scores normalised with the task's bounds
                         (:mod:`marpo_bench.normalisation`)
                      -> analyse: IQM / mean / median / optimality gap with stratified-bootstrap CIs,
                         probability of improvement, performance profiles, sample-efficiency curves
@@ -130,13 +131,14 @@ class StudyScores:
 
     def scores_at(self, fraction: float) -> dict[str, list[np.ndarray]]:
         """Like :meth:`final_scores` (clipped) at ``fraction`` of each task's common budget: the same
-        "final" rule (the mean of the last K evaluation points) over the points at or before it."""
+        "final" rule (:func:`windowed_final`) over the points before it; NaN for a run with no
+        evaluation in the window there."""
         out: dict[str, list[np.ndarray]] = {}
         for a in self.algos:
             out[a] = []
             for k in self.agg_tasks:
                 td = self.task(k)
-                raw = np.array([final_along(r, np.array([fraction * td.budget]), self.last_k)[0]
+                raw = np.array([final_along(r, np.array([fraction * td.budget]), self.last_k, td.budget)[0]
                                 for r in td.runs[a]])
                 out[a].append(np.clip(normalise(raw, td.env, td.task, td.bounds), 0.0, 1.0))
         return out
@@ -148,6 +150,15 @@ class StudyScores:
 
 
 BUDGET_SLACK = 0.05
+
+FINAL_WINDOW = 0.10
+"""The final score of a run at x env steps is the mean of its last K evaluation points inside the
+final window: the last ``FINAL_WINDOW`` of the task's budget before x (widened by ``BUDGET_SLACK``
+on both sides, as evaluation points fall on rollout boundaries). At the default evaluation interval
+(budget / 20) that is exactly the last 3 points. A run with no point in the window has no final
+score there: when runs of a long budget are cut to a shorter common one and evaluated coarsely
+(e.g. every 1M of a 20M run, compared at 2M), the mean of the "last 3 points" would reach back to
+the first evaluation of a random policy; such a run is left out, with the reason."""
 
 LEARNED = 0.05
 """A task counts as learned when some algorithm's mean final score (normalised return, clipped to
@@ -283,6 +294,7 @@ class _Loader:
             self.notes.append(f"{env}:{task}: runs have different budgets ({', '.join(f'{b:,}' for b in budgets)} "
                               f"env steps); statistics use the common prefix up to {common:,} env steps")
         per_algo: dict[str, list[RunScore]] = defaultdict(list)
+        few: dict[str, int] = {}  # label -> fewest evaluation points of its runs in the final window
         col = "eval_win_rate" if kind == "win_rate" else "eval_return_mean"
         for r in runs:
             df = self.by_run[r["run_id"]]
@@ -295,7 +307,16 @@ class _Loader:
             if steps.size == 0:
                 self.exclude(r, f"no finite evaluation within the common budget {common:,}")
                 continue
-            final_raw = float(vals[-self.last_k:].mean())
+            final_raw = float(windowed_final(steps, vals, np.array([common]), self.last_k, common)[0])
+            if not math.isfinite(final_raw):
+                self.exclude(r, f"no evaluation in the last {FINAL_WINDOW:.0%} of the common budget {common:,} (its "
+                                f"last one before it is at {int(steps[-1]):,}): its final score would come from "
+                                "earlier training; evaluate more often (--set eval_interval=N) or compare at its "
+                                "own budget")
+                continue
+            in_window = int(np.sum(steps >= common - (FINAL_WINDOW + BUDGET_SLACK) * common))
+            if in_window < self.last_k:
+                few[self.labels[r["run_id"]]] = min(few.get(self.labels[r["run_id"]], in_window), in_window)
             wall = float(r.get("wall_seconds") or df["wall_seconds"].max())
             total = float(df["env_steps"].max())
             rate = float(df["wall_seconds"].max()) / total if total > 0 else math.nan
@@ -303,6 +324,10 @@ class _Loader:
             per_algo[label].append(RunScore(
                 r["run_id"], label, env, task, r["seed"], final_raw,
                 float(normalise(final_raw, env, task, bounds)), int(steps[-1]), wall, steps, vals, rate))
+        for label, n in sorted(few.items()):
+            self.notes.append(f"{env}:{task}: some runs of {label} have only {n} evaluation point(s) in the last "
+                              f"{FINAL_WINDOW:.0%} of the common budget {common:,}; their final score is the mean of "
+                              f"those, not of {self.last_k}")
         if not per_algo:
             return None
         return TaskData(env, task, kind, bounds, common, budgets,
@@ -426,18 +451,19 @@ class Group:
 _KIND_LABEL = {"return": "normalised-return tasks", "win_rate": "win-rate tasks"}
 
 
-def group_tasks(data: StudyScores) -> list[tuple[str, str, list[str]]]:
-    """(name, label, tasks) of every group worth its own statistics: all aggregate tasks, then each
-    score kind and each env family when the study has more than one (a group that holds the same
-    tasks as an earlier one is skipped)."""
+def group_tasks(data: StudyScores, keys: Sequence[str] | None = None) -> list[tuple[str, str, list[str]]]:
+    """(name, label, tasks) of every group worth its own statistics among ``keys`` (default: the
+    aggregate tasks): all of them, then each score kind and each env family when there is more
+    than one (a group that holds the same tasks as an earlier one is skipped)."""
+    keys = list(data.agg_tasks if keys is None else keys)
     n = lambda ks: f"{len(ks)} task{'s' if len(ks) != 1 else ''}"  # noqa: E731
-    out = [("all", f"all {n(data.agg_tasks)}", list(data.agg_tasks))]
+    out = [("all", f"all {n(keys)}", keys)]
     for kind in ("return", "win_rate"):
-        ks = [k for k in data.agg_tasks if data.task(k).kind == kind]
+        ks = [k for k in keys if data.task(k).kind == kind]
         fams = sorted({data.task(k).env for k in ks})
         out.append((f"kind:{kind}", f"{_KIND_LABEL[kind]} ({', '.join(fams)}; {n(ks)})", ks))
-    for fam in sorted({data.task(k).env for k in data.agg_tasks}):
-        ks = [k for k in data.agg_tasks if data.task(k).env == fam]
+    for fam in sorted({data.task(k).env for k in keys}):
+        ks = [k for k in keys if data.task(k).env == fam]
         out.append((f"family:{fam}", f"{fam} ({n(ks)})", ks))
     seen: list[list[str]] = []
     kept = []
@@ -522,12 +548,41 @@ class Analysis:
     raw_curves: dict[str, dict[str, tuple[Band, np.ndarray]]] = field(default_factory=dict)  # mean band, per seed
     summary: list[SummaryRow] = field(default_factory=list)
     groups: list[Group] = field(default_factory=list)  # "all" first; aggregates and P vs the baseline per group
+    # each algorithm vs the baseline on the tasks both ran, per group (what the verdict says)
+    comparisons: list[Group] = field(default_factory=list)
     # MARPO's diagnostics: env family -> metric -> algo -> mean band over its runs vs env steps
     diagnostics: dict[str, dict[str, dict[str, Band]]] = field(default_factory=dict)
     cost: dict[str, Cost] = field(default_factory=dict)
     cost_warnings: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
+
+
+def pair_tasks(data: StudyScores, a: str, b: str) -> list[str]:
+    """The tasks a comparison of ``a`` with ``b`` aggregates: every normalisable task some algorithm
+    learns that both ran, whether or not the study's other algorithms ran it (a missing ablation
+    cell never removes a task from MARPO vs MAPPO)."""
+    return [t.key for t in data.tasks
+            if t.normalisable and t.key not in data.unlearned and a in t.runs and b in t.runs]
+
+
+def comparisons(data: StudyScores, baseline: str | None, reps: int, confidence: float, seed: int) -> list[Group]:
+    """Each algorithm against the baseline, per group of the tasks the two both ran
+    (:func:`pair_tasks`): one Group per (algorithm, group) holding the two IQMs and P(a > baseline).
+    The bootstrap streams are keyed by algorithm, so where the pair's tasks are the aggregate
+    tasks the numbers equal the aggregate table's."""
+    out: list[Group] = []
+    if baseline is None:
+        return out
+    for a in data.algos:
+        if a == baseline:
+            continue
+        for name, label, keys in group_tasks(data, pair_tasks(data, a, baseline)):
+            scores = {x: [np.clip([r.final_score for r in data.task(k).runs[x]], 0.0, 1.0) for k in keys]
+                      for x in (a, baseline)}
+            out.append(Group(name, label, keys, aggregate_estimates(scores, reps, confidence, seed),
+                             pairwise_poi(scores, [(a, baseline)], reps, confidence, seed)))
+    return out
 
 
 def poi_pairs(algos: Sequence[str], baseline: str | None) -> list[tuple[str, str]]:
@@ -539,13 +594,30 @@ def poi_pairs(algos: Sequence[str], baseline: str | None) -> list[tuple[str, str
     return pairs
 
 
-def final_along(run: RunScore, x: np.ndarray, last_k: int) -> np.ndarray:
-    """The run's "final" raw score had it stopped at each ``x``: the mean of its last ``last_k``
-    evaluation points at or before ``x`` (with the budget slack), the rule of the aggregate table,
-    so a sample-efficiency curve ends exactly at the final IQM."""
-    n = np.searchsorted(run.steps, np.asarray(x, dtype=np.float64) * (1 + BUDGET_SLACK), side="right")
-    # the same mean of the same slice as the final score (bit for bit); the step-0 evaluation always exists
-    return np.array([run.raw[max(m - last_k, 0):m].mean() for m in np.maximum(n, 1)])
+def windowed_final(steps: np.ndarray, values: np.ndarray, x: np.ndarray, last_k: int, budget: float) -> np.ndarray:
+    """At each ``x``: the mean of the last ``last_k`` evaluation points inside the final window
+    before ``x`` (``FINAL_WINDOW`` of ``budget``, with the slack), NaN where the window holds none.
+    The one rule for "final", in the aggregate table as along the curves (bit for bit)."""
+    x = np.asarray(x, dtype=np.float64)
+    end = np.searchsorted(steps, x * (1 + BUDGET_SLACK), side="right")
+    start = np.searchsorted(steps, x - (FINAL_WINDOW + BUDGET_SLACK) * budget, side="left")
+    first = np.maximum(end - last_k, start)
+    return np.array([values[a:b].mean() if b > a else math.nan for a, b in zip(first, end, strict=True)])
+
+
+def final_along(run: RunScore, x: np.ndarray, last_k: int, budget: float) -> np.ndarray:
+    """The run's final raw score had it stopped at each ``x`` (:func:`windowed_final`; NaN where it
+    has no evaluation in the window before x)."""
+    return windowed_final(run.steps, run.raw, x, last_k, budget)
+
+
+def curve_along(run: RunScore, x: np.ndarray, last_k: int, budget: float) -> np.ndarray:
+    """:func:`final_along` on a curve's grid, with the gaps of a coarsely evaluated run (no point in
+    the window before some x) filled linearly between the grid points where it is defined. The
+    curve ends at the run's final score, which always exists for a run the statistics use."""
+    y = final_along(run, x, last_k, budget)
+    ok = np.isfinite(y)
+    return y if ok.all() else np.interp(np.asarray(x, dtype=np.float64), np.asarray(x, dtype=np.float64)[ok], y[ok])
 
 
 def _interp(run: RunScore, x: np.ndarray, values: np.ndarray) -> np.ndarray:
@@ -647,6 +719,9 @@ def analyse(
     res.diagnostics = diagnostics(data, min(reps, 2000), confidence, seed)
     res.timings["diagnostics"] = time.perf_counter() - t
 
+    t = time.perf_counter()
+    res.comparisons = comparisons(data, baseline, reps, confidence, seed)
+    res.timings["comparisons"] = time.perf_counter() - t
     if not data.agg_tasks:
         return res
     scores = data.final_scores(clip=True)
@@ -664,8 +739,16 @@ def analyse(
     if baseline is not None and len(data.algos) >= 2:
         vs_base = [(a, baseline) for a in data.algos if a != baseline]
         for frac in POI_FRACTIONS:
-            res.poi_at[frac] = ({p: res.poi[p] for p in vs_base} if frac == 1.0 else
-                                pairwise_poi(data.scores_at(frac), vs_base, reps, confidence, seed))
+            if frac == 1.0:
+                res.poi_at[frac] = {p: res.poi[p] for p in vs_base}
+                continue
+            at = data.scores_at(frac)
+            defined = [p for p in vs_base if all(np.isfinite(v).all() for a in p for v in at[a])]
+            if len(defined) < len(vs_base):
+                res.notes.append(f"at {frac:.0%} of the budget some runs have no evaluation in the window before it "
+                                 f"(evaluated too coarsely): P at {frac:.0%} is not given for "
+                                 + ", ".join(f"{a} vs {b}" for a, b in vs_base if (a, b) not in defined))
+            res.poi_at[frac] = pairwise_poi(at, defined, reps, confidence, seed) if defined else {}
     res.timings["poi"] = time.perf_counter() - t
 
     t = time.perf_counter()
@@ -698,8 +781,8 @@ def analyse(
         curves[a] = []
         for k in data.agg_tasks:
             td = data.task(k)
-            curves[a].append(np.stack([np.clip(normalise(final_along(r, grid, data.last_k), td.env, td.task,
-                                                         td.bounds), 0, 1)
+            curves[a].append(np.stack([np.clip(normalise(curve_along(r, grid, data.last_k, td.budget), td.env,
+                                                         td.task, td.bounds), 0, 1)
                                        for r in td.runs[a]]))
     res.curve = iqm_curves(curves, grid, reps, confidence, seed, key="aggregate")
     if baseline is not None and baseline in res.curve:
@@ -709,7 +792,8 @@ def analyse(
     for k in data.agg_tasks:
         td = data.task(k)
         tgrid = np.linspace(0, td.budget, grid_points)
-        per = {a: [np.stack([np.clip(normalise(final_along(r, tgrid, data.last_k), td.env, td.task, td.bounds), 0, 1)
+        per = {a: [np.stack([np.clip(normalise(curve_along(r, tgrid, data.last_k, td.budget), td.env, td.task,
+                                               td.bounds), 0, 1)
                              for r in td.runs[a]])] for a in data.algos}
         res.task_curves[k] = iqm_curves(per, tgrid, reps, confidence, seed, key=k)
     res.timings["curves"] = time.perf_counter() - t
@@ -730,6 +814,9 @@ def to_jsonable(res: Analysis) -> dict[str, Any]:
                             "aggregates": {a: {m: est(e) for m, e in d.items()} for a, d in g.aggregates.items()},
                             "probability_of_improvement": {f"{a}>{b}": est(e) for (a, b), e in g.poi.items()}}
                    for g in res.groups},
+        "comparisons": [{"group": g.name, "label": g.label, "tasks": g.tasks,
+                         "probability_of_improvement": {f"{a}>{b}": est(e) for (a, b), e in g.poi.items()},
+                         "iqm": {a: est(d["IQM"]) for a, d in g.aggregates.items()}} for g in res.comparisons],
         "unlearned_tasks": res.data.unlearned,
         "cost": {a: c.__dict__ for a, c in res.cost.items()}, "cost_warnings": res.cost_warnings,
         "probability_of_improvement_at_budget_fraction": {

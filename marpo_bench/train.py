@@ -52,8 +52,9 @@ One seed's failure stops the group's shared computation: that run records its re
 "stopped with its batch" (retryable).
 
 Fault injection for tests (hidden): ``MARPO_BENCH_FAULT=kind@step[:run_id_part],...`` with kind
-``nan`` (that iteration's loss becomes NaN), ``raise`` (RuntimeError) or ``exit`` (the process
-dies, as in a crash), at the first iteration with env steps >= step of the runs whose id contains
+``nan`` (that iteration's loss becomes NaN), ``raise`` (RuntimeError), ``exit`` (the process
+dies, as in a crash) or ``sigkill`` (the process SIGKILLs itself, as the kernel's OOM killer does),
+at the first iteration with env steps >= step of the runs whose id contains
 ``run_id_part`` (every run when omitted).
 """
 
@@ -62,6 +63,7 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+import signal
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, fields
@@ -92,7 +94,7 @@ CHECKPOINT_FORMAT = 1
 """Layout of the resume state inside ``checkpoint.pt`` (the store versions the file itself)."""
 
 FAULT_ENV = "MARPO_BENCH_FAULT"
-FAULT_KINDS = ("nan", "raise", "exit")
+FAULT_KINDS = ("nan", "raise", "exit", "sigkill")
 
 
 def recipe_entries(algo_cls: Any, family: str, task: str) -> list[tuple[str, Any]]:
@@ -183,7 +185,8 @@ def evaluate(algo: Any, env: MultiAgentVecEnv, seed: int, deterministic: bool) -
 @dataclass(frozen=True)
 class Fault:
     """A fault injected at the first iteration with ``env_steps >= step`` of the runs whose id
-    contains ``match``: ``nan`` (a NaN loss), ``raise`` (RuntimeError) or ``exit`` (a crash)."""
+    contains ``match``: ``nan`` (a NaN loss), ``raise`` (RuntimeError), ``exit`` (a crash) or
+    ``sigkill`` (the process is killed by SIGKILL, as by the OOM killer)."""
 
     kind: str
     step: int
@@ -636,6 +639,8 @@ class _Run:
             if steps >= fault.step:
                 if fault.kind == "exit":
                     os._exit(17)
+                if fault.kind == "sigkill":
+                    os.kill(os.getpid(), signal.SIGKILL)
                 if fault.kind == "raise":
                     raise RuntimeError(f"injected fault at env step {steps} ({FAULT_ENV})")
                 loss = next((k for k in metrics if k.endswith("loss")), "loss")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -257,3 +258,52 @@ def test_reach_targets_the_baselines_final_iqm_not_its_curves_last_point():
     assert r["marpo"].steps_ratio == pytest.approx(0.5)
     never = S.reach_baseline({"mappo": base, "marpo": fast}, "mappo", target=0.6)  # above mappo's curve
     assert never["mappo"].baseline_steps == 1000 and math.isnan(never["mappo"].steps)
+
+
+def _coarse_study(path: Path, mappo_interval: int) -> None:
+    """mappo trained to 20M, evaluated every ``mappo_interval``; marpo to 2M, every 100k: compared at
+    2M, the common budget (5 seeds each, on jax_mpe simple_spread)."""
+    rng = np.random.default_rng(0)
+    bounds = normalisation.task_bounds("jax_mpe", "simple_spread")
+    for algo, budget, interval in (("mappo", 20_000_000, mappo_interval), ("marpo", 2_000_000, 100_000)):
+        for seed in range(5):
+            spec = RunSpec(algo, "jax_mpe", "simple_spread", seed, budget)
+            run = path / "runs" / spec.run_id
+            run.mkdir(parents=True)
+            rows = []
+            for st in range(0, budget + 1, interval):
+                progress = min(st / 1_000_000, 1.0)  # random at 0, learned from 1M on
+                rows.append({"env_steps": st, "wall_seconds": st / 1e4, "eval_episodes": 32,
+                             "eval_return_mean": bounds.random + (bounds.reference - bounds.random)
+                             * (0.7 * progress + rng.normal(0, 0.01))})
+            store.write_metrics(run, rows)
+            store.write_run_json(run, _record(spec))
+
+
+def test_a_coarsely_evaluated_long_run_cut_to_a_common_budget_uses_only_points_near_its_end(tmp_path):
+    """Every 1M of a 20M run, compared at 2M: its points at or before 2M are 0, 1M, 2M. The final
+    score is the 2M point alone (the window is the last 10% of the budget), never a mean reaching
+    back to the random policy at step 0."""
+    study = tmp_path / "coarse"
+    _coarse_study(study, 1_000_000)
+    res = A.analyse(study, reps=500)
+    td = res.data.task("jax_mpe:simple_spread")
+    assert td.budget == 2_000_000
+    for r in td.runs["mappo"]:
+        assert r.final_raw == pytest.approx(float(r.raw[r.steps == 2_000_000][0]))
+    mappo = float(np.mean([r.final_score for r in td.runs["mappo"]]))
+    assert mappo == pytest.approx(0.7, abs=0.02)  # the old rule (mean of 0, 1M, 2M) read about 0.47
+    assert any("only 1 evaluation point(s) in the last 10%" in n and "mappo" in n for n in res.notes)
+    # at 25% of the budget (500k) mappo has no evaluation in the window before it: no P there, and why
+    assert ("mappo" not in {a for p in res.poi_at[0.25] for a in p}) and any("at 25% of the budget" in n
+                                                                              for n in res.notes)
+
+
+def test_a_long_run_with_no_evaluation_near_the_common_budget_is_refused_with_the_reason(tmp_path):
+    """Every 3M of a 20M run: nothing between 0 and 3M, so at 2M it has no final score."""
+    study = tmp_path / "coarser"
+    _coarse_study(study, 3_000_000)
+    res = A.analyse(study, reps=500)
+    assert "mappo" not in res.data.task("jax_mpe:simple_spread").runs
+    reasons = {e.reason for e in res.data.excluded if e.algo == "mappo"}
+    assert len(reasons) == 1 and "no evaluation in the last 10% of the common budget 2,000,000" in reasons.pop()

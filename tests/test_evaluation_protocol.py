@@ -72,7 +72,7 @@ def stub_run(monkeypatch, tmp_path):
     """Run ``train_run`` on the stub; returns (run.json, metrics, training env, eval env, stub)."""
     envs: list[ScriptedEnv] = []
 
-    def fake_make_env(family, task, num_envs, device="cpu", agent_id=True):
+    def fake_make_env(family, task, num_envs, device="cpu", agent_id=True, trust_imports=False):
         envs.append(_one_step_env(num_envs))
         return envs[-1]
 

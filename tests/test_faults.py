@@ -112,6 +112,17 @@ def test_parse_faults_and_bad_fault_variable():
         parse_faults("boom@3")
 
 
+def test_a_dead_training_process_is_described_by_its_signal_or_exit_code():
+    from marpo_bench.executors.pool import death_message
+
+    assert parse_faults("sigkill@400:s0") == (Fault("sigkill", 400, "s0"),)
+    oom = "the training process was killed by SIGKILL (signal 9): out of memory?"
+    assert death_message(-signal.SIGKILL).startswith(oom)
+    assert death_message(-signal.SIGSEGV) == "the training process was killed by SIGSEGV (signal 11)"
+    assert death_message(17) == "the training process exited with code 17 (a crash)"
+    assert death_message(0) is None and death_message(None) is None  # not a death
+
+
 def test_bad_fault_variable_is_a_one_line_error(tmp_path, monkeypatch):
     monkeypatch.setenv(FAULT_ENV, "nan@soon")
     res = runner.invoke(app, ["run", "--results", str(tmp_path), "--algos", "mappo", "--seeds", "1"])
@@ -136,9 +147,9 @@ def test_forced_nan_marks_that_run_failed_and_the_grid_goes_on(tmp_path, monkeyp
 # the whole command: SIGKILL and Ctrl-C (subprocesses; the mpe backend needs no JAX compilation)
 
 
-def _cli(results: Path, study: str, *extra: str) -> list[str]:
+def _cli(results: Path, study: str, *extra: str, steps: int = 3000) -> list[str]:
     return [sys.executable, "-m", "marpo_bench", "run", "--algos", "mappo", "--envs", "mpe:simple_spread",
-            "--seeds", "2", "--steps", "3000", "--checkpoint-every", "400", "--results", str(results),
+            "--seeds", "2", "--steps", str(steps), "--checkpoint-every", "400", "--results", str(results),
             "--study", study, *CLI_TINY, *extra]
 
 
@@ -189,6 +200,42 @@ def _wait_for_a_new_checkpoint_by(study: Path, proc: subprocess.Popen, timeout: 
     raise AssertionError("no new checkpoint appeared")
 
 
+def _wait_for_a_checkpoint_of_every_run(study: Path, proc: subprocess.Popen, runs: int = 2,
+                                        timeout: float = 120) -> None:
+    """Until each of the grid's ``runs`` runs is running and has written a checkpoint (the kill then
+    comes after at least one checkpoint of every run, none complete)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise AssertionError(f"the command exited ({proc.returncode}): {proc.stderr.read()[-500:]}")
+        statuses = []
+        for run in (study / "runs").glob("*"):
+            try:
+                statuses.append((json.loads((run / "run.json").read_text())["status"],
+                                 (run / "checkpoint.pt").exists()))
+            except (OSError, ValueError, KeyError):
+                continue
+        assert ("complete", True) not in statuses, "a run finished before every run had a checkpoint"
+        if statuses.count(("running", True)) == runs:
+            return
+        time.sleep(0.05)
+    raise AssertionError("not every run wrote a checkpoint")
+
+
+def _wait_until_no_writer(study: Path, timeout: float = 30) -> None:
+    """Until no process holds a run's writer lock: the killed workers are gone, their files final."""
+    deadline = time.monotonic() + timeout
+    while any(store.writer_active(run) for run in (study / "runs").glob("*")):
+        assert time.monotonic() < deadline, "a killed worker still holds its run's lock"
+        time.sleep(0.05)
+
+
+def _metrics_by_run(study: Path) -> dict[str, pd.DataFrame]:
+    """Each run's metrics rows without the wall-clock column (the one that differs between equal runs)."""
+    _, frame = store.load_study(study)
+    return {rid: df.drop(columns="wall_seconds").reset_index(drop=True) for rid, df in frame.groupby("run_id")}
+
+
 def _assert_complete_once(results: Path, study: str) -> list[dict]:
     plan = [r["run_id"] for r in read_plan(results / study)["runs"]]
     records, frame = store.load_study(results / study)
@@ -225,6 +272,35 @@ def test_sigkill_of_the_command_then_rerun_completes_every_run_once(tmp_path):
     assert any(r["resumed_from"] for r in records if r["run_id"] in resumable)
 
 
+def test_sigkill_after_a_checkpoint_of_every_run_then_rerun_resumes_each_exactly(tmp_path):
+    """kill -9 of a parallel grid once every run has a checkpoint: the same command resumes each run
+    from it (``resumed_from``), completes each once, and, the mpe checkpoints being taken at
+    episode starts (rollout_len 25 = the horizon), ends with an uninterrupted grid's metrics."""
+    study = tmp_path / "k"
+    proc = _start(tmp_path, "k", "--workers", "2")
+    try:
+        _wait_for_a_checkpoint_of_every_run(study, proc)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(30)
+    _wait_until_no_writer(study)
+    ckpts = {p.name: store.load_checkpoint(p) for p in (study / "runs").iterdir()}
+    assert all(0 < c["env_steps"] < 3000 and c["env"]["kind"] == "mpe" for c in ckpts.values())  # at episode starts
+    again = subprocess.run(_cli(tmp_path, "k", "--workers", "2"), env=_env(), cwd=tmp_path, capture_output=True,
+                           text=True, timeout=300)
+    assert again.returncode == 0, again.stderr
+    records = _assert_complete_once(tmp_path, "k")
+    for r in records:
+        assert r["resumed_from"] == ckpts[r["run_id"]]["env_steps"] and r["resume_exact"] is True, r
+    whole = subprocess.run(_cli(tmp_path, "ref", "--workers", "2"), env=_env(), cwd=tmp_path, capture_output=True,
+                           text=True, timeout=300)
+    assert whole.returncode == 0, whole.stderr
+    resumed, uninterrupted = _metrics_by_run(study), _metrics_by_run(tmp_path / "ref")
+    assert sorted(resumed) == sorted(uninterrupted) == sorted(ckpts)
+    for run_id, df in resumed.items():
+        pd.testing.assert_frame_equal(df, uninterrupted[run_id], check_exact=True)
+
+
 def test_repeated_sigkill_and_immediate_rerun_never_refuses_and_completes_every_run_once(tmp_path):
     """kill -9 of the grid, the same command at once (no pause for a dying process to go), three
     times over: no re-run is refused as "being trained by another process", and the last one
@@ -240,6 +316,27 @@ def test_repeated_sigkill_and_immediate_rerun_never_refuses_and_completes_every_
     last = subprocess.run(_cli(tmp_path, "r"), env=_env(), cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert last.returncode == 0, last.stderr
     _assert_complete_once(tmp_path, "r")
+
+
+def test_a_worker_killed_by_the_os_fails_its_run_naming_the_signal_and_the_grid_finishes(tmp_path):
+    """A training process SIGKILLed as by the OOM killer (--workers 2): the parent records that run
+    failed with the signal, the other run completes, and the command exits 1 with a one-line
+    message per failed run, no traceback."""
+    env = {**_env(), FAULT_ENV: "sigkill@400:__s0__"}
+    proc = subprocess.Popen(_cli(tmp_path, "oom", "--workers", "2", "--retries", "0", steps=1200), env=env,
+                            cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    stdout, stderr = proc.communicate(timeout=300)
+    assert proc.returncode == 1, stderr
+    records = {r["seed"]: r for r in store.load_study(tmp_path / "oom")[0]}
+    assert records[1]["status"] == "complete"
+    killed = records[0]
+    assert killed["status"] == "failed" and killed["attempt"] == 1 and killed["finished"]
+    assert killed["message"].startswith("the training process was killed by SIGKILL (signal 9): out of memory?")
+    assert "\n" not in killed["message"] and killed["writer"]["pid"] == proc.pid  # written by the parent
+    text = " ".join(stdout.split())
+    assert f"run {killed['run_id']} failed: {killed['message']}" in text
+    assert "1 trained, 0 skipped, 1 failed" in text
+    assert "Traceback" not in stdout + stderr
 
 
 def test_two_concurrent_runs_of_one_study_train_each_run_once(tmp_path):

@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 from marpo_bench import store
 from marpo_bench.analysis import Estimate, Group, aggregate_estimates, analyse
 from marpo_bench.cli import app
-from marpo_bench.report.verdict import Verdict, headline, sentence
+from marpo_bench.report.verdict import Verdict, headline, sentence, verdicts
 
 runner = CliRunner()
 
@@ -25,7 +25,7 @@ def test_the_verdict_word_is_what_the_ci_of_p_supports(lo, hi, word) -> None:
     v = Verdict(g, "marpo", "mappo", Estimate((lo + hi) / 2, lo, hi), Estimate(0.6, 0.5, 0.7), Estimate(0.5, 0.4, 0.6))
     assert v.word == word
     text = sentence(v, 0.95)
-    assert text.startswith("On all 2 tasks, marpo is ") and f"[{lo:.3f}, {hi:.3f}]" in text and "95% CIs" in text
+    assert text.startswith("On all 2 tasks (a, b), marpo is ") and f"[{lo:.3f}, {hi:.3f}]" in text and "95% CIs" in text
 
 
 @pytest.fixture(scope="module")
@@ -33,7 +33,7 @@ def study(tmp_path_factory) -> Path:
     """marpo (skill 0.8) > mappo (0.6) > qmix (0.45) on an MPE and a SMAX task, plus a SMAX map on
     which every algorithm's win rate is 0."""
     path = tmp_path_factory.mktemp("results") / "verdict"
-    write_synthetic_study(path, ALGOS3, [*TASKS2, ("smax", "5m_vs_6m")], seeds=4, incomplete=False)
+    write_synthetic_study(path, ALGOS3, [*TASKS2, ("smax", "5m_vs_6m")], seeds=5, incomplete=False)
     for run in (path / "runs").iterdir():
         if "5m_vs_6m" in run.name:
             rows = pd.read_parquet(run / "metrics.parquet").to_dict("records")
@@ -59,8 +59,9 @@ def test_groups_by_score_kind_each_with_its_own_statistics(study) -> None:
 
 def test_the_verdict_names_better_worse_and_the_task_left_out(study) -> None:
     lines = headline(analyse(study, reps=2000))
-    assert lines[0].startswith("On all 2 tasks, marpo is better than mappo: P(marpo > mappo) = 1.000")
-    assert lines[1].startswith("On all 2 tasks, qmix is worse than mappo")
+    both = "all 2 tasks (jax_mpe:simple_spread, smax:3m)"
+    assert lines[0].startswith(f"On {both}, marpo is better than mappo: P(marpo > mappo) = 1.000")
+    assert lines[1].startswith(f"On {both}, qmix is worse than mappo")
     assert any("6 comparisons" in ln for ln in lines)
     assert any("Not learned by any algorithm" in ln and "smax:5m_vs_6m" in ln for ln in lines)
 
@@ -73,10 +74,10 @@ def test_page_one_opens_with_the_verdict_and_md_and_terminal_repeat_it(study, tm
     assert overview.index('class="verdict"') < overview.index('class="facts"')  # first thing on page 1
     assert "marpo is better than mappo" in html and "win-rate tasks (smax; 1 task)" in html
     md = (tmp_path / "report.md").read_text()
-    assert "**Verdict**" in md and "- On all 2 tasks, marpo is better than mappo" in md
+    assert "**Verdict**" in md and "- On all 2 tasks (jax_mpe:simple_spread, smax:3m), marpo is better than mappo" in md
     assert "| win-rate tasks (smax; 1 task) |" in md and "| smax:5m_vs_6m (not learned) | marpo |" in md
     text = " ".join(out.output.split())
-    assert "verdict On all 2 tasks, marpo is better than mappo" in text and "smax:3m" in text
+    assert "verdict On all 2 tasks (jax_mpe:simple_spread, smax:3m), marpo is better than mappo" in text
 
 
 def test_md_alone_writes_no_html(study, tmp_path) -> None:
@@ -193,3 +194,50 @@ def test_provenance_says_whether_the_numerics_relevant_code_changed_between_comm
     if have.returncode != 0:
         pytest.skip("this checkout has no git history")
     assert says in numerics_changes(commits)
+
+
+@pytest.mark.parametrize("seeds, word", [(2, "too few seeds"), (4, "too few seeds"), (5, "better")])
+def test_a_directional_word_needs_five_seeds_per_task_and_fewer_give_point_estimates_only(seeds, word) -> None:
+    g = Group("all", "all 1 task", ["a"])
+    v = Verdict(g, "marpo", "mappo", Estimate(1.0, 0.9, 1.0), Estimate(0.6, 0.5, 0.7), Estimate(0.5, 0.4, 0.6), seeds)
+    assert v.word == word
+    text = sentence(v, 0.95)
+    if seeds < 5:
+        assert f"too few seeds to tell marpo from mappo ({seeds} on a task; 5 needed" in text
+        assert "better" not in text.replace("better or worse", "") and "[" not in text  # no interval, no word
+
+
+def test_a_two_seed_study_says_too_few_seeds_and_states_the_rule(tmp_path) -> None:
+    """make demo's study shape: 2 seeds of marpo and mappo on one task."""
+    study = tmp_path / "demo"
+    write_synthetic_study(study, ["marpo", "mappo"], TASKS2[:1], seeds=2, incomplete=False)
+    lines = headline(analyse(study, reps=500))
+    assert lines[0].startswith("On all 1 task (jax_mpe:simple_spread), too few seeds to tell marpo from mappo "
+                               "(2 on a task; 5 needed")
+    assert not any(" is better than " in ln or " is worse than " in ln for ln in lines)
+    assert any(ln.startswith("Evidence rule: a comparison is called better or worse only with at least 5 seeds")
+               for ln in lines)
+
+
+def test_identical_scores_are_a_tie_not_a_word(tmp_path) -> None:
+    g = Group("all", "all 1 task", ["a"])
+    v = Verdict(g, "marpo", "mappo", Estimate(0.5, 0.5, 0.5), Estimate(0.0, 0.0, 0.0), Estimate(0.0, 0.0, 0.0), 5)
+    assert v.word == "tied" and "tie: every run of one scored like every run of the other" in sentence(v, 0.95)
+
+
+def test_a_missing_ablation_cell_never_removes_a_task_from_marpo_vs_mappo(tmp_path) -> None:
+    """An ablation run on the MPE task only: the aggregate table (every algorithm) holds that task
+    alone, but MARPO vs MAPPO aggregates both tasks both ran, and says which."""
+    study = tmp_path / "ablation"
+    write_synthetic_study(study, ["marpo", "mappo"], TASKS2, seeds=5, incomplete=False)
+    write_synthetic_study(study, ["marpo_noreflect"], TASKS2[:1], seeds=5, incomplete=False)
+    res = analyse(study, reps=500)
+    assert res.data.agg_tasks == ["jax_mpe:simple_spread"]
+    by = {(v.algo, v.group.name): v for v in verdicts(res)}
+    assert by[("marpo", "all")].group.tasks == ["jax_mpe:simple_spread", "smax:3m"]
+    assert by[("marpo_noreflect", "all")].group.tasks == ["jax_mpe:simple_spread"]
+    lines = headline(res)
+    assert lines[0].startswith("On all 2 tasks (jax_mpe:simple_spread, smax:3m), marpo is better than mappo")
+    # where the pair's tasks are the aggregate table's, the numbers are the table's
+    only = next(g for g in res.comparisons if g.tasks == res.data.agg_tasks and ("marpo", "mappo") in g.poi)
+    assert only.aggregates["marpo"]["IQM"] == res.aggregates["marpo"]["IQM"]

@@ -8,9 +8,13 @@ deterministic torch algorithms, in every worker).
 
 When a pool worker dies, Python's pool stops the other workers too: their runs (marked
 ``interrupted`` by their SIGTERM handler) are resubmitted without using up an attempt; the run
-whose process died (still ``running`` on disk) is the one that failed. A failed attempt that
-another may not repeat is retried from its last checkpoint (``common.should_retry``). Ctrl-C
-stops the pool: the runs in flight are marked ``interrupted`` and re-running continues them.
+whose process died (still ``running`` on disk) is the one that failed, and its message says how
+the process ended (the signal, e.g. the OOM killer's SIGKILL, or the exit code: the pool's process
+with the writer pid its run.json records). A failed attempt that another may not repeat is retried
+from its last checkpoint (``common.should_retry``), then the parent records it ``failed``. Ctrl-C
+stops the pool: the runs in flight are marked ``interrupted`` and re-running continues them. With
+one worker the runs train in this process: killing it kills the command (``status`` then shows
+the run ``interrupted``; re-running continues it from its last checkpoint).
 """
 
 from __future__ import annotations
@@ -162,6 +166,46 @@ def _status(results: Path, study: str, spec: RunSpec) -> str | None:
     return None
 
 
+def death_message(exitcode: int | None) -> str | None:
+    """How a training process ended, for its run's record (``Process.exitcode``: minus the signal
+    number when a signal killed it). SIGKILL is the kernel's OOM killer's signal, so the message
+    asks about memory first. None when it is unknown or not a death (still running, or exit 0)."""
+    if not exitcode:
+        return None
+    if exitcode > 0:
+        return f"the training process exited with code {exitcode} (a crash)"
+    num = -exitcode
+    try:
+        name = signal.Signals(num).name
+    except ValueError:
+        name = "a signal"
+    msg = f"the training process was killed by {name} (signal {num})"
+    if num == signal.SIGKILL:
+        msg += ": out of memory? (the kernel's OOM killer sends SIGKILL; see `dmesg`) or killed by hand"
+    return msg
+
+
+def _dead_worker_message(results: Path, study: str, spec: RunSpec, exitcodes: dict[int, int | None]) -> str:
+    """Why a run whose pool worker died failed: how that worker ended (:func:`death_message`), found
+    through the writer pid in its run.json (the worker writes it when the run starts) among the
+    broken pool's processes (``exitcodes``: pid -> exit code); the generic message otherwise."""
+    with contextlib.suppress(store.StoreError):
+        writer = store.read_run_json(store.run_dir(results, study, spec.run_id)).get("writer") or {}
+        if writer.get("host") == store.writer_info()["host"] and writer.get("pid") in exitcodes:
+            msg = death_message(exitcodes[writer["pid"]])
+            if msg:
+                return msg
+    return "a worker process died (crash or killed)"
+
+
+def _exitcodes_after_shutdown(pool: ProcessPoolExecutor) -> dict[int, int | None]:
+    """Shut a broken pool down (its workers joined) and return each worker's exit code by pid.
+    The handles are taken first: shutdown drops them (private, as in :func:`stop_pool`)."""
+    procs = dict(getattr(pool, "_processes", None) or {})
+    pool.shutdown(wait=True)
+    return {pid: p.exitcode for pid, p in procs.items()}
+
+
 def stop_pool(pool: ProcessPoolExecutor | None, grace: float = 10.0) -> None:
     """Stop a pool's workers: SIGTERM (their runs are marked interrupted), then SIGKILL."""
     if pool is None:
@@ -237,6 +281,7 @@ def run_jobs(jobs: Sequence[Job], results: Path, workers: int, console: Console,
         todo = deque((specs, study, 1) for specs, study in units)
         running: dict[Future, tuple[tuple[RunSpec, ...], str, int]] = {}
         pool: ProcessPoolExecutor | None = None
+        exitcodes: dict[int, int | None] = {}  # the last broken pool's workers: pid -> exit code
 
         def drain() -> None:
             while True:
@@ -259,7 +304,7 @@ def run_jobs(jobs: Sequence[Job], results: Path, workers: int, console: Console,
                 if any(isinstance(f.exception(), BrokenProcessPool) for f in done if not f.cancelled()):
                     # A worker died: the pool fails every future, then stops the other workers.
                     # Wait for them (their runs get marked interrupted), then sort out the futures.
-                    pool.shutdown(wait=True)
+                    exitcodes = _exitcodes_after_shutdown(pool)
                     pool = None
                     done = {f for f in running if f.done()}
                 for fut in done:
@@ -277,7 +322,8 @@ def run_jobs(jobs: Sequence[Job], results: Path, workers: int, console: Console,
                                     out.append(bars.finish(RunResult(s.run_id, "complete")))
                             continue
                         res = [RunResult(s.run_id, "complete") if status[s.run_id] == "complete" else
-                               RunResult(s.run_id, "failed", "a worker process died (crash or killed)", retryable=True)
+                               RunResult(s.run_id, "failed", _dead_worker_message(results, study, s, exitcodes),
+                                         retryable=True)
                                for s in specs]
                         crashed = [r.status == "failed" for r in res]
                     except Exception as exc:  # could not even report: e.g. an unpicklable result

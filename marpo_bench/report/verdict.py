@@ -6,7 +6,17 @@ beats a run of the baseline on a task, averaged over tasks, with its stratified-
 
 - **better** when the whole CI lies above 0.5,
 - **worse** when it lies below 0.5,
-- **indistinguishable** when it contains 0.5 (the study cannot tell them apart; not "equal").
+- **indistinguishable** when it contains 0.5 (the study cannot tell them apart; not "equal"),
+- **tied** when every run scored alike (P = 0.5 with an interval of no width, e.g. every win rate 0),
+- **too few seeds to tell** when an algorithm has fewer than ``MIN_SEEDS`` runs on one of the
+  group's tasks: whatever the interval says, the sentence gives point estimates only.
+
+Why a minimum: the stratified bootstrap resamples seeds within each task, and n seeds have only
+C(2n-1, n) distinct resamples per task (2 seeds: 3; 3: 10; 5: 126). With 2 seeds per algorithm the
+interval of P is built from a handful of values and collapses (``make demo``'s 2-seed study once
+read "worse: P = 0.000 [0.000, 0.000]"), so its width says nothing about the evidence. 5 seeds is
+the smallest count the MARPO paper and on-policy's scripts run per task, and what rliable's authors
+show intervals for; below it the report says so instead of choosing a word.
 
 Each sentence also gives both IQMs with their CIs. Every sentence is one test at the report's
 confidence level: with k sentences, about k x 5% of "better"/"worse" calls may be chance (the
@@ -20,6 +30,9 @@ from dataclasses import dataclass
 from marpo_bench.analysis import Analysis, Group
 from marpo_bench.stats import Estimate
 
+MIN_SEEDS = 5
+"""Runs per (algorithm, task) below which no comparison gets a directional word (see above)."""
+
 
 @dataclass(frozen=True)
 class Verdict:
@@ -29,9 +42,14 @@ class Verdict:
     poi: Estimate
     iqm: Estimate
     iqm_baseline: Estimate
+    seeds: int = MIN_SEEDS  # the fewest runs either algorithm has on one of the group's tasks
 
     @property
     def word(self) -> str:
+        if self.seeds < MIN_SEEDS:
+            return "too few seeds"
+        if self.poi.lo == self.poi.hi == 0.5:
+            return "tied"
         if self.poi.lo > 0.5:
             return "better"
         if self.poi.hi < 0.5:
@@ -40,13 +58,27 @@ class Verdict:
 
 
 def verdicts(res: Analysis) -> list[Verdict]:
-    """Every (group, algorithm) comparison with the baseline, the "all tasks" group first."""
+    """Every algorithm against the baseline, on the tasks the two both ran (``res.comparisons``),
+    per group, "all" first: grouped by group, then by algorithm."""
+    order = {name: i for i, (name, _, _) in enumerate(_group_order(res))}
     out = []
-    for g in res.groups:
+    for g in res.comparisons:
         for (a, b), p in g.poi.items():
-            if b == res.baseline and a in g.aggregates and b in g.aggregates:
-                out.append(Verdict(g, a, b, p, g.aggregates[a]["IQM"], g.aggregates[b]["IQM"]))
-    return out
+            seeds = min(len(res.data.task(k).runs[x]) for k in g.tasks for x in (a, b))
+            out.append(Verdict(g, a, b, p, g.aggregates[a]["IQM"], g.aggregates[b]["IQM"], seeds))
+    return sorted(out, key=lambda v: (order.get(v.group.name, len(order)), res.data.algos.index(v.algo)))
+
+
+def _group_order(res: Analysis) -> list[tuple[str, str, list[str]]]:
+    """Group names in their display order: all, score kinds, families."""
+    names = ["all", "kind:return", "kind:win_rate"] + [f"family:{f}" for f in sorted({t.env for t in res.data.tasks})]
+    return [(n, "", []) for n in names]
+
+
+def _where(g: Group) -> str:
+    """The group and the tasks it aggregates: "all 2 tasks (jax_mpe:simple_spread, smax:3m)",
+    "win-rate tasks (smax:3m)", "jax_mpe (jax_mpe:simple_spread, ...)"."""
+    return f"{g.label.split(' (')[0]} ({', '.join(g.tasks)})"
 
 
 def _ci(e: Estimate) -> str:
@@ -56,8 +88,16 @@ def _ci(e: Estimate) -> str:
 def sentence(v: Verdict, confidence: float) -> str:
     """e.g. "On all 9 tasks, marpo is indistinguishable from mappo: P(marpo > mappo) = 0.48 [0.33, 0.63],
     IQM 0.578 [0.52, 0.63] vs 0.589 [0.54, 0.64] (95% CIs)"."""
+    if v.word == "too few seeds":
+        return (f"On {_where(v.group)}, too few seeds to tell {v.algo} from {v.baseline} ({v.seeds} on a task; "
+                f"{MIN_SEEDS} needed for better or worse): point estimates P({v.algo} > {v.baseline}) = "
+                f"{v.poi.point:.3f}, IQM {v.iqm.point:.3f} vs {v.iqm_baseline.point:.3f}.")
+    if v.word == "tied":
+        return (f"On {_where(v.group)}, {v.algo} and {v.baseline} tie: every run of one scored like every run of the "
+                f"other (P({v.algo} > {v.baseline}) = 0.500, an interval of no width; IQM {_ci(v.iqm)} vs "
+                f"{_ci(v.iqm_baseline)}).")
     relation = {"better": "better than", "worse": "worse than", "indistinguishable": "indistinguishable from"}[v.word]
-    return (f"On {v.group.label}, {v.algo} is {relation} {v.baseline}: P({v.algo} > {v.baseline}) = {_ci(v.poi)}, "
+    return (f"On {_where(v.group)}, {v.algo} is {relation} {v.baseline}: P({v.algo} > {v.baseline}) = {_ci(v.poi)}, "
             f"IQM {_ci(v.iqm)} vs {_ci(v.iqm_baseline)} ({round(100 * confidence)}% CIs).")
 
 
@@ -92,6 +132,10 @@ def headline(res: Analysis) -> list[str]:
         elif res.baseline is None:
             iqms = ", ".join(f"{a} {_ci(res.aggregates[a]['IQM'])}" for a in d.algos if a in res.aggregates)
             lines.append(f"No baseline in this study, so no comparison; IQM over {len(d.agg_tasks)} tasks: {iqms}.")
+    if any(v.word == "too few seeds" for v in vs):
+        lines.append(f"Evidence rule: a comparison is called better or worse only with at least {MIN_SEEDS} seeds of "
+                     "each algorithm on every task it aggregates; with fewer, the bootstrap interval is built from a "
+                     "handful of resamples and says nothing (run more seeds: --seeds 5).")
     if len(vs) > 1:
         lines.append(f"{len(vs)} comparisons, each at {round(100 * res.confidence)}% confidence: about "
                      f"{len(vs) * (1 - res.confidence):.1f} of them could read better or worse by chance alone "
