@@ -34,8 +34,17 @@ console = Console()
 err_console = Console(stderr=True)
 
 
+def _version(value: bool) -> None:
+    if value:
+        from marpo_bench import provenance
+
+        console.print(f"marpo-bench {provenance.package_version('marpo-bench') or 'unknown'}", highlight=False)
+        raise typer.Exit()
+
+
 @app.callback()
-def _startup() -> None:
+def _startup(version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
+                                          help="Print the version and exit.")) -> None:
     """Say once, one line each, which plugins were left out and why (the rest works as usual)."""
     for problem in registry.problems():
         err_console.print(f"[yellow]warning:[/yellow] {problem}", highlight=False, soft_wrap=True)

@@ -434,7 +434,12 @@ class StoreSink:
         return self._lock is not None
 
     def close(self) -> None:
+        """Release the writer lock; a complete run's lock file goes too (nothing trains it again:
+        plans skip complete runs), so a finished study holds only its results."""
         if self._lock is not None:
+            if run_status(self.run_path) == "complete":
+                with contextlib.suppress(OSError):
+                    (self.run_path / WRITER_LOCK).unlink()
             self._lock.release()
             self._lock = None
 

@@ -79,9 +79,18 @@ def test_tiny_run_writes_metrics_and_rerun_skips_complete_runs(tmp_path):
         assert df["policy_loss"].iloc[1:].notna().all()
     marpo = metrics[metrics.algo == "marpo"]
     assert marpo["kl_delta"].iloc[1:].notna().all() and marpo["reflection_term"].iloc[1:].notna().all()
+    # a complete run holds its results only: its writer's lock file is gone
+    assert not list((tmp_path / "s" / "runs").glob(f"*/{store.WRITER_LOCK}"))
     again = runner.invoke(app, ["run", "--algos", "mappo,marpo", "--results", str(tmp_path), "--study", "s", *TINY])
     assert again.exit_code == 0
     assert "2 skipped" in again.output
+
+
+def test_version_prints_the_package_version():
+    from marpo_bench import provenance
+
+    res = runner.invoke(app, ["--version"])
+    assert res.exit_code == 0 and res.output.strip() == f"marpo-bench {provenance.package_version('marpo-bench')}"
 
 
 def test_code_provenance_is_read_once_per_process_so_a_later_commit_is_not_recorded(monkeypatch):

@@ -178,9 +178,12 @@ def test_tensorboard_log_holds_the_same_rows_as_the_metrics_file(tmp_path):
     assert len(files) == 1 and files[0].name.endswith(".marpo-bench")  # no host name in results
     scalars = _events(files[0])
     df = store.read_metrics(run)
-    for col in ("eval_return_mean", "train_return_mean", "policy_loss", "wall_seconds"):
+    for col, tag in (("eval_return_mean", "eval/return_mean"), ("train_return_mean", "train/train_return_mean"),
+                     ("policy_loss", "train/policy_loss"), ("wall_seconds", "time/wall_seconds")):
         want = {int(s): float(v) for s, v in zip(df.env_steps, df[col], strict=True) if np.isfinite(v)}
-        assert scalars[col] == pytest.approx(want, rel=1e-6)  # float32 in the event file
+        assert scalars[tag] == pytest.approx(want, rel=1e-6)  # float32 in the event file
+    hp = list((run / "tensorboard" / "hparams").glob("events.out.tfevents.*"))  # the config as hparams
+    assert len(hp) == 1 and b"num_envs" in hp[0].read_bytes() and hp[0].name.endswith(".marpo-bench")
 
 
 def test_an_unknown_or_missing_logger_is_a_one_line_error_before_any_run(tmp_path):
@@ -339,6 +342,7 @@ def test_wandb_logger_sends_each_metrics_row_once_at_its_env_step(tmp_path, monk
     assert train_run(spec, tmp_path, "wb", faults=(), loggers=("wandb",)).status == "complete"
     df = store.read_metrics(store.run_dir(tmp_path, "wb", spec.run_id))
     assert inits[0]["mode"] == "offline" and inits[0]["name"] == spec.run_id
+    assert inits[0]["id"].startswith("wb--") and inits[0]["group"] == "wb"  # two studies never share a W&B run
     assert inits[0]["config"]["algo"] == "mappo" and inits[0]["config"]["lr"] > 0
     assert [s for s, _ in sent[:-1]] == df.env_steps.tolist() and sent[-1] == (-1, {})
     for (_, scalars), (_, row) in zip(sent, df.iterrows(), strict=False):

@@ -241,3 +241,11 @@ def test_a_missing_ablation_cell_never_removes_a_task_from_marpo_vs_mappo(tmp_pa
     # where the pair's tasks are the aggregate table's, the numbers are the table's
     only = next(g for g in res.comparisons if g.tasks == res.data.agg_tasks and ("marpo", "mappo") in g.poi)
     assert only.aggregates["marpo"]["IQM"] == res.aggregates["marpo"]["IQM"]
+
+
+def test_the_sample_efficiency_ratio_carries_the_range_where_its_band_reaches_the_target(study) -> None:
+    res = analyse(study, reps=2000)
+    r = res.reach["marpo"]
+    line = next(ln for ln in headline(res) if ln.startswith("marpo needs "))
+    assert f"{r.steps_ratio:.2f}x [{r.early / r.baseline_steps:.2f}x, " in line
+    assert r.early <= r.steps <= (r.late if r.late == r.late else float("inf"))

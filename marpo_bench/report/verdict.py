@@ -28,7 +28,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from marpo_bench.analysis import Analysis, Group
-from marpo_bench.stats import Estimate
+from marpo_bench.stats import Estimate, Reach
 
 MIN_SEEDS = 5
 """Runs per (algorithm, task) below which no comparison gets a directional word (see above)."""
@@ -101,9 +101,20 @@ def sentence(v: Verdict, confidence: float) -> str:
             f"IQM {_ci(v.iqm)} vs {_ci(v.iqm_baseline)} ({round(100 * confidence)}% CIs).")
 
 
+def _ratio_range(r: Reach) -> str:
+    """The steps ratio's range where the edges of the algorithm's IQM band reach the target
+    (upper edge first), e.g. "[0.80x, 1.25x]"; "beyond the budget" where the lower edge never does."""
+    if not r.baseline_steps > 0:
+        return ""
+    hi = f"{r.late / r.baseline_steps:.2f}x" if r.late == r.late else "beyond the budget"
+    return f"[{r.early / r.baseline_steps:.2f}x, {hi}]"
+
+
 def efficiency_sentences(res: Analysis) -> list[str]:
-    """e.g. "marpo needs 0.91x mappo's env steps and 1.05x its wall-clock time to reach mappo's final
-    IQM (0.660)"; "never reaches it within the budget" where its curve stays below."""
+    """e.g. "marpo needs 0.91x [0.80x, 1.10x] mappo's env steps and 1.05x its wall-clock time to reach
+    mappo's final IQM (0.660)" (the range: where the edges of marpo's IQM band reach it; a
+    band-crossing range, not a bootstrap CI of the ratio); "does not reach" where its curve stays
+    below."""
     out = []
     for a, r in res.reach.items():
         if a == res.baseline:
@@ -114,8 +125,8 @@ def efficiency_sentences(res: Analysis) -> list[str]:
                        f"final IQM: {own:.3f}).")
             continue
         time = f" and {r.seconds_ratio:.2f}x its wall-clock time" if r.seconds_ratio == r.seconds_ratio else ""
-        out.append(f"{a} needs {r.steps_ratio:.2f}x {res.baseline}'s env steps{time} to reach {res.baseline}'s "
-                   f"final IQM ({r.target:.3f}).")
+        out.append(f"{a} needs {r.steps_ratio:.2f}x {_ratio_range(r)} {res.baseline}'s env steps{time} to reach "
+                   f"{res.baseline}'s final IQM ({r.target:.3f}).")
     return out
 
 
