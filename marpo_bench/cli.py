@@ -550,12 +550,13 @@ def import_(
             if not eq or not name or not fam:
                 raise marleval.MarlEvalError(f"bad --env-map {item!r}: use NAME=FAMILY, e.g. MPE=jax_mpe")
             mapping[name] = fam
-        runs = marleval.import_file(file, results, study, return_metric=return_metric, env_map=mapping,
+        done = marleval.import_file(file, results, study, return_metric=return_metric, env_map=mapping,
                                     reward_scale=reward_scale)
     except (marleval.MarlEvalError, store.StoreError, ValueError) as exc:
         fail(str(exc))
-    console.print(f"imported {len(runs)} runs into {results / study} (already there: left as they are); "
-                  f"the report: marpo-bench report {results / study}", highlight=False)
+    already = f" ({done.already} of the file's runs were there already: left as they are)" if done.already else ""
+    console.print(f"imported {len(done.runs)} runs into {results / study}{already}; the report: marpo-bench report "
+                  f"{results / study}", highlight=False)
 
 
 @app.command()

@@ -249,15 +249,24 @@ def _imported(env: str, family: str, task: str, algo: str, run_key: str, seed: i
         "run_id": run_id, "algo": algo, "env": family, "task": task, "seed": seed, "status": "complete",
         "message": "", "budget": last, "env_steps": last, "overrides": [], "config": {},
         "reward_scale": reward_scale or IMPORTED_SCALE, "episode_limit": None, "eval_mode": None,
-        "started": None, "finished": None, "wall_seconds": rows[-1]["wall_seconds"] if rows else None,
+        "started": None, "finished": None,
+        "wall_seconds": rows[-1]["wall_seconds"] if rows and math.isfinite(rows[-1]["wall_seconds"]) else None,
         "imported": {"format": "marl-eval", "file": name, "sha256": sha256, "environment": env, "task": task,
                      "algorithm": algo, "run": run_key, "date": now},
     }
     return ImportedRun(record, rows)
 
 
+@dataclass
+class ImportResult:
+    """What an import wrote (``runs``) and how many of the file's runs were there already."""
+
+    runs: list[ImportedRun]
+    already: int
+
+
 def import_file(path: Path, results: Path, study: str, *, return_metric: str | None = None,
-                env_map: dict[str, str] | None = None, reward_scale: str | None = None) -> list[ImportedRun]:
+                env_map: dict[str, str] | None = None, reward_scale: str | None = None) -> ImportResult:
     """Import a marl-eval file into ``results/study``: every run checked first, then written; runs
     of this file already imported are left as they are; any other clash changes nothing."""
     path = Path(path)
@@ -287,4 +296,4 @@ def import_file(path: Path, results: Path, study: str, *, return_metric: str | N
         run_path.mkdir(parents=True, exist_ok=True)
         store.write_metrics(run_path, run.rows)
         store.write_run_json(run_path, run.record)  # last: the commit marker of a complete run
-    return [run for _, run in todo]
+    return ImportResult([run for _, run in todo], len(runs) - len(todo))

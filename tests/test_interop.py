@@ -94,7 +94,10 @@ def test_reimporting_a_file_changes_nothing_and_a_clash_is_refused(tmp_path):
     before = snapshot(tmp_path / "f")
     again = runner.invoke(app, args)
     assert again.exit_code == 0 and "imported 0 runs" in one_line(again.output)
+    assert "(12 of the file's runs were there already: left as they are)" in one_line(again.output)
     assert snapshot(tmp_path / "f") == before
+    for run in (tmp_path / "f" / "runs").iterdir():  # valid JSON: no NaN wall-clock where the file has none
+        json.loads((run / store.RUN_JSON).read_text(), parse_constant=lambda c: pytest.fail(f"{c} in run.json"))
     changed = tmp_path / "other.json"
     data = json.loads(FOREIGN.read_text())
     data["SMAX"]["3m"]["ippo"]["seed_0"]["step_0"]["win_rate"] = [0.5]
@@ -347,3 +350,12 @@ def test_wandb_logger_sends_each_metrics_row_once_at_its_env_step(tmp_path, monk
     assert [s for s, _ in sent[:-1]] == df.env_steps.tolist() and sent[-1] == (-1, {})
     for (_, scalars), (_, row) in zip(sent, df.iterrows(), strict=False):
         assert scalars["eval_return_mean"] == pytest.approx(row.eval_return_mean)
+
+
+def test_a_run_imported_without_elapsed_time_stores_valid_json(tmp_path):
+    src = tmp_path / "no_time.json"
+    src.write_text(_one_step("5", "1.0"))
+    assert runner.invoke(app, ["import", str(src), "--study", "t", "--results", str(tmp_path)]).exit_code == 0
+    (run,) = (tmp_path / "t" / "runs").iterdir()
+    record = json.loads((run / store.RUN_JSON).read_text(), parse_constant=lambda c: pytest.fail(f"{c} in run.json"))
+    assert record["wall_seconds"] is None
