@@ -216,6 +216,37 @@ def _restrict(records: list[dict], algos: Sequence[str] | None, envs: Sequence[s
     return records
 
 
+def recipe_drift(records: list[dict]) -> list[str]:
+    """One note per (algorithm, task, overrides) whose runs ran a config that differs from what the
+    same command resolves to today (``train.build_config``): runs of a superseded recipe, e.g. a
+    study trained before a baseline was calibrated. Imported runs (no config) and algorithms not
+    installed here are skipped."""
+    from marpo_bench.config import RunSpec
+    from marpo_bench.train import build_config
+
+    groups: dict[tuple, list[dict]] = defaultdict(list)
+    for r in records:
+        if r.get("config") and not r.get("imported"):
+            key = (r["algo"], r["env"], r["task"], tuple(tuple(p) for p in r.get("overrides") or []))
+            groups[key].append(r)
+    notes = []
+    for (algo, env, task, overrides), runs in sorted(groups.items()):
+        try:
+            today = vars(build_config(RunSpec(algo, env, task, 0, 1, overrides)))
+        except Exception:  # noqa: BLE001 (an algorithm or env not installed here, a setting since removed)
+            continue
+        diffs: dict[str, tuple[Any, Any]] = {}
+        for r in runs:
+            for k, v in r["config"].items():
+                if k in today and today[k] != v and k not in diffs:
+                    diffs[k] = (v, today[k])
+        if diffs:
+            said = ", ".join(f"{k} {old!r} (today {new!r})" for k, (old, new) in sorted(diffs.items()))
+            notes.append(f"{algo} on {env}:{task}: {len(runs)} run(s) ran a config that differs from today's recipe "
+                         f"for the same command: {said}; they measure that config, not today's default")
+    return notes
+
+
 def _finite_mean(values: Sequence[float]) -> float:
     """The mean of the finite values (NaN when there are none, e.g. imported runs without timings)."""
     x = np.asarray(values, dtype=np.float64)
@@ -391,6 +422,7 @@ def load_scores(study_path: Path, last_k: int = 3, baseline: str | None = None,
         files = sorted({f"{r['imported'].get('format')} file {r['imported'].get('file')}" for r in imported})
         notes.append(f"{len(imported)} run(s) imported from {', '.join(files)} (not trained here; provenance in "
                      f"each run.json under 'imported'): {', '.join(sorted({r['algo'] for r in imported}))}")
+    notes += recipe_drift(records)
     load = _Loader(records, metrics, last_k, notes)
     groups = load.usable_by_task(records)
     if not groups:

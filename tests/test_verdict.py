@@ -249,3 +249,26 @@ def test_the_sample_efficiency_ratio_carries_the_range_where_its_band_reaches_th
     line = next(ln for ln in headline(res) if ln.startswith("marpo needs "))
     assert f"{r.steps_ratio:.2f}x [{r.early / r.baseline_steps:.2f}x, " in line
     assert r.early <= r.steps <= (r.late if r.late == r.late else float("inf"))
+
+
+def test_runs_of_a_superseded_recipe_are_flagged_and_page_one_says_budgets_and_commits(tmp_path) -> None:
+    from marpo_bench.config import RunSpec
+    from marpo_bench.train import build_config
+
+    study = tmp_path / "stale"
+    write_synthetic_study(study, ["marpo", "mappo"], TASKS2[:1], seeds=5, incomplete=False)
+    records, _ = store.load_study(study)
+    today = vars(build_config(RunSpec("mappo", "jax_mpe", "simple_spread", 0, 1)))
+    for r in records:  # marpo's runs: today's recipe exactly; mappo's: an older epochs value
+        r["config"] = dict(vars(build_config(RunSpec(r["algo"], r["env"], r["task"], 0, 1))))
+        if r["algo"] == "mappo":
+            r["config"]["epochs"] = today["epochs"] - 5
+        store.write_run_json(study / "runs" / r["run_id"], r, overwrite=True)
+    res = analyse(study, reps=500)
+    drift = [n for n in res.notes if "differs from today's recipe" in n]
+    assert len(drift) == 1 and drift[0].startswith("mappo on jax_mpe:simple_spread: 5 run(s)")
+    assert f"epochs {today['epochs'] - 5} (today {today['epochs']})" in drift[0]
+    out = runner.invoke(app, ["report", str(study), "--out", str(tmp_path / "r"), "--reps", "500", "--format", "md"])
+    md = (tmp_path / "r" / "report.md").read_text()
+    assert "Budgets: " in md and "env steps, 5 seeds per algorithm: all 1 task" in md and "Commits: 0123456" in md
+    assert out.exit_code == 0

@@ -257,7 +257,33 @@ def context(res: Analysis, seed_traces: bool = False) -> dict[str, Any]:
         "ci": round(100 * res.confidence),
         "timings": res.timings, "colours": plots.colours(d.algos),
         "agg_runs": {a: sum(len(d.task(k).runs[a]) for k in d.agg_tasks) for a in d.algos},
+        "budgets": _budgets(d), "commits": _commits(d),
     }
+
+
+def _budgets(d: Any) -> list[str]:
+    """Page 1's "what was run": the tasks' common budgets and seeds per algorithm, tasks alike grouped
+    ("300,000 env steps, 5 seeds per algorithm: all 6 tasks")."""
+    groups: dict[tuple[int, str], list[str]] = defaultdict(list)
+    for t in d.tasks:
+        seeds = sorted({len(rs) for rs in t.runs.values()})
+        groups[(t.budget, str(seeds[0]) if len(seeds) == 1 else f"{seeds[0]}-{seeds[-1]}")].append(t.key)
+    if len(groups) == 1:
+        ((budget, n), keys), = groups.items()
+        return [f"{budget:,} env steps, {n} seeds per algorithm: all {len(keys)} task{'s' if len(keys) != 1 else ''}"]
+    return [f"{budget:,} env steps, {n} seeds per algorithm: {', '.join(keys)}"
+            for (budget, n), keys in sorted(groups.items(), reverse=True)]
+
+
+def _commits(d: Any) -> list[str]:
+    """The code commits of the used runs, most runs first, e.g. "cb14955 (25 runs, uncommitted changes)"."""
+    used = {r.run_id for t in d.tasks for rs in t.runs.values() for r in rs}
+    counts: Counter = Counter()
+    for rec in d.records:
+        if rec["run_id"] in used:
+            counts[(str(rec.get("git_commit") or "unknown")[:7], bool(rec.get("uncommitted_changes")))] += 1
+    return [f"{c} ({n} run{'s' if n != 1 else ''}{', uncommitted changes' if dirty else ''})"
+            for (c, dirty), n in counts.most_common()]
 
 
 def _environment() -> jinja2.Environment:
@@ -309,7 +335,9 @@ def render_markdown(res: Analysis) -> str:
     ci = round(100 * res.confidence)
     lines = [f"## marpo-bench: {d.study}", "",
              f"{len(d.algos)} algorithms ({', '.join(d.algos)}) · {len(d.tasks)} tasks · final score = mean of the "
-             f"last {d.last_k} evaluation points · {res.reps:,} bootstrap reps, {ci}% CIs", "", "**Verdict**", ""]
+             f"last {d.last_k} evaluation points within the last 10% of the budget · {res.reps:,} bootstrap reps, "
+             f"{ci}% CIs", "", f"Budgets: {'; '.join(_budgets(d))}. Commits: {'; '.join(_commits(d))}.", "",
+             "**Verdict**", ""]
     lines += [f"- {line}" for line in headline(res)]
     if res.groups:
         head = [f"{a} IQM" for a in d.algos]
