@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import typer
+from rich import box
 from rich.console import Console
 from rich.table import Table
 
@@ -434,6 +435,13 @@ def print_verdict(res: object) -> None:
     console.print(table)
 
 
+def _short(steps: int) -> str:
+    """Env steps in a few characters: 950, 12k, 1.5M."""
+    if steps >= 1_000_000:
+        return f"{steps / 1e6:.3g}M"
+    return f"{steps / 1e3:.3g}k" if steps >= 1_000 else str(steps)
+
+
 @app.command()
 def status(
     study: Path = typer.Argument(..., help="The study directory, RESULTS_DIR/STUDY."),
@@ -448,17 +456,25 @@ def status(
         fail(str(exc))
     colours = {"complete": "green", "interrupted": "yellow", "failed": "red", "running": "cyan",
                "pending": "dim", "unreadable": "red"}
-    table = Table(title=f"study {study}", header_style="bold")
-    for col in ("run", "algo", "env", "seed", "status", "env steps", "attempt", "message"):
-        table.add_column(col, justify="right" if col in ("seed", "env steps", "attempt") else "left",
-                         overflow="fold")
+    # One line per run at any width (80 columns included): long cells end in an ellipsis, never
+    # wrap; the messages of runs that have one follow the table in full, one per line.
+    table = Table(title=f"study {study}", header_style="bold", box=box.SIMPLE_HEAD, pad_edge=False)
+    for col, width in (("algo", (4, 16)), ("task", (8, 28)), ("seed", (4, 4)), ("status", (11, 11)),
+                       ("env steps", (9, 11))):
+        table.add_column(col, justify="right" if col in ("seed", "env steps") else "left",
+                         no_wrap=True, overflow="ellipsis", min_width=width[0], max_width=width[1])
+    messages = []
     for r in rows:
-        steps = f"{r.get('env_steps') or 0:,}/{r['budget']:,}" if isinstance(r.get("budget"), int) else "-"
+        steps = f"{_short(r.get('env_steps') or 0)}/{_short(r['budget'])}" if isinstance(r.get("budget"), int) else "-"
         env = f"{r.get('env')}:{r.get('task')}" if r.get("env") else "-"
         c = colours.get(r["status"], "white")
-        table.add_row(r["run_id"], str(r.get("algo") or "-"), env, str(r.get("seed", "-")), f"[{c}]{r['status']}[/{c}]",
-                      steps, str(r.get("attempt") or "-"), r.get("message") or "")
+        table.add_row(str(r.get("algo") or "-"), env, str(r.get("seed", "-")), f"[{c}]{r['status']}[/{c}]", steps)
+        attempt = f" (attempt {r['attempt']})" if (r.get("attempt") or 1) > 1 else ""
+        if r.get("message") or attempt:
+            messages.append(f"{r['status']} {r['run_id']}{attempt}: {r.get('message') or ''}")
     console.print(table)
+    for m in messages:
+        console.print(m, highlight=False, soft_wrap=True)
     counts = {s: sum(r["status"] == s for r in rows) for s in ("complete", "interrupted", "failed", "running",
                                                                 "pending", "unreadable")}
     console.print(", ".join(f"{n} {s}" for s, n in counts.items() if n or s != "unreadable")

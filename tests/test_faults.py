@@ -405,6 +405,11 @@ def test_status_shows_complete_interrupted_failed_running_and_pending_runs(tmp_p
     assert res.exit_code == 0, res.output
     text = " ".join(res.output.split())
     assert "1 complete, 1 interrupted, 1 failed, 1 running, 1 pending (5 runs)" in text
+    assert f"failed {specs[1].run_id}: boom" in text  # messages in full, after the table
+    # at 80 columns: one line per run, none longer than the terminal (nothing wrapped)
+    narrow = runner.invoke(app, ["status", str(tmp_path / "st")], env={"COLUMNS": "80"})
+    rows = [ln for ln in narrow.output.splitlines() if "jax_mpe:simple_spread" in ln]
+    assert len(rows) == 5 and max(len(ln) for ln in rows) <= 80
     missing = runner.invoke(app, ["status", str(tmp_path / "nope")])
     assert missing.exit_code == 2 and "does not exist" in missing.output
     live.release()
