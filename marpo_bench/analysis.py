@@ -326,6 +326,7 @@ class _Loader:
                               f"env steps); statistics use the common prefix up to {common:,} env steps")
         per_algo: dict[str, list[RunScore]] = defaultdict(list)
         few: dict[str, int] = {}  # label -> fewest evaluation points of its runs in the final window
+        by_absolute = 0  # imported runs scored by their absolute_metrics
         col = "eval_win_rate" if kind == "win_rate" else "eval_return_mean"
         for r in runs:
             df = self.by_run[r["run_id"]]
@@ -345,6 +346,10 @@ class _Loader:
                                 "earlier training; evaluate more often (--set eval_interval=N) or compare at its "
                                 "own budget")
                 continue
+            absolute = (r.get("absolute_metrics") or {}).get(col)
+            if absolute is not None and math.isfinite(absolute) and budget_of[r["run_id"]] == common:
+                final_raw = float(absolute)  # marl-eval's final score: the final policy re-evaluated
+                by_absolute += 1
             in_window = int(np.sum(steps >= common - (FINAL_WINDOW + BUDGET_SLACK) * common))
             if in_window < self.last_k:
                 few[self.labels[r["run_id"]]] = min(few.get(self.labels[r["run_id"]], in_window), in_window)
@@ -355,6 +360,10 @@ class _Loader:
             per_algo[label].append(RunScore(
                 r["run_id"], label, env, task, r["seed"], final_raw,
                 float(normalise(final_raw, env, task, bounds)), int(steps[-1]), wall, steps, vals, rate))
+        if by_absolute:
+            self.notes.append(f"{env}:{task}: {by_absolute} imported run(s) carry marl-eval's absolute_metrics (the "
+                              "final policy re-evaluated); their final score is that figure, as marl-eval scores "
+                              "them (their curves end at their last logging step)")
         for label, n in sorted(few.items()):
             self.notes.append(f"{env}:{task}: some runs of {label} have only {n} evaluation point(s) in the last "
                               f"{FINAL_WINDOW:.0%} of the common budget {common:,}; their final score is the mean of "

@@ -20,7 +20,8 @@ of the study, marked ``imported`` in its run.json with its provenance (file name
 environment, task, algorithm and run keys, date). The whole file is checked before anything is
 written: a malformed or foreign file changes nothing. Imported returns keep their own scale
 (``reward_scale: "imported"`` unless ``--reward-scale`` says which it is), so the report never
-normalises or pools them with this suite's runs on another scale.
+normalises or pools them with this suite's runs on another scale. A run's ``absolute_metrics`` are
+kept in its run.json, and the report scores the run by them, as marl-eval does.
 """
 
 from __future__ import annotations
@@ -198,8 +199,29 @@ def parse(data: Any, name: str, sha256: str, *, return_metric: str | None = None
                     seeds.add(seed)
                     win_family = fam is not None and fam.score == "win_rate"
                     rows = _rows(steps, f"{where}/{run_key}", return_metric, win_family)
+                    absolute = _absolute(steps, f"{where}/{run_key}", return_metric)
                     out.append(_imported(env, family, task, algo, str(run_key), seed, rows, name, sha256, now,
-                                         reward_scale))
+                                         reward_scale, absolute))
+    return out
+
+
+def _absolute(steps: dict, where: str, return_metric: str | None) -> dict[str, float] | None:
+    """A run's ``absolute_metrics`` (marl-eval: the final policy re-evaluated, typically on 10x a
+    logging step's episodes, and what marl-eval scores a run by) as the store's evaluation columns;
+    None when the run has none or they hold no return."""
+    am = steps.get("absolute_metrics")
+    if am is None:
+        return None
+    if not isinstance(am, dict):
+        raise _fail(f"{where}/absolute_metrics", "absolute_metrics must be an object of metrics")
+    metric = return_metric or next((m for m in RETURN_METRICS if m in am), None)
+    if metric is None or metric not in am:
+        return None
+    ret = _number_list(am[metric], f"{where}/absolute_metrics/{metric}")
+    out = {"eval_return_mean": float(np.mean(ret)), "eval_episodes": len(ret)}
+    wins = next((m for m in WIN_METRICS if m in am), None)
+    if wins:
+        out["eval_win_rate"] = float(np.mean(_number_list(am[wins], f"{where}/absolute_metrics/{wins}")))
     return out
 
 
@@ -240,7 +262,8 @@ def _rows(steps: Any, where: str, return_metric: str | None, win_family: bool) -
 
 
 def _imported(env: str, family: str, task: str, algo: str, run_key: str, seed: int, rows: list[dict], name: str,
-              sha256: str, now: str, reward_scale: str | None) -> ImportedRun:
+              sha256: str, now: str, reward_scale: str | None, absolute: dict[str, float] | None = None
+              ) -> ImportedRun:
     ident = hashlib.sha256(f"{sha256}/{env}/{task}/{algo}/{run_key}".encode()).hexdigest()[:8]
     safe_task = re.sub(r"[^A-Za-z0-9_.+=-]", "_", task)
     run_id = f"{algo}__{family}-{safe_task}__s{seed}__i{ident}"
@@ -254,6 +277,8 @@ def _imported(env: str, family: str, task: str, algo: str, run_key: str, seed: i
         "imported": {"format": "marl-eval", "file": name, "sha256": sha256, "environment": env, "task": task,
                      "algorithm": algo, "run": run_key, "date": now},
     }
+    if absolute is not None:
+        record["absolute_metrics"] = absolute
     return ImportedRun(record, rows)
 
 
