@@ -67,6 +67,7 @@ QMIX = "baselines/qmix.py"
 STATS = "marpo_bench/stats.py"
 TRAIN = "marpo_bench/train.py"
 SMAX = "marpo_bench/envs/smax.py"
+NETS = "marpo_bench/nets.py"
 
 MUTATIONS: list[Mutation] = [
     # --- the 17 (+1) bugs of issue #24 -------------------------------------------------------------
@@ -178,6 +179,19 @@ MUTATIONS: list[Mutation] = [
     Mutation("X20", TRAIN, "        actions, act_state = algo.act(ts, act_state, deterministic=deterministic)\n",
              "        actions, act_state = algo.act(ts, act_state, deterministic=False)\n", EVAL_TESTS,
              "evaluate() samples whatever the evaluation mode"),
+    # --- the gaps of issue #38 (tests added for them) -----------------------------------------------
+    Mutation("X21", NETS, "    return torch.argmax(logits - torch.log(-torch.log(u)), dim=-1)\n",
+             "    return torch.argmax(2 * logits - torch.log(-torch.log(u)), dim=-1)\n", ("tests/test_collection.py",),
+             "sampler: actions drawn at another temperature than softmax(logits)"),
+    Mutation("X22", QMIX, "a_star = q_on.masked_fill(~avail_next, -math.inf).argmax(-1, keepdim=True)\n",
+             "a_star = q_tgt.masked_fill(~avail_next, -math.inf).argmax(-1, keepdim=True)\n",
+             ("tests/test_qmix.py",), "QMix: double-Q picks the target network's argmax (plain max in disguise)"),
+    Mutation("X23", QMIX, "        w1 = torch.abs(relu_mlp(s, stack, \"hyper_w_1\", L)).reshape(S * R, N, Em)\n",
+             "        w1 = relu_mlp(s, stack, \"hyper_w_1\", L).reshape(S * R, N, Em)\n", ("tests/test_qmix.py",),
+             "batched QMix mixer: first-layer weights not made non-negative (not monotonic)"),
+    Mutation("X24", QMIX, "        eps = 0.0 if deterministic else self.epsilon()\n",
+             "        eps = 0.01 if deterministic else self.epsilon()\n", ("tests/test_qmix.py",),
+             "QMix: greedy evaluation keeps a 1% exploration rate"),
 ]
 
 

@@ -56,3 +56,41 @@ def test_collect_without_time_limit_bootstrap_ends_the_return_at_the_time_limit(
     # on-policy (use_proper_time_limits False): env 0's step 1 is terminal: d1 = 1 - 2 = -1, A0 = 1 + 0.45*(-1)
     adv = torch.tensor([[0.55, -2.89], [-1.0, -4.2], [-97.5, -6.0], [0.0, -19.0]])
     torch.testing.assert_close(ro.advantages, adv)
+
+
+LOGITS = [0.5, -1.0, 1.5, 0.0]  # four actions, none negligible
+
+
+def _chi2_p(actions: torch.Tensor, probs: torch.Tensor) -> float:
+    from scipy.stats import chisquare
+
+    counts = torch.bincount(actions.reshape(-1), minlength=probs.numel()).double()
+    p = probs.double() / probs.double().sum()
+    return float(chisquare(counts.numpy(), (counts.sum() * p).numpy()).pvalue)
+
+
+def test_the_samplers_action_frequencies_follow_softmax_of_the_logits():
+    from marpo_bench.nets import gumbel_max_sample
+
+    logits = torch.tensor(LOGITS)
+    gen = torch.Generator().manual_seed(0)
+    actions = gumbel_max_sample(logits.expand(40_000, 4), gen)
+    assert _chi2_p(actions, torch.softmax(logits, 0)) > 1e-4
+    # the check has power: the same draws are far from a sampler with another temperature
+    assert _chi2_p(actions, torch.softmax(2 * logits, 0)) < 1e-9
+
+
+def test_collect_records_actions_drawn_from_the_policy_and_their_log_probabilities():
+    T, E = 40, 64
+    env = ScriptedEnv(torch.zeros(T + 1, E), torch.zeros(T, E), torch.zeros(T, E, dtype=torch.bool),
+                      torch.zeros(T, E, dtype=torch.bool), torch.zeros(T, E), N=2, A=4)
+    cfg = make_config(MAPPOConfig, num_envs=E, rollout_len=T, value_norm=False, recurrent=False,
+                      recurrent_critic=False, share_policy=True)
+    algo = MAPPO(cfg, env.info, "cpu", seed=3)
+    install_known_nets(algo, actor_logits=LOGITS, critic=True)
+    ro, _, _ = algo.collect(env, env.reset(0))
+    probs = torch.softmax(torch.tensor(LOGITS), 0)
+    assert ro.actions.shape == (T, E, 2)
+    assert torch.equal(torch.stack(env.actions), ro.actions)  # what the env got is what is recorded
+    assert _chi2_p(ro.actions, probs) > 1e-4  # 5,120 draws
+    torch.testing.assert_close(ro.logp_old, torch.log(probs)[ro.actions])

@@ -19,6 +19,7 @@ from baselines.qmix import (
     QMix,
     QMixConfig,
     QMixer,
+    QMixSeeds,
     no_bootstrap,
     td_lambda_targets,
 )
@@ -850,3 +851,49 @@ def test_cli_run_writes_a_complete_qmix_run_with_q_metrics(tmp_path):
     assert (metrics["eval_episodes"] == 4).all()
     ckpt = store.load_checkpoint(tmp_path / "q" / "runs" / records[0]["run_id"])
     assert ckpt is not None and ckpt["env_steps"] == 1200 and "target_mixer" in ckpt["algo"]
+
+
+# ----------------------------------------------------------------------------------------------
+# where a planted bug used to pass: double-Q disagreeing, the batched mixer, greedy on many actions
+
+
+def test_double_q_takes_the_targets_value_of_the_online_argmax_where_the_two_disagree():
+    """The online agent now prefers action 0, then 1 (the target network prefers 2, then 1): the
+    double-Q target evaluates the online choice with the target network, not the target's max."""
+    ys = {}
+    for double_q in (True, False):
+        algo = _hand_coded_qmix(double_q, 0.0)
+        with torch.no_grad():
+            algo.agent.fc2.bias.copy_(torch.tensor([1000.0, 100.0, 0.0]))
+        ys[double_q] = algo.targets(_two_step_batch(algo.info))[1, :2]  # the truncated episode
+    # slot 1: agent 0 online argmax over {0, 1} -> 0 (target Q 1), agent 1 only 0 (Q 1), state 20
+    # slot 2: agent 0 only 2 (Q 3), agent 1 over {0, 1} -> 0 (Q 1), final state 100
+    torch.testing.assert_close(ys[True], torch.tensor([-1 + GAMMA * 22.0, -2 + GAMMA * 104.0]))
+    torch.testing.assert_close(ys[False], torch.tensor([-1 + GAMMA * Q1, -2 + GAMMA * Q_FINAL]))
+
+
+@pytest.mark.parametrize("layers", [1, 2])
+def test_the_batched_mixer_is_monotonic_in_every_agent_q_of_every_seed(layers):
+    info = fake_info(N=4, obs_dim=5, S=7, A=3)
+    seeds = QMixSeeds(QMixConfig(hypernet_layers=layers), info, "cpu", [0, 1, 2])
+    gen = torch.Generator().manual_seed(layers)
+    for scale in (0.1, 1.0, 10.0):
+        qs = (scale * torch.randn(3, 256, 4, generator=gen)).requires_grad_(True)
+        states = scale * torch.randn(3, 256, 7, generator=gen)
+        (grad,) = torch.autograd.grad(seeds._mixer(seeds.mixer, qs, states).sum(), qs)
+        assert (grad >= 0).all(), grad.min()
+        assert (grad > 0).any(dim=(1, 2)).all()  # every seed's mixer passes gradient
+
+
+def test_greedy_act_is_the_masked_argmax_on_a_thousand_actions():
+    """1,024 actions: an exploration rate of 1% left in greedy evaluation would change about 10 of
+    them (all 1,024 right by luck: probability 0.99^1024, about 3e-5)."""
+    info = fake_info(N=2, obs_dim=5, S=4, A=6)
+    algo = QMix(QMixConfig(), info, "cpu", 3)
+    algo.t_env = 0  # start of training: the schedule's epsilon is 1
+    ts = _random_timestep(512, info, torch.Generator().manual_seed(2))
+    a, _ = algo.act(ts, algo.initial_act_state(512), deterministic=True)
+    with torch.no_grad():
+        x = torch.cat([ts.obs, torch.zeros(512, 2, 6)], -1).reshape(1, 1024, -1)
+        q, _ = algo.agent(x, torch.zeros(1024, algo.cfg.rnn_hidden_dim))
+    assert torch.equal(a, q.view(512, 2, 6).masked_fill(~ts.avail_actions, -math.inf).argmax(-1))
