@@ -97,6 +97,10 @@ Replay (vectorised, whole episodes; pymarl's ``EpisodeBatch``/``ReplayBuffer``)
   (no-op only); a step is masked from the loss only when the whole team is dead.
 - Partially collected episodes at the end of ``learn`` are dropped (pymarl stores complete
   episodes only). The buffer is not checkpointed (it would be tens of MB); a resumed run refills it.
+- Its size is known before it is allocated (``EpisodeReplay.nbytes``, exact; ``QMix.memory_estimate``
+  adds the updates), and ``run`` refuses a run that would not fit (``marpo_bench.memory``). pymarl's
+  5,000 episodes stay the default on every task, as the recipes' sources ran them: 0.6 GB on smax:3m,
+  3.9 GB on 8m, 35.7 GB on 25m, 43.8 GB on 27m_vs_30m (``--set qmix.buffer_size=N`` is the departure).
 
 Training ratio: an iteration collects ``rollout_len`` steps (default: the episode limit, i.e. one
 episode per env on fixed-horizon tasks) in all E envs, then performs one gradient update per
@@ -489,6 +493,16 @@ def _empty_batch(n: int, info: EnvInfo, device: torch.device) -> EpisodeBatch:
     )
 
 
+def episode_bytes(info: EnvInfo) -> int:
+    """Bytes of one padded episode as ``_empty_batch`` allocates it (every field of
+    :class:`EpisodeBatch`: float32 obs / state / reward, bool avail / alive / terminated, int64
+    actions / length). Exact, so a replay's size is known before it is allocated."""
+    T, N, D, S, A = info.episode_limit, info.num_agents, info.obs_dim, info.state_dim, info.num_actions
+    slots = (T + 1) * (4 * N * D + 4 * S + N * A + N)  # obs, state, avail, alive
+    steps = T * (8 * N + 4 + 1)  # actions, reward, terminated
+    return slots + steps + 8  # + length
+
+
 class EpisodeReplay:
     """Ring buffer of whole episodes, filled from auto-resetting vectorised envs.
 
@@ -506,6 +520,13 @@ class EpisodeReplay:
         self.ptr = 0
         self.size = 0
         self.episodes = 0  # episodes ever inserted
+
+    @staticmethod
+    def nbytes(capacity: int, num_envs: int, info: EnvInfo) -> int:
+        """Bytes this buffer allocates for ``capacity`` episodes and ``num_envs`` envs: the ring
+        (``data``), the per-env staging rows (``stage``) and the per-env time index and row
+        numbers (int64). Exact (tests/test_memory.py compares it with the allocated tensors)."""
+        return (capacity + num_envs) * episode_bytes(info) + 2 * 8 * num_envs
 
     def __len__(self) -> int:
         return self.size
@@ -575,6 +596,22 @@ def _onehot_last(actions: torch.Tensor, num_actions: int) -> torch.Tensor:
     return out
 
 
+def update_bytes(cfg: QMixConfig, info: EnvInfo) -> int:
+    """Estimated peak working set of one gradient update (``cfg`` resolved): the sampled batch (a
+    copy of ``batch_size`` whole episodes) and what the agent networks (online and target) and the
+    mixers hold over it while the loss is built and back-propagated. The activation terms are
+    coarse, set from measured peak RSS with room to spare (the batched learner's step-by-step GRU
+    keeps the most: about 2,500 floats per agent row at 64 hidden units on jax_mpe:simple_spread;
+    tests/test_memory.py). Next to a replay of thousands of episodes it is a few percent."""
+    T, N, A, S = info.episode_limit, info.num_agents, info.num_actions, info.state_dim
+    B, H, Em = cfg.batch_size, cfg.rnn_hidden_dim, cfg.mixing_embed_dim
+    in_dim = info.obs_dim + (A if cfg.obs_last_action else 0)
+    rows = B * (T + 1) * N  # agent-network rows of a batch
+    agent = 4 * rows * (4 * in_dim + 40 * H + 4 * A)
+    mixer = 4 * B * T * 2 * (2 * S + 3 * cfg.hypernet_embed + 2 * N * Em + 4 * Em)
+    return B * episode_bytes(info) + agent + mixer
+
+
 class QMix:
     """QMix with a recurrent shared agent network, hypernetwork mixer and episode replay."""
 
@@ -590,6 +627,23 @@ class QMix:
     # One learner with these settings x S does the arithmetic of S seeds (S x the envs and the batch,
     # the same updates per iteration): ``bench --seed-stacks`` times it as batching's bound.
     seed_scaled_settings = ("num_envs", "batch_size", "episodes_per_update")
+    # The setting its memory grows with and what it holds, named when a run would not fit
+    # (``marpo_bench.memory``): the replay of whole episodes.
+    memory_setting = ("buffer_size", "its replay of {buffer_size} episodes (buffer_size) and its updates")
+
+    @classmethod
+    def memory_estimate(cls, cfg: QMixConfig, info: EnvInfo, seeds: int = 1) -> int:
+        """Bytes ``learn`` allocates on the learner's device for ``cfg`` on a task of ``info``'s
+        shapes (``seeds`` > 1: the batched learner, ``QMixSeeds``, which keeps one replay per
+        seed): per seed, the replay (exact: ``EpisodeReplay.nbytes`` with ``cfg.num_envs`` envs)
+        and one update's working set (``update_bytes``; the batched learner also pads and stacks
+        its seeds' batches: two more copies). The networks and optimiser states (a few MB at the
+        default sizes) are left out. Called before anything is built (``marpo_bench.memory``)."""
+        c = cfg.resolved()
+        per_seed = EpisodeReplay.nbytes(c.buffer_size, c.num_envs, info) + update_bytes(c, info)
+        if seeds > 1:
+            per_seed += 2 * c.batch_size * episode_bytes(info)
+        return seeds * per_seed
 
     def __init__(self, cfg: QMixConfig, env_info: EnvInfo, device: torch.device | str, seed: int) -> None:
         cfg.validate()

@@ -27,7 +27,17 @@ import numpy as np
 
 from marpo_bench import registry, store
 from marpo_bench.envs.base import TaskBounds
-from marpo_bench.normalisation import normalise, score_kind, study_bounds, task_bounds
+from marpo_bench.normalisation import (
+    MINMAX_EPS,
+    NORMALISATIONS,
+    Normalisation,
+    minmax_bounds,
+    normalise,
+    run_minmax,
+    score_kind,
+    study_bounds,
+    task_bounds,
+)
 from marpo_bench.stats import (
     Band,
     Estimate,
@@ -117,6 +127,7 @@ class StudyScores:
     agg_tasks: list[str]  # task keys in the aggregates (normalisable, every algorithm present, learned)
     unlearned: list[str] = field(default_factory=list)  # normalisable tasks no algorithm learns (shown apart)
     frames: dict[str, Any] = field(default_factory=dict)  # run_id -> its metrics rows (training metrics too)
+    normalisation: Normalisation = "bounds"  # how return tasks are normalised (load_scores' parameter)
 
     def task(self, key: str) -> TaskData:
         return next(t for t in self.tasks if t.key == key)
@@ -407,7 +418,7 @@ def _aggregated(tasks: list[TaskData], algos: list[str], study_path: Path, notes
 
 def load_scores(study_path: Path, last_k: int = 3, baseline: str | None = None,
                 algos: Sequence[str] | None = None, envs: Sequence[str] | None = None,
-                study_runs: store.StudyRuns | None = None) -> StudyScores:
+                study_runs: store.StudyRuns | None = None, normalisation: Normalisation = "bounds") -> StudyScores:
     """Read a study (or take its ``study_runs`` already read with ``store.read_study``) and extract the
     final score and learning curve of every complete run.
 
@@ -419,7 +430,13 @@ def load_scores(study_path: Path, last_k: int = 3, baseline: str | None = None,
     different reward scale / horizon than the task's normalisation table are listed in
     ``excluded`` with the reason. Raises :class:`store.StoreError` for unreadable stores (missing,
     empty, other schema versions) and :class:`AnalysisError` when nothing complete is left.
+
+    ``normalisation="minmax"`` normalises every return task as marl-eval does, by min-max over its
+    own values (:func:`_minmax`), instead of by its stored bounds; every such task can then enter
+    the aggregates.
     """
+    if normalisation not in NORMALISATIONS:
+        raise AnalysisError(f"unknown normalisation {normalisation!r}; valid: {', '.join(NORMALISATIONS)}")
     if last_k < 1:
         raise AnalysisError(f"--last-k must be at least 1, got {last_k}")
     study_path = Path(study_path)
@@ -446,6 +463,8 @@ def load_scores(study_path: Path, last_k: int = 3, baseline: str | None = None,
         if kind == "return":
             runs = load.same_scale(f"{env}:{task}", runs, bounds)
         runs = load.one_per_seed(runs)
+        if normalisation == "minmax" and kind == "return" and runs:
+            bounds = _minmax(f"{env}:{task}", runs, load.by_run, notes)
         data = load.task_data(env, task, kind, bounds, runs) if runs else None
         if data is not None:
             tasks.append(data)
@@ -454,10 +473,36 @@ def load_scores(study_path: Path, last_k: int = 3, baseline: str | None = None,
         why = f": e.g. run {first.run_id}: {first.reason}" if first else ""
         raise AnalysisError(f"study {study_path.name}: no run is usable{why}")
     algo_order = _display_order({a for t in tasks for a in t.runs}, baseline)
+    if normalisation == "minmax":
+        notes.insert(0, _minmax_note(tasks))
     agg, unlearned = _aggregated(tasks, algo_order, study_path, notes)
     used = {r.run_id for t in tasks for rs in t.runs.values() for r in rs}
     return StudyScores(study_path.name, study_path, records, tasks, algo_order, load.excluded, notes, last_k, agg,
-                       unlearned, {rid: df for rid, df in load.by_run.items() if rid in used})
+                       unlearned, {rid: df for rid, df in load.by_run.items() if rid in used}, normalisation)
+
+
+def _minmax(key: str, runs: list[dict], by_run: dict[str, Any], notes: list[str]) -> TaskBounds:
+    """A return task's min-max bounds over its runs (``--normalise minmax``,
+    :func:`marpo_bench.normalisation.minmax_bounds`), noting where they cannot be marl-eval's exactly."""
+    ranges = [run_minmax(r, by_run[r["run_id"]]["eval_return_mean"].to_numpy(np.float64)) for r in runs]
+    approx = sum(not exact for _, _, exact in ranges)
+    if approx:
+        notes.append(f"{key}: {approx} imported run(s) predate the stored marl-eval range (imported.return_minmax): "
+                     "their min and max come from their evaluation means, not each episode's value as in "
+                     "marl-eval; import the file into a new study for marl-eval's exact bounds")
+    first = runs[0]
+    return minmax_bounds([(lo, hi) for lo, hi, _ in ranges], first.get("reward_scale") or "unknown",
+                         first.get("episode_limit"))
+
+
+def _minmax_note(tasks: list[TaskData]) -> str:
+    """What ``--normalise minmax`` did, and to which tasks (the report's mark of them)."""
+    marked = ", ".join(f"{t.key} [{t.bounds.random:g}, {t.bounds.reference - MINMAX_EPS:g}]"
+                       for t in tasks if t.kind == "return" and t.bounds is not None)
+    return ("normalisation: min-max, as marl-eval normalises (--normalise minmax): each return task's score is "
+            "(x - min) / (max - min + 1e-6) with min and max over all its values (every algorithm, run, evaluation "
+            "and absolute metric; each episode's value where an imported file had them), not the stored bounds; "
+            "scores are comparable within this report only. Tasks normalised so [min, max]: " + (marked or "none"))
 
 
 @dataclass
@@ -709,18 +754,20 @@ POI_FRACTIONS = (0.25, 0.5, 1.0)
 def analyse(
     study_path: Path, *, reps: int = 50_000, seed: int = 0, baseline: str | None = None, last_k: int = 3,
     confidence: float = 0.95, grid_points: int = 21,
-    algos: Sequence[str] | None = None, envs: Sequence[str] | None = None,
+    algos: Sequence[str] | None = None, envs: Sequence[str] | None = None, normalisation: Normalisation = "bounds",
 ) -> Analysis:
     """Load a study and compute everything the report shows.
 
     ``baseline=None`` picks MAPPO when the study has it; a named baseline must be in the study
     (unless the study has a single algorithm). ``algos`` / ``envs`` restrict the study
-    (``load_scores``). The statistics are :mod:`marpo_bench.stats`'s (rliable's definitions).
+    (``load_scores``), as ``normalisation`` (``"bounds"`` or marl-eval's ``"minmax"``) does. The
+    statistics are :mod:`marpo_bench.stats`'s (rliable's definitions).
     """
     if reps < 1:
         raise AnalysisError(f"--reps must be positive, got {reps}")
     t0 = time.perf_counter()
-    data = load_scores(study_path, last_k, baseline or DEFAULT_BASELINE, algos=algos, envs=envs)
+    data = load_scores(study_path, last_k, baseline or DEFAULT_BASELINE, algos=algos, envs=envs,
+                       normalisation=normalisation)
     if baseline is None:  # automatic: MAPPO when the study has it, else no baseline
         baseline = DEFAULT_BASELINE if DEFAULT_BASELINE in data.algos else None
     elif baseline not in data.algos:

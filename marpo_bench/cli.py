@@ -76,6 +76,12 @@ def run(
     preset: str | None = typer.Option(None, help="A documented grid (`marpo-bench list presets`) "
                                                   "(marpo_bench/presets.py); explicit flags override its fields, "
                                                   "--set adds to its settings."),
+    study_file: Path | None = typer.Option(None, help="A study file (TOML: cells of algorithms, envs, seeds, "
+                                                      "steps, settings and sweeps; marpo_bench/studyfile.py); "
+                                                      "flags override its fields as a preset's. Kept in the "
+                                                      "study directory as study.toml."),
+    extend: bool = typer.Option(False, "--extend", help="Add a study file's runs to a study run with another "
+                                                        "study file (kept beside it)."),
     workers: int = typer.Option(1, help="Runs trained in parallel (local process pool); on CPU, up to one "
                                         "per core (2 on a 2-core machine) is fastest."),
     threads: int = typer.Option(DEFAULT_THREADS, help="Torch threads per run (local executor). 1 is fastest for the "
@@ -101,16 +107,28 @@ def run(
     log: str | None = typer.Option(None, help="Also log each run's metrics to tensorboard (event files in the run "
                                               "directory) and/or wandb (offline unless WANDB_MODE is set), "
                                               "e.g. --log tensorboard."),
+    max_memory: str | None = typer.Option(None, help="Memory the runs trained at once may use together, e.g. 8G "
+                                                     "(default: what the machine has available now; with "
+                                                     "--ray-address: each run's, unchecked when not given). A "
+                                                     "grid with a run that would not fit is refused before any "
+                                                     "starts."),
 ) -> None:
     """Train a grid of algorithms x envs x seeds. Re-running the same command skips complete runs and
     continues interrupted or failed ones from their last checkpoint."""
-    from marpo_bench import executors, plan, presets
+    from marpo_bench import executors, plan, presets, studyfile
     from marpo_bench.loggers import parse_loggers
     from marpo_bench.train import faults_from_env
 
     try:
-        grids = presets.resolve(preset, algos=algos, envs=envs, seeds=seeds, steps=steps, sets=set_,
-                                defaults=(DEFAULT_ALGOS, DEFAULT_ENVS, DEFAULT_SEEDS, DEFAULT_STEPS))
+        sfile = None
+        if study_file is not None:
+            if preset is not None:
+                raise ConfigError("give --preset or --study-file, not both")
+            sfile = studyfile.read(study_file)
+            grids = presets.with_flags(sfile.cells, algos=algos, envs=envs, seeds=seeds, steps=steps, sets=set_)
+        else:
+            grids = presets.resolve(preset, algos=algos, envs=envs, seeds=seeds, steps=steps, sets=set_,
+                                    defaults=(DEFAULT_ALGOS, DEFAULT_ENVS, DEFAULT_SEEDS, DEFAULT_STEPS))
         store.check_results_dir(results)
         specs = list({s.run_id: s for g in grids
                       for s in plan.plan_grid(g.algos, g.envs, g.seeds, g.steps, list(g.sets), device)}.values())
@@ -142,9 +160,21 @@ def run(
         if busy:
             raise ConfigError(f"{len(busy)} run(s) of this study are being trained by another process "
                               f"(pid {busy[0][1]}); wait for it or stop it, then re-run")
+        from marpo_bench.memory import check_grid  # a run that cannot fit is refused before anything is written
+
+        check_grid([s for s in specs if statuses[s.run_id] != "complete"], device, max_memory, executor=executor,
+                   workers=workers, ray_address=ray_address, cpus_per_run=cpus_per_run,
+                   vectorize_seeds=vectorize_seeds)
+        if sfile is not None:
+            studyfile.keep_copy(results / study, sfile, extend)
     except (ConfigError, ValueError, store.StoreError) as exc:
         fail(str(exc))
-    plan.write_plan(results, study, specs, {"preset": preset, "executor": executor})
+    if sfile is not None:
+        configs = ", ".join(f"{a} {n} config{'s' if n != 1 else ''}" for a, n in studyfile.trials(sfile.cells).items())
+        console.print(f"study file {study_file.name}: {len(sfile.cells)} grid(s); per algorithm and task: {configs}",
+                      highlight=False)
+    plan.write_plan(results, study, specs, {"preset": preset, "executor": executor,
+                                            "study_file": study_file.name if study_file else None})
     done = sum(v == "complete" for v in statuses.values())
     redo = sum(v not in (None, "complete") for v in statuses.values())
     console.print(f"study [bold]{results / study}[/bold]: {len(specs)} runs "
@@ -315,6 +345,9 @@ def report(
     algos: str | None = typer.Option(None, help="Only these algorithms, comma-separated (default: all)."),
     envs: str | None = typer.Option(None, help="Only these env families or family:task pairs, comma-separated "
                                                "(default: all), e.g. jax_mpe for an ablation on MPE."),
+    normalise: str = typer.Option("bounds", help="How return tasks are normalised: bounds (each task's stored "
+                                                 "bounds) or minmax (min-max over each task's own values, as "
+                                                 "marl-eval does; imported tasks then enter the aggregates)."),
 ) -> None:
     """rliable statistics, learning curves and provenance of a study as HTML and PDF."""
     import time
@@ -332,7 +365,7 @@ def report(
     t0 = time.perf_counter()
     try:
         res = analyse(study, reps=reps, seed=seed, baseline=baseline, last_k=last_k,
-                      algos=_csv(algos), envs=_csv(envs))
+                      algos=_csv(algos), envs=_csv(envs), normalisation=normalise)
         t1 = time.perf_counter()
         for note in res.notes:
             console.print(f"note: {note}", highlight=False, soft_wrap=True)
@@ -475,6 +508,11 @@ def status(
     console.print(table)
     for m in messages:
         console.print(m, highlight=False, soft_wrap=True)
+    from marpo_bench.studyfile import describe
+
+    kept = describe(study)
+    if kept:
+        console.print(kept, highlight=False, soft_wrap=True)
     counts = {s: sum(r["status"] == s for r in rows) for s in ("complete", "interrupted", "failed", "running",
                                                                 "pending", "unreadable")}
     console.print(", ".join(f"{n} {s}" for s, n in counts.items() if n or s != "unreadable")

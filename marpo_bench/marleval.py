@@ -5,7 +5,8 @@ file shaped ``environment -> task -> algorithm -> run -> step_i -> {step_count, 
 each run ending with ``absolute_metrics -> {metric: [values]}``. Its quirks (PITFALLS.md): every
 (algorithm, task) of an environment needs the same runs and evaluation steps, every metric value
 is a list, algorithm names may not contain commas, and it normalises each task by min-max over
-the file's own contents (this suite's report normalises with documented bounds instead).
+the file's own contents (this suite's report normalises with documented bounds unless
+``report --normalise minmax`` asks for marl-eval's way).
 
 Export (``marpo-bench export STUDY --format marl-eval --out FILE.json``): every complete run, its
 evaluation points as ``step_i`` (``step_count`` = env steps, ``elapsed_time`` = wall seconds,
@@ -21,7 +22,9 @@ environment, task, algorithm and run keys, date). The whole file is checked befo
 written: a malformed or foreign file changes nothing. Imported returns keep their own scale
 (``reward_scale: "imported"`` unless ``--reward-scale`` says which it is), so the report never
 normalises or pools them with this suite's runs on another scale. A run's ``absolute_metrics`` are
-kept in its run.json, and the report scores the run by them, as marl-eval does.
+kept in its run.json, and the report scores the run by them, as marl-eval does. Each run also
+keeps its task's return range over the file as marl-eval computes it (``imported.return_minmax``,
+:func:`task_minmax`), the bounds of ``report --normalise minmax``.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ import hashlib
 import json
 import math
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -184,6 +188,7 @@ def parse(data: Any, name: str, sha256: str, *, return_metric: str | None = None
         for task, algos in tasks.items():
             if not isinstance(algos, dict) or not algos:
                 raise _fail(f"{env}/{task}", "a task must be an object of algorithms")
+            first = len(out)
             for algo, runs in algos.items():
                 where = f"{env}/{task}/{algo}"
                 if not isinstance(runs, dict) or not runs:
@@ -202,7 +207,44 @@ def parse(data: Any, name: str, sha256: str, *, return_metric: str | None = None
                     absolute = _absolute(steps, f"{where}/{run_key}", return_metric)
                     out.append(_imported(env, family, task, algo, str(run_key), seed, rows, name, sha256, now,
                                          reward_scale, absolute))
+            minmax = task_minmax(algos, return_metric)
+            for run in out[first:]:  # every run of the task: its file's task range, marl-eval's bounds
+                run.record["imported"]["return_minmax"] = minmax
     return out
+
+
+def minmax_scan(value_lists: Iterable[list[float]]) -> tuple[float, float] | None:
+    """marl-eval 0.0.4's min and max of one metric over value lists read in file order
+    (``data_process_pipeline``'s ``_compare_values``, marl_eval/utils/data_processing_utils.py): the
+    first list sets both; each later list lowers the min, *or else* raises the max (``if ... elif``),
+    so a list holding a new minimum and a new maximum at once leaves the max short of the data's.
+    Replayed as written, so that scores equal marl-eval's; None for no lists."""
+    low = high = None
+    for values in value_lists:
+        lo, hi = min(values), max(values)
+        if low is None or high is None:
+            low, high = lo, hi
+        elif low > lo:
+            low = lo
+        elif high < hi:
+            high = hi
+    return None if low is None or high is None else (low, high)
+
+
+def task_minmax(algos: dict[str, Any], return_metric: str | None) -> list[float] | None:
+    """A task's return bounds as marl-eval normalises it: :func:`minmax_scan` over every algorithm,
+    run and logging step of the task, ``absolute_metrics`` included, in file order, each list of
+    per-episode values whole (marl-eval resets the scan per task and keeps one per metric). Called
+    on a task that :func:`parse` has checked."""
+    lists = []
+    for runs in algos.values():
+        for steps in runs.values():
+            for key, step in steps.items():
+                metric = return_metric or next((m for m in RETURN_METRICS if m in step), None)
+                if metric in step:
+                    lists.append(_number_list(step[metric], key))
+    found = minmax_scan(lists)
+    return None if found is None else list(found)
 
 
 def _absolute(steps: dict, where: str, return_metric: str | None) -> dict[str, float] | None:

@@ -20,9 +20,10 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
@@ -88,6 +89,50 @@ def normalise(values: np.ndarray | float, env: str, task: str, bounds: TaskBound
     if b is None:
         return np.full_like(v, np.nan)
     return (v - b.random) / (b.reference - b.random)
+
+
+Normalisation = Literal["bounds", "minmax"]
+"""How ``report`` normalises return tasks: ``bounds``, each task's stored bounds (the default);
+``minmax``, min-max over each task's own values, as marl-eval does (:func:`minmax_bounds`)."""
+NORMALISATIONS: tuple[str, ...] = ("bounds", "minmax")
+MINMAX_EPS = 1e-6
+"""marl-eval's ``(x - min) / (max - min + 1e-6)``: the 1e-6 (data_process_pipeline) is kept so
+that scores equal marl-eval's to float precision."""
+MINMAX_SOURCE = "min-max over the task's own values (as marl-eval normalises: --normalise minmax)"
+
+
+def run_minmax(record: dict[str, Any], returns: np.ndarray) -> tuple[float, float, bool]:
+    """One run's contribution to its task's min-max bounds: ``(low, high, exact)``.
+
+    An imported run carries its file's task range as marl-eval computes it over every episode's
+    value (``imported.return_minmax``, :func:`marpo_bench.marleval.task_minmax`): exact. Any
+    other run gives the range of its evaluation means and its absolute metric, which is what
+    marl-eval computes on this suite's export (one value per evaluation), so also exact; an
+    imported run from before ``return_minmax`` was stored gives that too, but its file held each
+    episode's value: not exact (the report says so).
+    """
+    imported = record.get("imported") or {}
+    stored = imported.get("return_minmax")
+    if stored is not None:
+        return float(stored[0]), float(stored[1]), True
+    vals = np.asarray(returns, dtype=np.float64)
+    absolute = (record.get("absolute_metrics") or {}).get("eval_return_mean")
+    if absolute is not None:
+        vals = np.append(vals, float(absolute))
+    vals = vals[np.isfinite(vals)]
+    return float(vals.min()), float(vals.max()), not imported
+
+
+def minmax_bounds(ranges: Sequence[tuple[float, float]], scale: str, episode_limit: int | None) -> TaskBounds:
+    """A task's bounds under marl-eval's min-max normalisation: the lowest and highest value of its
+    runs' ranges (:func:`run_minmax`), as ``random = min`` and ``reference = max + 1e-6``, so that
+    :func:`normalise` computes marl-eval's ``(x - min) / (max - min + 1e-6)``. The scale and
+    horizon are the runs' (returns on two scales are never mixed before this; an imported run's
+    horizon may be unknown: None)."""
+    low, high = min(r[0] for r in ranges), max(r[1] for r in ranges)
+    return TaskBounds(random=low, reference=high + MINMAX_EPS, scale=scale, episode_limit=episode_limit,
+                      random_source=f"{MINMAX_SOURCE}: the lowest, {low:g}",
+                      reference_source=f"the highest, {high:g} (+ {MINMAX_EPS:g})")
 
 
 class UniformRandomPolicy:

@@ -193,7 +193,14 @@ def resolve(preset: str | None, *, algos: str | None, envs: str | None, seeds: i
     if preset is None:
         return (Grid(algos if algos is not None else d_algos, envs if envs is not None else d_envs,
                      seeds if seeds is not None else d_seeds, steps if steps is not None else d_steps, tuple(sets)),)
+    return with_flags(get_preset(preset).cells, algos=algos, envs=envs, seeds=seeds, steps=steps, sets=sets)
+
+
+def with_flags(cells: tuple[Cell, ...], *, algos: str | None, envs: str | None, seeds: int | None,
+               steps: str | None, sets: list[str] | tuple[str, ...]) -> tuple[Grid, ...]:
+    """The cells (of a preset or a study file) as grids, each explicit flag replacing that field in
+    every cell and ``sets`` appended to each cell's settings (so the user's win)."""
     return tuple(Grid(algos if algos is not None else c.algos, envs if envs is not None else c.envs,
                       seeds if seeds is not None else c.seeds, steps if steps is not None else c.steps,
                       (*c.sets, *sets))
-                 for c in get_preset(preset).cells)
+                 for c in cells)

@@ -43,6 +43,11 @@ class Algorithm(Protocol):
       an undeclared metric fails the run with a one-line error.
     - ``DEFAULTS_BY_FAMILY`` (optional): its recipe table, ``family`` or ``family:task`` ->
       :class:`~marpo_bench.config.Recipe`.
+    - ``memory_estimate(cfg, info, seeds=1) -> int`` (optional classmethod): the bytes ``learn``
+      allocates for ``cfg`` on a task of ``info``'s shapes (``seeds`` > 1: its batched learner),
+      known before anything is built; ``memory_setting`` (optional): ``(setting, description)``,
+      the setting it grows with, named when ``run`` refuses a grid that would not fit
+      (``marpo_bench.memory``, which has the default for algorithms without them).
     """
 
     Config: ClassVar[type]

@@ -188,6 +188,32 @@ class Rollout:
         return Rollout(**{k: (v[:, idx] if v is not None else None) for k, v in self.__dict__.items()})
 
 
+def rollout_bytes(cfg: PPOConfig, info: EnvInfo) -> int:
+    """Bytes of one :class:`Rollout` of ``cfg.num_envs`` envs x ``cfg.rollout_len`` steps on a task
+    of ``info``'s shapes: every field at its dtype (float32, bool, int64 actions), the recurrent
+    states only where the actor / critic is recurrent. Exact for the stacked rollout ``collect``
+    returns (tests/test_memory.py)."""
+    N, D, S, A, H = info.num_agents, info.obs_dim, info.state_dim, info.num_actions, cfg.hidden
+    per_agent = 4 * D + A + 1 + 8 + 4 + 4 * A  # obs, avail, alive, actions, logp_old, logits_old
+    per_agent += 4 * H if cfg.recurrent else 0  # hidden
+    per_env = 4 * S + 4 * 4 + 2  # state; values, rewards, advantages, returns; terminated, done
+    per_env += 4 * H if cfg.recurrent_critic else 0  # hidden_critic
+    return cfg.num_envs * cfg.rollout_len * (N * per_agent + per_env)
+
+
+def ppo_update_bytes(cfg: PPOConfig, info: EnvInfo) -> int:
+    """Estimated working set of one PPO update on a minibatch (rollout_len x num_envs /
+    minibatches transitions): what autograd keeps per agent row over the actor's replay (input
+    LayerNorm, ``layers`` hidden layers, the GRU's gates step by step, log-probabilities) and the
+    recurrent replay's chunked copies of the inputs. Coarse and on the safe side: set from
+    measured peak RSS (about 2,000 to 3,200 floats per agent row at 64 hidden units with the
+    recipes' GRU actor and critic on jax_mpe:simple_spread, smax:3m and smax:8m;
+    tests/test_memory.py)."""
+    rows = cfg.rollout_len * cfg.num_envs * info.num_agents // cfg.minibatches
+    floats = (16 + 16 * cfg.layers) * cfg.hidden + 4 * info.obs_dim + 16 * info.num_actions
+    return 4 * rows * floats
+
+
 @dataclass
 class ChunkedInputs:
     """The recurrent networks' replay inputs, cut into C = T / L chunks of ``L`` steps, each replayed
@@ -269,6 +295,17 @@ class OnPolicyAlgorithm:
     # One learner with S x the envs does S seeds' arithmetic (same epochs and minibatch count):
     # ``bench --seed-stacks`` times it as batching's bound.
     seed_scaled_settings = ("num_envs",)
+    # The setting its memory grows with and what it holds, named when a run would not fit
+    # (``marpo_bench.memory``).
+    memory_setting = ("num_envs", "its rollout of {num_envs} envs (num_envs) x {rollout_len} steps and its update")
+
+    @classmethod
+    def memory_estimate(cls, cfg: PPOConfig, info: EnvInfo, seeds: int = 1) -> int:
+        """Bytes ``learn`` allocates for ``cfg`` on a task of ``info``'s shapes (``seeds`` > 1: the
+        batched learner, one rollout per seed): per seed, the rollout twice (``collect`` holds the
+        per-step tensors while it stacks them: ``rollout_bytes``) and one update's working set
+        (``ppo_update_bytes``). Networks and optimiser states (about a MB) are left out."""
+        return seeds * (2 * rollout_bytes(cfg, info) + ppo_update_bytes(cfg, info))
 
     def __init__(self, cfg: PPOConfig, env_info: EnvInfo, device: torch.device | str, seed: int) -> None:
         self.cfg = cfg

@@ -20,7 +20,7 @@ from typing import Any
 
 import jinja2
 
-from marpo_bench import provenance, store
+from marpo_bench import provenance, store, studyfile
 from marpo_bench.analysis import Analysis
 from marpo_bench.normalisation import bounds_measurements, normalisation_table, win_rate_families
 from marpo_bench.report import plots
@@ -187,11 +187,14 @@ def _normalisation_rows(res: Analysis) -> list[dict[str, Any]]:
     present = {t.key for t in res.data.tasks}
     rows = []
     table = normalisation_table()
-    # tasks normalised with bounds measured for this study (`marpo-bench bounds`)
-    table.update({(t.env, t.task): t.bounds for t in res.data.tasks if t.bounds and (t.env, t.task) not in table})
+    # tasks normalised with bounds measured for this study (`marpo-bench bounds`), or min-max (`--normalise minmax`)
+    minmax = res.data.normalisation == "minmax"
+    table.update({(t.env, t.task): t.bounds for t in res.data.tasks
+                  if t.bounds and ((t.env, t.task) not in table or minmax)})
     for (env, task), b in table.items():
         rows.append({"task": f"{env}:{task}", "kind": "return", "random": fmt(b.random, 2),
-                     "reference": fmt(b.reference, 2), "scale": f"{b.scale}, {b.episode_limit}-step episodes",
+                     "reference": fmt(b.reference, 2),
+                     "scale": f"{b.scale}, {b.episode_limit}-step episodes" if b.episode_limit else b.scale,
                      "random_source": b.random_source, "reference_source": b.reference_source,
                      "used": f"{env}:{task}" in present})
     for t in res.data.tasks:
@@ -257,7 +260,7 @@ def context(res: Analysis, seed_traces: bool = False) -> dict[str, Any]:
         "ci": round(100 * res.confidence),
         "timings": res.timings, "colours": plots.colours(d.algos),
         "agg_runs": {a: sum(len(d.task(k).runs[a]) for k in d.agg_tasks) for a in d.algos},
-        "budgets": _budgets(d), "commits": _commits(d),
+        "budgets": _budgets(d), "commits": _commits(d), "study_file": studyfile.describe(d.path),
     }
 
 
