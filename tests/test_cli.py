@@ -255,3 +255,28 @@ def test_report_out_naming_a_file_and_a_study_whose_runs_is_a_file_are_one_line_
     (fake / "runs").write_text("x")
     res = runner.invoke(app, ["status", str(fake)])
     assert res.exit_code == 2 and "is a file, not the study's runs directory" in " ".join(res.output.split())
+
+
+@pytest.mark.parametrize("args, says", [
+    (["bounds", "{empty}"], "is not a study directory (no runs/ in it)"),
+    (["bounds", "{missing}"], "is not a study directory"),
+    (["export", "{missing}", "--out", "{empty}/o.json"], "does not exist"),
+    (["export", "{empty}", "--format", "csv", "--out", "{empty}/o.json"], "unknown --format 'csv'; valid: marl-eval"),
+    (["eval", "{missing}"], "is not a run directory (no run.json)"),
+    (["report", "{missing}"], "does not exist"),
+    (["status", "{empty}"], "has no plan and no runs"),
+    (["import", "{missing}.json", "--study", "x", "--results", "{empty}"], "is not a file"),
+    (["report", "{study}", "--reps", "0"], "--reps must be positive"),
+    (["report", "{study}", "--last-k", "0"], "--last-k must be at least 1"),
+    (["report", "{study}", "--normalise", "wild"], "unknown normalisation 'wild'; valid: bounds, minmax"),
+])
+def test_the_reading_commands_answer_bad_input_with_one_line_and_exit_2(tmp_path, args, says):
+    from tests.test_report import write_synthetic_study
+
+    paths = {"empty": tmp_path / "empty", "missing": tmp_path / "missing", "study": tmp_path / "s"}
+    paths["empty"].mkdir()
+    write_synthetic_study(paths["study"], ["mappo"], [("jax_mpe", "simple_spread")], seeds=2, incomplete=False)
+    before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
+    res = runner.invoke(app, [a.format(**paths) for a in args])
+    assert res.exit_code == 2 and says in " ".join(res.output.split()) and "Traceback" not in res.output, res.output
+    assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before  # nothing written
