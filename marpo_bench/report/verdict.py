@@ -60,7 +60,7 @@ class Verdict:
 def verdicts(res: Analysis) -> list[Verdict]:
     """Every algorithm against the baseline, on the tasks the two both ran (``res.comparisons``),
     per group, "all" first: grouped by group, then by algorithm."""
-    order = {name: i for i, (name, _, _) in enumerate(_group_order(res))}
+    order = {name: i for i, name in enumerate(_group_order(res))}
     out = []
     for g in res.comparisons:
         for (a, b), p in g.poi.items():
@@ -69,10 +69,9 @@ def verdicts(res: Analysis) -> list[Verdict]:
     return sorted(out, key=lambda v: (order.get(v.group.name, len(order)), res.data.algos.index(v.algo)))
 
 
-def _group_order(res: Analysis) -> list[tuple[str, str, list[str]]]:
+def _group_order(res: Analysis) -> list[str]:
     """Group names in their display order: all, score kinds, families."""
-    names = ["all", "kind:return", "kind:win_rate"] + [f"family:{f}" for f in sorted({t.env for t in res.data.tasks})]
-    return [(n, "", []) for n in names]
+    return ["all", "kind:return", "kind:win_rate"] + [f"family:{f}" for f in sorted({t.env for t in res.data.tasks})]
 
 
 def _where(g: Group) -> str:
