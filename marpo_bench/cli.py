@@ -20,7 +20,7 @@ from marpo_bench.config import (
     parse_steps,
 )
 from marpo_bench.envs import UntrustedTaskError, parse_env
-from marpo_bench.presets import (  # the default grid and bench rows live with the presets
+from marpo_bench.presets import (  # bench's rows; the default study's fields, read from its file
     BENCH_ALGOS,
     BENCH_ENVS,
     DEFAULT_ALGOS,
@@ -73,9 +73,9 @@ def run(
     steps: str | None = typer.Option(None, help=f"Env-step budget per run, e.g. 200k or 1.5M, or per env: "
                                                 f"1M,smax=500k,smax:5m_vs_6m=300k "
                                                 f"(default: {DEFAULT_STEPS}, or the preset's)."),
-    preset: str | None = typer.Option(None, help="A documented grid (`marpo-bench list presets`) "
-                                                  "(marpo_bench/presets.py); explicit flags override its fields, "
-                                                  "--set adds to its settings."),
+    preset: str | None = typer.Option(None, help="A study file shipped with the package (`marpo-bench list "
+                                                  "presets`, `marpo-bench preset show NAME`); explicit flags "
+                                                  "override its fields, --set adds to its settings."),
     study_file: Path | None = typer.Option(None, help="A study file (TOML: cells of algorithms, envs, seeds, "
                                                       "steps, settings and sweeps; marpo_bench/studyfile.py); "
                                                       "flags override its fields as a preset's. Kept in the "
@@ -121,14 +121,13 @@ def run(
 
     try:
         sfile = None
-        if study_file is not None:
+        if study_file is not None:  # a study file, or a preset (the package's study files): one loader
             if preset is not None:
                 raise ConfigError("give --preset or --study-file, not both")
             sfile = studyfile.read(study_file)
-            grids = presets.with_flags(sfile.cells, algos=algos, envs=envs, seeds=seeds, steps=steps, sets=set_)
+            grids = studyfile.with_flags(sfile.cells, algos=algos, envs=envs, seeds=seeds, steps=steps, sets=set_)
         else:
-            grids = presets.resolve(preset, algos=algos, envs=envs, seeds=seeds, steps=steps, sets=set_,
-                                    defaults=(DEFAULT_ALGOS, DEFAULT_ENVS, DEFAULT_SEEDS, DEFAULT_STEPS))
+            grids = presets.resolve(preset, algos=algos, envs=envs, seeds=seeds, steps=steps, sets=set_)
         store.check_results_dir(results)
         specs = list({s.run_id: s for g in grids
                       for s in plan.plan_grid(g.algos, g.envs, g.seeds, g.steps, list(g.sets), device)}.values())
@@ -232,9 +231,29 @@ def list_(what: str = typer.Argument(..., help="algos | envs | presets")) -> Non
             grid = "\n".join(f"{c.algos} | {c.envs} | {c.seeds} seeds | {c.steps}" for c in p.cells)
             hours = "\n".join("-" if c.cpu_hours is None else f"{c.cpu_hours:.1f}" for c in p.cells)
             table.add_row(p.name, grid, hours, p.description)
+        table.caption = ("CPU-h: measured, per cell (- where not yet); `marpo-bench preset show NAME` prints a "
+                         "preset's file, with why its budgets")
     else:
         fail(f"unknown list {what!r}; valid: algos, envs, presets")
     console.print(table)
+
+
+preset_app = typer.Typer(help="The presets: study files shipped with the package (`marpo-bench list presets`).",
+                         no_args_is_help=True)
+app.add_typer(preset_app, name="preset")
+
+
+@preset_app.command("show")
+def preset_show(name: str = typer.Argument(..., help="A preset's name (`marpo-bench list presets`).")) -> None:
+    """Print a preset's study file: `marpo-bench preset show paper > mine.toml` is a starting point for
+    `marpo-bench run --study-file mine.toml` (the same runs until you edit it)."""
+    from marpo_bench import presets
+
+    try:
+        text = presets.text(name)
+    except ConfigError as exc:
+        fail(str(exc))
+    sys.stdout.write(text)
 
 
 @app.command()

@@ -24,7 +24,6 @@ from marpo_bench.config import (
     run_config,
 )
 from marpo_bench.envs import check_backend, parse_env
-from marpo_bench.presets import DEFAULT_ENVS
 
 PLAN_JSON = "plan.json"
 
@@ -41,6 +40,8 @@ def plan_grid(algos: str, envs: str, seeds: int, steps: str, sets: list[str], de
         registry.algorithm_entry(a)  # ValueError naming the valid ones
     env_pairs = [parse_env(e.strip(), trust_imports=True) for e in envs.split(",") if e.strip()]
     if not env_pairs:
+        from marpo_bench.presets import DEFAULT_ENVS  # the default study's
+
         raise ConfigError(f"no env given; e.g. --envs {DEFAULT_ENVS} (see `marpo-bench list envs`)")
     for fam in dict.fromkeys(f for f, _ in env_pairs):
         check_backend(fam)  # a missing backend (e.g. StarCraft II) stops the grid before any run starts

@@ -19,6 +19,12 @@ and sweeps. Top-level keys give every cell's defaults; a cell's own keys replace
     lr = [3e-4, 7e-4]
     "mappo.epochs" = [10, 15]
 
+Documentation fields, shown by ``marpo-bench list presets`` and kept with the file (never part of a
+run's id): ``budget_note`` (why these budgets, what they cost), a cell's ``note`` and ``cpu_hours``
+(measured: budget x runs / the training speed ``marpo-bench bench`` gives, at the top of a file
+without ``[[cell]]`` tables; a swept cell's hours are shared among its configs by their runs). The
+presets are such files, shipped in ``marpo_bench/studies/`` (``marpo-bench preset show NAME``).
+
 A sweep's values expand to one grid per combination: each combination's settings join the cell's
 ``set`` (so they are part of every run's id, and the report labels the variants
 ``algo[lr=0.0003,...]``). :func:`trials` says how many configs each algorithm gets, so an equal
@@ -31,6 +37,7 @@ key and the valid choices (algorithms, tasks and settings are then checked as ``
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import tomllib
 from collections.abc import Mapping
@@ -39,13 +46,47 @@ from pathlib import Path
 from typing import Any
 
 from marpo_bench.config import ConfigError
-from marpo_bench.presets import Cell
 
 STUDY_COPY = "study.toml"
 """The copy of the study file a study directory keeps (``run --study-file`` writes it)."""
 
-TOP_KEYS = ("description", "algos", "envs", "seeds", "steps", "set", "sweep", "cell")
-CELL_KEYS = ("algos", "envs", "seeds", "steps", "set", "sweep", "note")
+TOP_KEYS = ("description", "algos", "envs", "seeds", "steps", "set", "sweep", "cell", "budget_note", "cpu_hours")
+CELL_KEYS = ("algos", "envs", "seeds", "steps", "set", "sweep", "note", "cpu_hours")
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One product grid of a study: algorithms x envs x seeds at one budget (per env allowed,
+    as ``--steps``), with settings and, where measured, its cost."""
+
+    algos: str
+    envs: str
+    seeds: int
+    steps: str
+    sets: tuple[str, ...] = ()
+    cpu_hours: float | None = None  # measured: budget x runs / bench's training speed, + evaluation
+    note: str = ""  # why this cell, this budget
+
+
+@dataclass(frozen=True)
+class Grid:
+    """A resolved grid: a cell's fields with the explicit flags applied."""
+
+    algos: str
+    envs: str
+    seeds: int
+    steps: str
+    sets: tuple[str, ...]
+
+
+def with_flags(cells: tuple[Cell, ...], *, algos: str | None, envs: str | None, seeds: int | None,
+               steps: str | None, sets: list[str] | tuple[str, ...]) -> tuple[Grid, ...]:
+    """The cells (of a preset or a study file) as grids, each explicit flag replacing that field in
+    every cell and ``sets`` appended to each cell's settings (so the user's win)."""
+    return tuple(Grid(algos if algos is not None else c.algos, envs if envs is not None else c.envs,
+                      seeds if seeds is not None else c.seeds, steps if steps is not None else c.steps,
+                      (*c.sets, *sets))
+                 for c in cells)
 
 
 @dataclass(frozen=True)
@@ -55,6 +96,7 @@ class StudyFile:
     description: str
     cells: tuple[Cell, ...]
     text: str  # the file as read (what the study directory keeps)
+    budget_note: str = ""  # why these budgets, what they cost
 
 
 def _names(value: Any, key: str, where: str) -> str:
@@ -84,6 +126,20 @@ def _fit_steps(steps: str, envs: str) -> str:
 def _seeds(value: Any, where: str) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
         raise ConfigError(f"{where}: seeds must be a positive whole number, got {value!r}")
+    return value
+
+
+def _hours(value: Any, where: str) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
+        raise ConfigError(f"{where}: cpu_hours must be a number of CPU-hours (>= 0), got {value!r}")
+    return float(value)
+
+
+def _text(value: Any, key: str, where: str) -> str:
+    if not isinstance(value, str):
+        raise ConfigError(f"{where}: {key} must be a string, got {value!r}")
     return value
 
 
@@ -131,10 +187,11 @@ def _unknown(table: Mapping, valid: tuple[str, ...], where: str) -> None:
 
 
 def expand(algos: str, envs: str, seeds: int, steps: str, sets: Mapping[str, str],
-           sweep: Mapping[str, list[str]], note: str = "") -> list[Cell]:
+           sweep: Mapping[str, list[str]], note: str = "", cpu_hours: float | None = None) -> list[Cell]:
     """One cell per combination of the sweep's values (one cell without a sweep); the sweep's
     settings follow the cell's own (they win). A sweep key scoped to one algorithm (``mappo.lr``)
-    sweeps that algorithm only: the others keep one config (and so their run ids)."""
+    sweeps that algorithm only: the others keep one config (and so their run ids). ``cpu_hours``
+    (the written cell's) is shared among the expanded cells by their number of runs."""
     names = algos.split(",")
 
     def swept(a: str) -> tuple[str, ...]:
@@ -150,6 +207,9 @@ def expand(algos: str, envs: str, seeds: int, steps: str, sets: Mapping[str, str
             settings = {**base, **dict(zip(keys, combo, strict=True))}
             out.append(Cell(",".join(members), envs, seeds, steps, tuple(f"{k}={v}" for k, v in settings.items()),
                             note=note))
+    if cpu_hours is not None:
+        total = sum(len(c.algos.split(",")) for c in out)
+        out = [dataclasses.replace(c, cpu_hours=cpu_hours * len(c.algos.split(",")) / total) for c in out]
     return out
 
 
@@ -160,9 +220,11 @@ def parse(text: str, name: str) -> StudyFile:
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{name} is not a TOML study file: {exc}") from None
     _unknown(data, TOP_KEYS, name)
-    description = data.get("description", "")
-    if not isinstance(description, str):
-        raise ConfigError(f"{name}: description must be a string")
+    description = _text(data.get("description", ""), "description", name)
+    budget_note = _text(data.get("budget_note", ""), "budget_note", name)
+    if "cpu_hours" in data and "cell" in data:
+        raise ConfigError(f"{name}: cpu_hours at the top is a file's one grid's; with [[cell]] tables give it "
+                          "in each cell")
     top_sets = _settings(data.get("set", {}), name)
     top_sweep = _sweep(data.get("sweep", {}), name)
     raw_cells = data.get("cell", [{}] if "algos" in data or "envs" in data else [])
@@ -185,8 +247,9 @@ def parse(text: str, name: str) -> StudyFile:
         sweep = {**top_sweep, **_sweep(cell.get("sweep", {}), where)}
         cells += expand(_names(merged["algos"], "algos", where), _names(merged["envs"], "envs", where),
                         _seeds(merged["seeds"], where), steps, sets, sweep,
-                        str(cell.get("note", "")))
-    return StudyFile(description, tuple(cells), text)
+                        _text(cell.get("note", ""), "note", where),
+                        _hours(cell.get("cpu_hours", data.get("cpu_hours")), where))
+    return StudyFile(description, tuple(cells), text, budget_note)
 
 
 def read(path: Path) -> StudyFile:

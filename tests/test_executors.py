@@ -19,7 +19,7 @@ from rich.console import Console
 from typer.testing import CliRunner
 
 from marpo_bench import presets, store
-from marpo_bench.cli import DEFAULT_ALGOS, DEFAULT_ENVS, DEFAULT_SEEDS, DEFAULT_STEPS, app
+from marpo_bench.cli import DEFAULT_ALGOS, DEFAULT_SEEDS, DEFAULT_STEPS, app
 from marpo_bench.config import RunSpec
 from marpo_bench.executors import run_local, run_ray
 from marpo_bench.plan import plan_grid
@@ -29,7 +29,6 @@ pytest.importorskip("ray")
 
 runner = CliRunner()
 TINY = (("num_envs", "8"), ("epochs", "1"), ("eval_episodes", "4"), ("eval_interval", "200"))
-DEFAULTS = (DEFAULT_ALGOS, DEFAULT_ENVS, DEFAULT_SEEDS, DEFAULT_STEPS)
 
 
 def grid(env: str, task: str, algos: tuple[str, ...] = ("mappo", "marpo"), seeds: int = 2,
@@ -267,20 +266,18 @@ def test_ray_cli_sigkill_then_rerun_completes_and_leaves_no_processes_or_files(t
 
 
 def test_preset_fields_are_overridden_by_explicit_flags_and_sets_are_appended():
-    (g,) = presets.resolve("paper-mpe", algos=None, envs=None, seeds=2, steps=None, sets=["lr=1e-3"],
-                           defaults=DEFAULTS)
+    (g,) = presets.resolve("paper-mpe", algos=None, envs=None, seeds=2, steps=None, sets=["lr=1e-3"])
     (c,) = presets.PRESETS["paper-mpe"].cells
     assert (g.algos, g.envs, g.seeds, g.steps) == (c.algos, c.envs, 2, c.steps)
     assert g.sets == (*c.sets, "lr=1e-3")
-    (none,) = presets.resolve(None, algos=None, envs="mpe:simple_spread", seeds=None, steps=None, sets=[],
-                              defaults=DEFAULTS)
+    (none,) = presets.resolve(None, algos=None, envs="mpe:simple_spread", seeds=None, steps=None, sets=[])
     assert (none.algos, none.envs, none.seeds, none.steps) == (DEFAULT_ALGOS, "mpe:simple_spread",
                                                                DEFAULT_SEEDS, DEFAULT_STEPS)
 
 
 def test_a_preset_of_several_cells_gives_one_grid_per_cell_with_the_flags_applied_to_each():
     cells = presets.PRESETS["paper"].cells
-    grids = presets.resolve("paper", algos=None, envs=None, seeds=1, steps=None, sets=["lr=1e-3"], defaults=DEFAULTS)
+    grids = presets.resolve("paper", algos=None, envs=None, seeds=1, steps=None, sets=["lr=1e-3"])
     assert len(grids) == len(cells) > 1
     for g, c in zip(grids, cells, strict=True):
         assert (g.algos, g.envs, g.seeds, g.steps, g.sets) == (c.algos, c.envs, 1, c.steps, (*c.sets, "lr=1e-3"))
@@ -297,8 +294,8 @@ def test_every_preset_is_a_valid_documented_grid(name):
 
 
 @pytest.mark.parametrize("args,needle", [
-    (["--preset", "huge"], "unknown preset 'huge'; valid: smoke, paper-mpe, paper-smax, paper-300k, "
-                           "paper-300k-ablation, paper, full"),
+    (["--preset", "huge"], "unknown preset 'huge'; valid: default, full, paper, paper-300k, "
+                           "paper-300k-ablation, paper-mpe, paper-smax, smoke"),
     (["--executor", "slurm"], "unknown --executor 'slurm'; valid: local, ray"),
     (["--ray-address", "127.0.0.1:1"], "--ray-address needs --executor ray"),
     (["--retries", "-1"], "--retries must be >= 0"),

@@ -3,6 +3,10 @@ the equivalent command line, kept in the study directory, flags over file, one-l
 
 from __future__ import annotations
 
+import hashlib
+import json
+from pathlib import Path
+
 import pytest
 from typer.testing import CliRunner
 
@@ -42,13 +46,13 @@ def _ids(grids) -> list[str]:
 
 def test_a_study_file_plans_the_same_runs_as_the_equivalent_command_lines():
     study = studyfile.parse(TWO_CELLS, "two.toml")
-    grids = presets.with_flags(study.cells, algos=None, envs=None, seeds=None, steps=None, sets=[])
-    by_hand = [presets.Grid("mappo,marpo", "jax_mpe:simple_reference,smax:3m", 2, "1M,smax=500k",
+    grids = studyfile.with_flags(study.cells, algos=None, envs=None, seeds=None, steps=None, sets=[])
+    by_hand = [studyfile.Grid("mappo,marpo", "jax_mpe:simple_reference,smax:3m", 2, "1M,smax=500k",
                             ("eval_episodes=8",))]
-    by_hand += [presets.Grid("mappo", "jax_mpe:simple_spread", 3, "1M",
+    by_hand += [studyfile.Grid("mappo", "jax_mpe:simple_spread", 3, "1M",
                              ("eval_episodes=8", f"mappo.lr={lr}", f"epochs={e}")) for lr in ("0.0003", "0.0007")
                 for e in ("5", "10")]
-    by_hand += [presets.Grid("marpo", "jax_mpe:simple_spread", 3, "1M", ("eval_episodes=8", f"epochs={e}"))
+    by_hand += [studyfile.Grid("marpo", "jax_mpe:simple_spread", 3, "1M", ("eval_episodes=8", f"epochs={e}"))
                 for e in ("5", "10")]
     assert _ids(grids) == _ids(by_hand)
     assert len(_ids(grids)) == 2 * 2 * 2 + 4 * 3 + 2 * 3
@@ -63,7 +67,7 @@ def test_a_sweep_scoped_to_one_algorithm_leaves_the_others_one_config_and_counts
 
 def test_flags_replace_the_files_fields_in_every_cell():
     study = studyfile.parse(TWO_CELLS, "two.toml")
-    grids = presets.with_flags(study.cells, algos=None, envs=None, seeds=1, steps="200k", sets=["lr=1e-3"])
+    grids = studyfile.with_flags(study.cells, algos=None, envs=None, seeds=1, steps="200k", sets=["lr=1e-3"])
     assert {g.seeds for g in grids} == {1} and {g.steps for g in grids} == {"200k"}
     assert all(g.sets[-1] == "lr=1e-3" for g in grids)
 
@@ -127,14 +131,121 @@ def test_the_study_keeps_its_file_and_another_file_for_the_same_study_is_refused
 
 
 def test_the_shipped_example_study_files_are_valid_grids():
-    from pathlib import Path
-
     examples = sorted((Path(__file__).resolve().parents[1] / "examples" / "studies").glob("*.toml"))
     assert examples
     for path in examples:
         study = studyfile.read(path)
-        grids = presets.with_flags(study.cells, algos=None, envs=None, seeds=None, steps=None, sets=[])
+        grids = studyfile.with_flags(study.cells, algos=None, envs=None, seeds=None, steps=None, sets=[])
         assert _ids(grids), path.name
     tuning = studyfile.read(examples[0])
-    assert studyfile.trials(tuning.cells) == {"mappo": 4} and len(_ids(presets.with_flags(
+    assert studyfile.trials(tuning.cells) == {"mappo": 4} and len(_ids(studyfile.with_flags(
         tuning.cells, algos=None, envs=None, seeds=None, steps=None, sets=[]))) == 2 * 4 * 3
+
+
+# ----------------------------------------------------------------------------------------------
+# the presets are study files shipped with the package
+
+RUN_IDS = Path(__file__).resolve().parent / "data" / "preset_run_ids.json"
+
+
+def _planned(monkeypatch, args: list[str]) -> list[str]:
+    """The run ids `marpo-bench run ARGS` hands to the executor (nothing trained)."""
+    seen: dict[str, list[str]] = {}
+
+    def fake_grid(specs, results, study, console, **kw):
+        seen["ids"] = sorted(s.run_id for s in specs)
+        return []
+
+    monkeypatch.setattr("marpo_bench.executors.run_grid", fake_grid)
+    res = runner.invoke(app, ["run", *args, "--max-memory", "1000G"])
+    assert res.exit_code == 0, res.output
+    return seen["ids"]
+
+
+@pytest.mark.parametrize("name", presets.names())
+def test_every_preset_plans_the_run_ids_it_planned_before_the_presets_became_files(name):
+    """tests/data/preset_run_ids.json: the ids the Python presets planned (results/paper and
+    results/paper-300k hold runs under them)."""
+    want = json.loads(RUN_IDS.read_text())["presets"][name]
+    ids = _ids(presets.resolve(name, algos=None, envs=None, seeds=None, steps=None, sets=[]))
+    assert len(ids) == want["runs"]
+    assert hashlib.sha256("\n".join(ids).encode()).hexdigest() == want["sha256"]
+    if "run_ids" in want:
+        assert ids == want["run_ids"]
+
+
+def test_run_without_grid_flags_trains_the_default_preset_and_a_flag_replaces_its_field(tmp_path, monkeypatch):
+    want = json.loads(RUN_IDS.read_text())["presets"]["default"]["run_ids"]
+    assert _planned(monkeypatch, ["--results", str(tmp_path), "--study", "d"]) == want
+    assert _planned(monkeypatch, ["--preset", "default", "--results", str(tmp_path), "--study", "d"]) == want
+    one = _planned(monkeypatch, ["--seeds", "1", "--results", str(tmp_path), "--study", "d"])
+    assert one == [i for i in want if "__s0__" in i]
+
+
+def test_preset_show_prints_a_study_file_that_run_accepts_with_the_presets_run_ids(tmp_path, monkeypatch):
+    shown = runner.invoke(app, ["preset", "show", "paper"])
+    assert shown.exit_code == 0 and shown.stdout == presets.text("paper")
+    mine = tmp_path / "mine.toml"
+    mine.write_text(shown.stdout)
+    from_file = _planned(monkeypatch, ["--study-file", str(mine), "--results", str(tmp_path), "--study", "f"])
+    from_preset = _planned(monkeypatch, ["--preset", "paper", "--results", str(tmp_path), "--study", "p"])
+    assert from_file == from_preset == json.loads(RUN_IDS.read_text())["presets"]["paper"]["run_ids"]
+    assert (tmp_path / "f" / studyfile.STUDY_COPY).read_text().endswith(shown.stdout)
+
+
+@pytest.mark.parametrize("args", [["preset", "show", "huge"], ["run", "--preset", "huge"]])
+def test_an_unknown_preset_is_a_one_line_error_listing_the_valid_names(tmp_path, args):
+    res = runner.invoke(app, [*args, "--results", str(tmp_path)] if args[0] == "run" else args)
+    assert res.exit_code == 2
+    assert res.output.strip().splitlines() == [f"error: unknown preset 'huge'; valid: {', '.join(presets.names())}"]
+    assert not any(tmp_path.iterdir())
+
+
+def test_list_presets_shows_each_files_cells_cpu_hours_and_description():
+    res = runner.invoke(app, ["list", "presets"], env={"COLUMNS": "1000"})
+    assert res.exit_code == 0
+    text = " ".join(res.output.split())
+    for name in presets.names():
+        p = presets.load(name)
+        assert p.name in text and p.description in text and p.budget
+    paper = presets.load("paper")
+    assert [c.cpu_hours for c in paper.cells] == [7.0, 5.0, 10.0, 5.0, None, None] and paper.cpu_hours is None
+    for cell in paper.cells:  # each cell's line carries its hours
+        (line,) = [ln for ln in res.output.splitlines()
+                   if f"│ {cell.algos} | {cell.envs} | {cell.seeds} seeds | {cell.steps}" in ln]
+        assert ("-" if cell.cpu_hours is None else f"{cell.cpu_hours:.1f}") in line.split("│")[3]
+
+
+def test_the_presets_files_are_package_data_so_an_installed_package_ships_them():
+    import tomllib
+    from fnmatch import fnmatch
+
+    root = Path(__file__).resolve().parents[1]
+    patterns = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]["marpo_bench"]
+    files = sorted((root / "marpo_bench" / presets.STUDIES).glob("*.toml"))
+    assert sorted(f.stem for f in files) == list(presets.names()) and "default" in presets.names()
+    assert all(any(fnmatch(f"{presets.STUDIES}/{f.name}", pat) for pat in patterns) for f in files)
+
+
+def test_cpu_hours_are_a_cells_and_a_sweep_shares_them_among_its_configs_by_runs():
+    text = TWO_CELLS.replace("seeds = 3\n", "seeds = 3\ncpu_hours = 12\n")
+    study = studyfile.parse(text, "two.toml")
+    assert study.cells[0].cpu_hours is None
+    swept = study.cells[1:]  # mappo 4 configs (one algorithm each), marpo 2
+    assert [c.cpu_hours for c in swept] == [2.0] * 6 and sum(c.cpu_hours for c in swept) == 12
+    one = studyfile.parse("algos = 'mappo,marpo'\nenvs = 'jax_mpe:simple_spread'\nseeds = 1\nsteps = '1k'\n"
+                          "cpu_hours = 0.5\nbudget_note = 'why'\n", "one.toml")
+    assert one.cells[0].cpu_hours == 0.5 and one.budget_note == "why"
+
+
+@pytest.mark.parametrize("text, says", [
+    ("algos = ['mappo']\nenvs = ['jax_mpe:simple_spread']\nseeds = 1\nsteps = '1k'\ncpu_hours = 'lots'",
+     "cpu_hours must be a number of CPU-hours"),
+    ("seeds = 1\nsteps = '1k'\ncpu_hours = 1\n[[cell]]\nalgos = ['mappo']\nenvs = ['jax_mpe:simple_spread']",
+     "cpu_hours at the top is a file's one grid's"),
+    ("algos = ['mappo']\nenvs = ['jax_mpe:simple_spread']\nseeds = 1\nsteps = '1k'\nbudget_note = 3",
+     "budget_note must be a string"),
+])
+def test_a_bad_documentation_field_is_a_one_line_error(text, says):
+    with pytest.raises(ConfigError, match=says):
+        studyfile.parse(text, "bad.toml")
