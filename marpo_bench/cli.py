@@ -371,7 +371,8 @@ def report(
     """rliable statistics, learning curves and provenance of a study as HTML and PDF."""
     import time
 
-    from marpo_bench.analysis import AnalysisError, analyse
+    from marpo_bench.analysis.scores import AnalysisError
+    from marpo_bench.analysis.study import analyse
     from marpo_bench.report import FORMATS, ReportError, write_report
 
     formats = tuple(dict.fromkeys(f.strip().lower() for f in format_.split(",") if f.strip()))

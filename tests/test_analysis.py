@@ -9,9 +9,10 @@ import numpy as np
 import pytest
 import scipy.stats
 
-from marpo_bench import analysis as A
 from marpo_bench import normalisation, store
 from marpo_bench import stats as S
+from marpo_bench.analysis.load import load_scores
+from marpo_bench.analysis.study import analyse
 from marpo_bench.config import RunSpec
 from tests import rliable_oracle as oracle
 from tests.mpe_oracle import measure_bounds
@@ -180,7 +181,7 @@ def test_load_scores_lists_every_unused_run_with_a_reason(tmp_path):
         path = store.run_dir(tmp_path, "s", spec.run_id)
         store.write_metrics(path, _rows(spec, np.random.default_rng(0)))
         store.write_run_json(path, _record(spec, **extra))
-    data = A.load_scores(study, last_k=2)
+    data = load_scores(study, last_k=2)
     reasons = {(e.algo, e.seed, e.status): e.reason for e in data.excluded}
     assert "reward scale agent_mean differs from team_sum" in reasons[("mappo", 7, "complete")]
     assert "duplicate of seed 0" in reasons[("mappo", 0, "complete")]
@@ -201,7 +202,7 @@ def test_runs_with_different_overrides_on_one_task_are_separate_variants(tmp_pat
     path = store.run_dir(tmp_path, "s", spec.run_id)
     store.write_metrics(path, _rows(spec, np.random.default_rng(0)))
     store.write_run_json(path, _record(spec, overrides=[["clip", "0.1"]]))
-    data = A.load_scores(study)
+    data = load_scores(study)
     assert data.algos == ["marpo", "marpo[clip=0.1]"]
     assert not data.excluded
 
@@ -209,7 +210,7 @@ def test_runs_with_different_overrides_on_one_task_are_separate_variants(tmp_pat
 def test_analyse_end_to_end_small(tmp_path):
     study = tmp_path / "s"
     write_synthetic_study(study, ["marpo", "mappo", "qmix"], [("jax_mpe", "simple_spread"), ("smax", "3m")], seeds=4)
-    res = A.analyse(study, reps=500, baseline="mappo")
+    res = analyse(study, reps=500, baseline="mappo")
     assert res.data.algos == ["marpo", "qmix", "mappo"]
     assert res.poi_pairs == [("marpo", "mappo"), ("qmix", "mappo"), ("marpo", "qmix")]
     assert res.aggregates["marpo"]["IQM"].point > res.aggregates["qmix"]["IQM"].point  # synthetic skills
@@ -217,7 +218,7 @@ def test_analyse_end_to_end_small(tmp_path):
     assert set(res.task_curves) == {"jax_mpe:simple_spread", "smax:3m"}
     assert res.curve["marpo"].point.shape == (21,) and res.curve["marpo"].x[-1] == 200_000
     assert len(res.summary) == 6 and all(len(s.seeds) == 4 for s in res.summary)
-    again = A.analyse(study, reps=500, baseline="mappo")
+    again = analyse(study, reps=500, baseline="mappo")
     assert again.aggregates == res.aggregates and again.poi == res.poi  # same seed, same CIs
     scores = {a: np.stack(v, axis=1) for a, v in res.data.final_scores(clip=True).items()}
     ref = oracle.rliable_aggregate_estimates(scores, reps=50)  # rliable itself on the same scores: same points
@@ -286,7 +287,7 @@ def test_a_coarsely_evaluated_long_run_cut_to_a_common_budget_uses_only_points_n
     back to the random policy at step 0."""
     study = tmp_path / "coarse"
     _coarse_study(study, 1_000_000)
-    res = A.analyse(study, reps=500)
+    res = analyse(study, reps=500)
     td = res.data.task("jax_mpe:simple_spread")
     assert td.budget == 2_000_000
     for r in td.runs["mappo"]:
@@ -303,7 +304,7 @@ def test_a_long_run_with_no_evaluation_near_the_common_budget_is_refused_with_th
     """Every 3M of a 20M run: nothing between 0 and 3M, so at 2M it has no final score."""
     study = tmp_path / "coarser"
     _coarse_study(study, 3_000_000)
-    res = A.analyse(study, reps=500)
+    res = analyse(study, reps=500)
     assert "mappo" not in res.data.task("jax_mpe:simple_spread").runs
     reasons = {e.reason for e in res.data.excluded if e.algo == "mappo"}
     assert len(reasons) == 1 and "no evaluation in the last 10% of the common budget 2,000,000" in reasons.pop()

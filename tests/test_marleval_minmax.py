@@ -19,7 +19,9 @@ import pytest
 from typer.testing import CliRunner
 
 from marpo_bench import marleval, store
-from marpo_bench.analysis import AnalysisError, analyse, load_scores
+from marpo_bench.analysis.load import load_scores
+from marpo_bench.analysis.scores import AnalysisError
+from marpo_bench.analysis.study import analyse
 from marpo_bench.cli import app
 from tests.test_report import write_synthetic_study
 

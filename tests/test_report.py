@@ -23,9 +23,10 @@ import pytest
 from typer.testing import CliRunner
 
 from marpo_bench import store
-from marpo_bench.analysis import analyse, task_bounds
+from marpo_bench.analysis.study import analyse
 from marpo_bench.cli import app
 from marpo_bench.config import RunSpec
+from marpo_bench.normalisation import task_bounds
 from marpo_bench.report import render_html, write_report
 
 runner = CliRunner()

@@ -11,9 +11,11 @@ from test_report import ALGOS3, TASKS2, write_synthetic_study
 from typer.testing import CliRunner
 
 from marpo_bench import store
-from marpo_bench.analysis import Estimate, Group, aggregate_estimates, analyse
+from marpo_bench.analysis.compare import Group
+from marpo_bench.analysis.study import analyse
 from marpo_bench.cli import app
 from marpo_bench.report.verdict import Verdict, headline, sentence, verdicts
+from marpo_bench.stats import Estimate, aggregate_estimates
 
 runner = CliRunner()
 

@@ -266,7 +266,8 @@ def study_scores(study: Study, suite: Suite, *, require_all: bool) -> ScoreData:
     Runs that did not complete are listed in ``failed``. An (algorithm, task) with no run at all
     is bad input when ``require_all`` (a ``--candidate`` that is not this suite), else a failure.
     """
-    from marpo_bench.analysis import AnalysisError, load_scores
+    from marpo_bench.analysis.load import load_scores
+    from marpo_bench.analysis.scores import AnalysisError
 
     records = study.records
     failed: dict[str, list[str]] = {}

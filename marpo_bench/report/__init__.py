@@ -3,7 +3,7 @@
 
 API::
 
-    res = analysis.analyse(Path("results/default"), reps=50_000, baseline="mappo")
+    res = analysis.study.analyse(Path("results/default"), reps=50_000, baseline="mappo")
     paths = report.write_report(res, Path("results/default/report"), formats=("html", "pdf"))
 """
 

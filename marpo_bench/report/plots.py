@@ -21,7 +21,7 @@ import numpy as np  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.ticker import EngFormatter  # noqa: E402
 
-from marpo_bench.analysis import Analysis  # noqa: E402
+from marpo_bench.analysis.study import Analysis  # noqa: E402
 from marpo_bench.stats import METRIC_NAMES, Band  # noqa: E402
 
 # Okabe-Ito colour-blind-safe palette; the three suite algorithms keep fixed colours.
@@ -183,7 +183,7 @@ def cost_figure(res: Analysis) -> str:
 def diagnostics_figure(res: Analysis) -> str:
     """MARPO's diagnostics: one row per env family, one panel per diagnostic, a line per algorithm
     that logs it (mean over runs with bootstrap bands)."""
-    from marpo_bench.analysis import DIAGNOSTICS
+    from marpo_bench.analysis.diagnostics import DIAGNOSTICS
 
     cols = colours(res.data.algos)
     fams = list(res.diagnostics)

@@ -1,4 +1,4 @@
-"""Render an :class:`~marpo_bench.analysis.Analysis` as one self-contained HTML file and a PDF.
+"""Render an :class:`~marpo_bench.analysis.study.Analysis` as one self-contained HTML file and a PDF.
 
 The HTML comes from the jinja2 template ``templates/report.html.j2``; figures are SVG embedded as
 ``data:`` URIs, styles inline, no script and no network access needed to view it. The PDF is the
@@ -21,7 +21,7 @@ from typing import Any
 import jinja2
 
 from marpo_bench import provenance, store, studyfile
-from marpo_bench.analysis import Analysis
+from marpo_bench.analysis.study import Analysis
 from marpo_bench.normalisation import bounds_measurements, normalisation_table, win_rate_families
 from marpo_bench.report import plots
 from marpo_bench.report.verdict import headline
@@ -368,7 +368,7 @@ def write_report(
 ) -> dict[str, Path]:
     """Write ``report.html`` / ``report.pdf`` (and ``analysis.json``, the headline numbers) into
     ``out_dir``, atomically; returns the paths written by format."""
-    from marpo_bench.analysis import dumps
+    from marpo_bench.analysis.export import dumps
 
     bad = [f for f in formats if f not in FORMATS]
     if bad or not formats:

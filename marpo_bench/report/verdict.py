@@ -27,7 +27,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from marpo_bench.analysis import Analysis, Group
+from marpo_bench.analysis.compare import Group
+from marpo_bench.analysis.study import Analysis
 from marpo_bench.stats import Estimate, Reach
 
 MIN_SEEDS = 5
