@@ -367,11 +367,17 @@ def report(
     normalise: str = typer.Option("bounds", help="How return tasks are normalised: bounds (each task's stored "
                                                  "bounds) or minmax (min-max over each task's own values, as "
                                                  "marl-eval does; imported tasks then enter the aggregates)."),
+    select: str | None = typer.Option(None, help="best: for a sweep, each algorithm's config with the highest mean "
+                                                 "final score on the selection seeds, compared on the other seeds "
+                                                 "only (page 1 says which, and how many configs each had)."),
+    select_seeds: str | None = typer.Option(None, help="The seeds --select best chooses on, e.g. 0,1 (default: the "
+                                                       "lower half of the study's seeds)."),
 ) -> None:
     """rliable statistics, learning curves and provenance of a study as HTML and PDF."""
     import time
 
     from marpo_bench.analysis.scores import AnalysisError
+    from marpo_bench.analysis.selection import SELECTS, SelectRule, parse_seeds
     from marpo_bench.analysis.study import analyse
     from marpo_bench.report import FORMATS, ReportError, write_report
 
@@ -379,12 +385,17 @@ def report(
     bad = [f for f in formats if f not in FORMATS]
     if bad or not formats:
         fail(f"unknown format {', '.join(bad) or '(none)'}; valid: {', '.join(FORMATS)}")
+    if select is not None and select not in SELECTS:
+        fail(f"unknown --select {select!r}; valid: {', '.join(SELECTS)}")
+    if select_seeds is not None and select is None:
+        fail("--select-seeds needs --select best")
     target = out if out is not None else study / "report"
     if target.exists() and not target.is_dir():
         fail(f"--out {target} is a file, not a directory: give a directory for the report's files")
     t0 = time.perf_counter()
     try:
-        res = analyse(study, reps=reps, seed=seed, baseline=baseline, last_k=last_k,
+        rule = SelectRule(parse_seeds(select_seeds)) if select is not None else None
+        res = analyse(study, reps=reps, seed=seed, baseline=baseline, last_k=last_k, select=rule,
                       algos=_csv(algos), envs=_csv(envs), normalisation=normalise)
         t1 = time.perf_counter()
         for note in res.notes:

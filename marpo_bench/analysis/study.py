@@ -18,6 +18,7 @@ from marpo_bench.analysis.cost import Cost, costs
 from marpo_bench.analysis.diagnostics import diagnostics
 from marpo_bench.analysis.load import DEFAULT_BASELINE, load_scores
 from marpo_bench.analysis.scores import AnalysisError, StudyScores, curve_along, finite_mean, raw_at
+from marpo_bench.analysis.selection import Selection, SelectRule, choose
 from marpo_bench.normalisation import Normalisation, normalise
 from marpo_bench.stats import (
     Band,
@@ -80,6 +81,7 @@ class Analysis:
     cost_warnings: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
+    selection: Selection | None = None  # report --select best: the configs chosen, on which seeds
 
 
 POI_FRACTIONS = (0.25, 0.5, 1.0)
@@ -90,6 +92,7 @@ def analyse(
     study_path: Path, *, reps: int = 50_000, seed: int = 0, baseline: str | None = None, last_k: int = 3,
     confidence: float = 0.95, grid_points: int = 21,
     algos: Sequence[str] | None = None, envs: Sequence[str] | None = None, normalisation: Normalisation = "bounds",
+    select: SelectRule | None = None,
 ) -> Analysis:
     """Load a study and compute everything the report shows.
 
@@ -101,8 +104,12 @@ def analyse(
     if reps < 1:
         raise AnalysisError(f"--reps must be positive, got {reps}")
     t0 = time.perf_counter()
+    study_runs, selection = None, None
+    if select is not None:  # each algorithm's best config on the selection seeds, compared on the others
+        study_runs, selection = choose(study_path, select, last_k=last_k, algos=algos, envs=envs,
+                                       normalisation=normalisation)
     data = load_scores(study_path, last_k, baseline or DEFAULT_BASELINE, algos=algos, envs=envs,
-                       normalisation=normalisation)
+                       normalisation=normalisation, study_runs=study_runs)
     if baseline is None:  # automatic: MAPPO when the study has it, else no baseline
         baseline = DEFAULT_BASELINE if DEFAULT_BASELINE in data.algos else None
     elif baseline not in data.algos:
@@ -110,7 +117,8 @@ def analyse(
             raise AnalysisError(f"baseline {baseline!r} is not in study {data.study}; algorithms: "
                                 f"{', '.join(data.algos)}")
         baseline = None
-    res = Analysis(data, reps, seed, confidence, baseline, notes=list(data.notes))
+    res = Analysis(data, reps, seed, confidence, baseline, selection=selection,
+                   notes=[*(selection.notes() if selection else []), *data.notes])
     res.timings["load"] = time.perf_counter() - t0
 
     # summary table and per-task raw curves

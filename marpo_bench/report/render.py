@@ -341,6 +341,8 @@ def render_markdown(res: Analysis) -> str:
              f"last {d.last_k} evaluation points within the last 10% of the budget · {res.reps:,} bootstrap reps, "
              f"{ci}% CIs", "", f"Budgets: {'; '.join(_budgets(d))}. Commits: {'; '.join(_commits(d))}.", "",
              "**Verdict**", ""]
+    if res.selection is not None:  # report --select best: which configs, by what rule (before the verdict)
+        lines[-2:-2] = [res.selection.statement(), ""]
     lines += [f"- {line}" for line in headline(res)]
     if res.groups:
         head = [f"{a} IQM" for a in d.algos]
