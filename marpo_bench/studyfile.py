@@ -1,6 +1,6 @@
 """Study files: a study's grid as one versioned TOML file (``marpo-bench run --study-file FILE``).
 
-A study is one or more cells, each a product grid as a preset's (``presets.Cell``), with settings
+A study is one or more cells, each a product grid (:class:`Cell`; the presets are such files), with settings
 and sweeps. Top-level keys give every cell's defaults; a cell's own keys replace them (``set`` and
 ``sweep`` tables are merged, the cell's entries winning)::
 
