@@ -225,12 +225,13 @@ def list_(what: str = typer.Argument(..., help="algos | envs | presets")) -> Non
     elif what == "presets":
         from marpo_bench.presets import PRESETS
 
-        for col in ("preset", "grid (one line per cell)", "CPU-h", "description"):
+        for col in ("preset", "grid (one row per cell)", "CPU-h", "description"):
             table.add_column(col)
-        for p in PRESETS.values():
-            grid = "\n".join(f"{c.algos} | {c.envs} | {c.seeds} seeds | {c.steps}" for c in p.cells)
-            hours = "\n".join("-" if c.cpu_hours is None else f"{c.cpu_hours:.1f}" for c in p.cells)
-            table.add_row(p.name, grid, hours, p.description)
+        for p in PRESETS.values():  # one row per cell (its hours beside it however the grid wraps)
+            for i, c in enumerate(p.cells):
+                table.add_row(p.name if i == 0 else "", f"{c.algos} | {c.envs} | {c.seeds} seeds | {c.steps}",
+                              "-" if c.cpu_hours is None else f"{c.cpu_hours:.1f}", p.description if i == 0 else "",
+                              end_section=i == len(p.cells) - 1)
         table.caption = ("CPU-h: measured, per cell (- where not yet); `marpo-bench preset show NAME` prints a "
                          "preset's file, with why its budgets")
     else:
