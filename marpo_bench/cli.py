@@ -359,6 +359,9 @@ def report(
     reps: int = typer.Option(50_000, help="Bootstrap resamples for every confidence interval."),
     baseline: str | None = typer.Option(None, help="Algorithm the others are compared against first "
                                                    "(default: mappo when the study has it)."),
+    primary: str | None = typer.Option(None, help="Algorithm of page 1's headline, compared with the baseline "
+                                                  "(default: the first in the report's order, marpo when the "
+                                                  "study has it); the other comparisons follow in a table."),
     last_k: int = typer.Option(3, help="Final score = mean of the last K evaluation points."),
     seed: int = typer.Option(0, help="Seed of the bootstrap (the same seed gives the same CIs)."),
     seed_traces: bool = typer.Option(False, "--seed-traces", help="Draw every seed's learning curve."),
@@ -396,11 +399,11 @@ def report(
     t0 = time.perf_counter()
     try:
         rule = SelectRule(parse_seeds(select_seeds)) if select is not None else None
-        res = analyse(study, reps=reps, seed=seed, baseline=baseline, last_k=last_k, select=rule,
+        res = analyse(study, reps=reps, seed=seed, baseline=baseline, primary=primary, last_k=last_k, select=rule,
                       algos=_csv(algos), envs=_csv(envs), normalisation=normalise)
         t1 = time.perf_counter()
         for note in res.notes:
-            console.print(f"note: {note}", highlight=False, soft_wrap=True)
+            console.print(f"note: {note}", highlight=False, soft_wrap=True, markup=False)
         paths = write_report(res, target, formats, seed_traces)
         print_verdict(res)
     except (store.StoreError, AnalysisError, ReportError) as exc:
@@ -483,21 +486,30 @@ def bounds(
 
 
 def print_verdict(res: object) -> None:
-    """The verdict and the per-task table in the terminal (``report`` and ``make demo`` end with it)."""
+    """Page 1's verdict (the headline sentence, the other comparisons' table, what they rest on) and
+    the per-task table in the terminal (``report`` and ``make demo`` end with it). Algorithm labels
+    are text, never markup: a variant's ``[k=v]`` is printed as it is."""
+    from rich.text import Text
+
     from marpo_bench.report.render import fmt
-    from marpo_bench.report.verdict import headline
+    from marpo_bench.report.verdict import headline, notes, table
 
     console.print("[bold]verdict[/bold]")
-    for line in headline(res):
-        console.print(f"  {line}", highlight=False, soft_wrap=True)
-    table = Table(title="per task: final evaluation score (mean over seeds, CI) and normalised score",
-                  header_style="bold")
+    console.print(Text(headline(res)), soft_wrap=True)
+    # the other comparisons: one line each (a table of 7 columns wraps every cell at 80 columns)
+    for r in table(res):
+        console.print(Text(f"  {r.comparison} on {r.tasks} ({r.budget}): P {r.poi}, IQM {r.iqm}, {r.verdict}; "
+                           f"env steps to the baseline's final IQM: {r.efficiency}"), soft_wrap=True)
+    for line in notes(res):
+        console.print(Text(f"  {line}"), soft_wrap=True)
+    per_task = Table(title="per task: final evaluation score (mean over seeds, CI) and normalised score",
+                     header_style="bold")
     for col in ("task", "algo", "final", "score", "seeds"):
-        table.add_column(col, justify="right" if col in ("score", "seeds") else "left")
+        per_task.add_column(col, justify="right" if col in ("score", "seeds") else "left")
     for s in res.summary:
         flag = " (not learned)" if s.task in res.data.unlearned else ""
-        table.add_row(s.task + flag, s.algo, str(s.mean), fmt(s.score), str(len(s.seeds)))
-    console.print(table)
+        per_task.add_row(Text(s.task + flag), Text(s.algo), str(s.mean), fmt(s.score), str(len(s.seeds)))
+    console.print(per_task)
 
 
 def _short(steps: int) -> str:

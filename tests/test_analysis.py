@@ -308,3 +308,76 @@ def test_a_long_run_with_no_evaluation_near_the_common_budget_is_refused_with_th
     assert "mappo" not in res.data.task("jax_mpe:simple_spread").runs
     reasons = {e.reason for e in res.data.excluded if e.algo == "mappo"}
     assert len(reasons) == 1 and "no evaluation in the last 10% of the common budget 2,000,000" in reasons.pop()
+
+
+# --------------------------------------------------------------------------------------------
+# each comparison at the budget both of its algorithms ran
+
+
+def _hand_runs(path: Path, algo: str, task: str, budget: int, steps: list[int], level: float, seeds: int = 5) -> None:
+    """``seeds`` runs of ``algo`` on jax_mpe ``task`` to ``budget``, evaluated at ``steps``, their
+    normalised score rising linearly to ``level`` at 3M env steps (then flat)."""
+    rng = np.random.default_rng(len(algo) + budget)
+    bounds = normalisation.task_bounds("jax_mpe", task)
+    for seed in range(seeds):
+        spec = RunSpec(algo, "jax_mpe", task, seed, budget)
+        run = path / "runs" / spec.run_id
+        run.mkdir(parents=True)
+        rows = [{"env_steps": st, "wall_seconds": st / 1e4, "eval_episodes": 32,
+                 "eval_return_mean": bounds.random + (bounds.reference - bounds.random)
+                 * (level * min(st / 3_000_000, 1.0) + rng.normal(0, 0.01))} for st in steps]
+        store.write_metrics(run, rows)
+        store.write_run_json(run, _record(spec))
+
+
+def test_each_comparison_uses_the_budget_both_its_algorithms_ran_not_the_tasks_smallest(tmp_path):
+    """MARPO and MAPPO to 3M, QMix to 2M on one task: the aggregate table is cut to 2M (every
+    algorithm), MARPO vs MAPPO is compared at 3M, QMix vs MAPPO at 2M with MAPPO's runs scored by
+    the window before 2M, and the page says so."""
+    study = tmp_path / "budgets"
+    for algo, level in (("marpo", 0.8), ("mappo", 0.6)):
+        _hand_runs(study, algo, "simple_spread", 3_000_000, list(range(0, 3_000_001, 150_000)), level)
+    _hand_runs(study, "qmix", "simple_spread", 2_000_000, list(range(0, 2_000_001, 100_000)), 0.5)
+    res = analyse(study, reps=500)
+    key = "jax_mpe:simple_spread"
+    assert res.data.task(key).budget == 2_000_000
+    assert any("each comparison of two algorithms, the budget both ran" in n for n in res.notes)
+    by = {c.algo: c for c in res.comparisons if c.group == "all"}
+    marpo, qmix = by["marpo"], by["qmix"]
+    assert marpo.budgets == {key: 3_000_000} and not marpo.cut and not marpo.left_out
+    # the window before 3M holds 2.7M, 2.85M and 3M: 0.95 of each level on average
+    assert marpo.iqm.point == pytest.approx(0.76, abs=0.02)
+    assert marpo.iqm_baseline.point == pytest.approx(0.57, abs=0.02)
+    assert qmix.budgets == {key: 2_000_000}  # before 2M, mappo's 1.8M and 1.95M points: 0.625 of its 0.6
+    assert qmix.iqm_baseline.point == pytest.approx(0.375, abs=0.02)
+    assert qmix.cut == {key: "mappo's runs trained to 3,000,000 and are scored on their evaluations in the last 10% "
+                             "before 2,000,000"}
+    from marpo_bench.report.verdict import headline, notes, table
+
+    assert headline(res).startswith(f"marpo vs mappo, aggregated over 1 task ({key}) at 3,000,000 env steps")
+    assert [(r.comparison, r.budget) for r in table(res)] == [("qmix vs mappo", "2M")]
+    assert any(n.startswith(f"qmix vs mappo: {key}: mappo's runs trained to 3,000,000") for n in notes(res))
+
+
+def test_a_task_without_evaluations_near_the_budget_both_ran_is_left_out_of_that_comparison_with_the_reason(tmp_path):
+    """MAPPO to 6M evaluated every 1.5M after 1.5M: QMix (1M) is compared with it on spread, but
+    MARPO (2M) is not (nothing of MAPPO's between 1.7M and 2M), and MARPO vs MAPPO says so while
+    keeping the task both ran normally."""
+    study = tmp_path / "coarse-pairs"
+    _hand_runs(study, "mappo", "simple_spread", 6_000_000, [0, 500_000, 1_000_000, 1_500_000, 3_000_000,
+                                                            4_500_000, 6_000_000], 0.6)
+    _hand_runs(study, "marpo", "simple_spread", 2_000_000, list(range(0, 2_000_001, 100_000)), 0.8)
+    _hand_runs(study, "qmix", "simple_spread", 1_000_000, list(range(0, 1_000_001, 50_000)), 0.5)
+    for algo, level in (("marpo", 0.8), ("mappo", 0.6)):
+        _hand_runs(study, algo, "simple_reference", 2_000_000, list(range(0, 2_000_001, 100_000)), level)
+    res = analyse(study, reps=500)
+    by = {c.algo: c for c in res.comparisons if c.group == "all"}
+    why = "mappo has runs with no evaluation in the last 10% of 2,000,000 env steps, the budget both ran"
+    assert by["marpo"].tasks == ["jax_mpe:simple_reference"]
+    assert by["marpo"].left_out == {"jax_mpe:simple_spread": why}
+    assert by["qmix"].tasks == ["jax_mpe:simple_spread"] and by["qmix"].budgets == {"jax_mpe:simple_spread": 1_000_000}
+    from marpo_bench.report.verdict import headline
+
+    line = headline(res)
+    assert line.startswith("marpo vs mappo, aggregated over 1 task (jax_mpe:simple_reference) at 2,000,000 env steps")
+    assert f"jax_mpe:simple_spread left out: {why}" in line

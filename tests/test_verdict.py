@@ -1,5 +1,7 @@
-"""The report answers the question: a verdict worded by what the CIs support, aggregates per score
-kind and family, tasks no algorithm learns shown apart, and a Markdown summary."""
+"""The report answers the question: page 1 leads with one headline sentence for the primary pair
+(MARPO vs MAPPO by default), worded by what the CIs support, then every other comparison as a row
+of one table; aggregates per score kind and family, tasks no algorithm learns shown apart, and a
+Markdown summary."""
 
 from __future__ import annotations
 
@@ -11,23 +13,32 @@ from test_report import ALGOS3, TASKS2, write_synthetic_study
 from typer.testing import CliRunner
 
 from marpo_bench import store
-from marpo_bench.analysis.compare import Group
+from marpo_bench.analysis.compare import Comparison
+from marpo_bench.analysis.scores import AnalysisError
 from marpo_bench.analysis.study import analyse
 from marpo_bench.cli import app
-from marpo_bench.report.verdict import Verdict, headline, sentence, verdicts
+from marpo_bench.report.verdict import headline, notes, primary, sentence, table, verdicts, word
 from marpo_bench.stats import Estimate, aggregate_estimates
 
 runner = CliRunner()
 
 
-@pytest.mark.parametrize("lo, hi, word", [(0.55, 0.9, "better"), (0.1, 0.45, "worse"), (0.3, 0.7, "indistinguishable"),
-                                          (0.5, 0.8, "indistinguishable"), (0.2, 0.5, "indistinguishable")])
-def test_the_verdict_word_is_what_the_ci_of_p_supports(lo, hi, word) -> None:
-    g = Group("all", "all 2 tasks", ["a", "b"])
-    v = Verdict(g, "marpo", "mappo", Estimate((lo + hi) / 2, lo, hi), Estimate(0.6, 0.5, 0.7), Estimate(0.5, 0.4, 0.6))
-    assert v.word == word
-    text = sentence(v, 0.95)
-    assert text.startswith("On all 2 tasks (a, b), marpo is ") and f"[{lo:.3f}, {hi:.3f}]" in text and "95% CIs" in text
+def _comparison(poi: Estimate, seeds: int = 5, iqm: Estimate = Estimate(0.6, 0.5, 0.7),
+                iqm_baseline: Estimate = Estimate(0.5, 0.4, 0.6), tasks: tuple[str, ...] = ("a", "b")) -> Comparison:
+    return Comparison("marpo", "mappo", "all", f"all {len(tasks)} tasks", list(tasks), dict.fromkeys(tasks, 200_000),
+                      (seeds, seeds), poi, iqm, iqm_baseline)
+
+
+@pytest.mark.parametrize("lo, hi, expected", [(0.55, 0.9, "better"), (0.1, 0.45, "worse"),
+                                              (0.3, 0.7, "indistinguishable"), (0.5, 0.8, "indistinguishable"),
+                                              (0.2, 0.5, "indistinguishable")])
+def test_the_verdict_word_is_what_the_ci_of_p_supports(lo, hi, expected) -> None:
+    c = _comparison(Estimate((lo + hi) / 2, lo, hi))
+    assert word(c) == expected
+    text = sentence(c, 0.95)
+    assert text.startswith("marpo vs mappo, aggregated over 2 tasks (a, b) at 200,000 env steps, 5 seeds each: "
+                           "marpo is ")
+    assert f"[{lo:.3f}, {hi:.3f}]" in text and "95% CIs" in text
 
 
 @pytest.fixture(scope="module")
@@ -59,27 +70,52 @@ def test_groups_by_score_kind_each_with_its_own_statistics(study) -> None:
     assert set(smax.poi) == {("marpo", "mappo"), ("qmix", "mappo")}
 
 
-def test_the_verdict_names_better_worse_and_the_task_left_out(study) -> None:
-    lines = headline(analyse(study, reps=2000))
-    both = "all 2 tasks (jax_mpe:simple_spread, smax:3m)"
-    assert lines[0].startswith(f"On {both}, marpo is better than mappo: P(marpo > mappo) = 1.000")
-    assert lines[1].startswith(f"On {both}, qmix is worse than mappo")
-    assert any("6 comparisons" in ln for ln in lines)
-    assert any("Not learned by any algorithm" in ln and "smax:5m_vs_6m" in ln for ln in lines)
+def test_the_headline_names_the_primary_pair_and_the_rest_are_table_rows(study) -> None:
+    res = analyse(study, reps=2000)
+    assert res.primary == "marpo" and res.baseline == "mappo"
+    assert headline(res).startswith("marpo vs mappo, aggregated over 2 tasks (jax_mpe:simple_spread, smax:3m) at "
+                                    "200,000 env steps, 5 seeds each: marpo is better than mappo: P(marpo > mappo) "
+                                    "= 1.000")
+    rows = table(res)
+    # the primary pair's own groups first, then qmix's: one row per (pair, group), never the headline again
+    assert [(r.comparison, r.tasks) for r in rows] == [
+        ("marpo vs mappo", "jax_mpe:simple_spread"), ("marpo vs mappo", "smax:3m"),
+        ("qmix vs mappo", "jax_mpe:simple_spread, smax:3m"), ("qmix vs mappo", "jax_mpe:simple_spread"),
+        ("qmix vs mappo", "smax:3m")]
+    qmix = rows[2]
+    assert qmix.verdict == "worse" and qmix.budget == "200k" and qmix.poi.startswith("0.") and " [" in qmix.poi
+    assert qmix.efficiency == "not reached" or qmix.efficiency.endswith("]")  # a ratio carries its range
+    said = notes(res)
+    assert any("6 comparisons" in ln for ln in said)
+    assert any("Not learned by any algorithm" in ln and "smax:5m_vs_6m" in ln for ln in said)
 
 
-def test_page_one_opens_with_the_verdict_and_md_and_terminal_repeat_it(study, tmp_path) -> None:
+def test_primary_picks_the_headlines_algorithm_and_must_be_in_the_study(study) -> None:
+    res = analyse(study, reps=500, primary="qmix")
+    assert headline(res).startswith("qmix vs mappo, aggregated over 2 tasks") and primary(res).algo == "qmix"
+    assert [r.comparison for r in table(res)][:3] == ["qmix vs mappo"] * 2 + ["marpo vs mappo"]
+    with pytest.raises(AnalysisError, match="primary 'ippo' is not in study"):
+        analyse(study, reps=100, primary="ippo")
+    with pytest.raises(AnalysisError, match="is the baseline"):
+        analyse(study, reps=100, primary="mappo")
+
+
+def test_page_one_leads_with_the_headline_then_the_table_in_html_md_and_the_terminal(study, tmp_path) -> None:
     out = runner.invoke(app, ["report", str(study), "--out", str(tmp_path), "--reps", "2000", "--format", "html,md"])
     assert out.exit_code == 0, out.output
+    head = "marpo vs mappo, aggregated over 2 tasks (jax_mpe:simple_spread, smax:3m) at 200,000 env steps"
     html = (tmp_path / "report.html").read_text()
     overview = html[html.index('<section id="overview">'):]
-    assert overview.index('class="verdict"') < overview.index('class="facts"')  # first thing on page 1
-    assert "marpo is better than mappo" in html and "win-rate tasks (smax; 1 task)" in html
+    box = overview[overview.index('class="verdict"'):overview.index('class="facts"')]  # first thing on page 1
+    assert box.index(head) < box.index("<td>qmix vs mappo</td>") < box.index("6 comparisons")
+    assert "win-rate tasks (smax; 1 task)" in html  # the aggregate groups stay
     md = (tmp_path / "report.md").read_text()
-    assert "**Verdict**" in md and "- On all 2 tasks (jax_mpe:simple_spread, smax:3m), marpo is better than mappo" in md
+    verdict = md[md.index("**Verdict**"):]
+    assert verdict.startswith(f"**Verdict**\n\n{head}")
+    assert "| qmix vs mappo | jax_mpe:simple_spread, smax:3m | 200k | " in verdict
     assert "| win-rate tasks (smax; 1 task) |" in md and "| smax:5m_vs_6m (not learned) | marpo |" in md
     text = " ".join(out.output.split())
-    assert "verdict On all 2 tasks (jax_mpe:simple_spread, smax:3m), marpo is better than mappo" in text
+    assert f"verdict {head}" in text and text.index(f"verdict {head}") < text.index("qmix vs mappo")
 
 
 def test_md_alone_writes_no_html(study, tmp_path) -> None:
@@ -198,33 +234,38 @@ def test_provenance_says_whether_the_numerics_relevant_code_changed_between_comm
     assert says in numerics_changes(commits)
 
 
-@pytest.mark.parametrize("seeds, word", [(2, "too few seeds"), (4, "too few seeds"), (5, "better")])
-def test_a_directional_word_needs_five_seeds_per_task_and_fewer_give_point_estimates_only(seeds, word) -> None:
-    g = Group("all", "all 1 task", ["a"])
-    v = Verdict(g, "marpo", "mappo", Estimate(1.0, 0.9, 1.0), Estimate(0.6, 0.5, 0.7), Estimate(0.5, 0.4, 0.6), seeds)
-    assert v.word == word
-    text = sentence(v, 0.95)
+@pytest.mark.parametrize("seeds, expected", [(2, "too few seeds"), (4, "too few seeds"), (5, "better")])
+def test_a_directional_word_needs_five_seeds_per_task_and_fewer_give_point_estimates_only(seeds, expected) -> None:
+    c = _comparison(Estimate(1.0, 0.9, 1.0), seeds, tasks=("a",))
+    assert word(c) == expected
+    text = sentence(c, 0.95)
     if seeds < 5:
-        assert f"too few seeds to tell marpo from mappo ({seeds} on a task; 5 needed" in text
-        assert "better" not in text.replace("better or worse", "") and "[" not in text  # no interval, no word
+        assert f"{seeds} seeds each: too few seeds to tell ({seeds} per algorithm; 5 needed): point estimates" in text
+        assert "better" not in text and "worse" not in text and "[" not in text  # no interval, no word
 
 
 def test_a_two_seed_study_says_too_few_seeds_and_states_the_rule(tmp_path) -> None:
     """make demo's study shape: 2 seeds of marpo and mappo on one task."""
     study = tmp_path / "demo"
     write_synthetic_study(study, ["marpo", "mappo"], TASKS2[:1], seeds=2, incomplete=False)
-    lines = headline(analyse(study, reps=500))
-    assert lines[0].startswith("On all 1 task (jax_mpe:simple_spread), too few seeds to tell marpo from mappo "
-                               "(2 on a task; 5 needed")
-    assert not any(" is better than " in ln or " is worse than " in ln for ln in lines)
-    assert any(ln.startswith("Evidence rule: a comparison is called better or worse only with at least 5 seeds")
-               for ln in lines)
+    res = analyse(study, reps=500)
+    line = headline(res)
+    assert line.startswith("marpo vs mappo, aggregated over 1 task (jax_mpe:simple_spread) at 200,000 env steps, "
+                           "2 seeds each: too few seeds to tell (2 per algorithm; 5 needed): point estimates")
+    assert not any(w in line for w in ("better", "worse", "indistinguishable", "tie")) and "[" not in line
+    assert table(res) == []  # one comparison: the headline
+    assert any(ln.startswith("Evidence rule: better or worse only where the whole 95% CI") and "at least 5 seeds" in ln
+               for ln in notes(res))
+    from marpo_bench.report import render_html
+
+    html = render_html(res)
+    poi = html[html.index('<section id="poi"'):html.index('<section id="profiles"')]
+    assert "tag ok" not in poi and "tag bad" not in poi and "too few seeds to tell" in poi  # nor in the P tables
 
 
 def test_identical_scores_are_a_tie_not_a_word(tmp_path) -> None:
-    g = Group("all", "all 1 task", ["a"])
-    v = Verdict(g, "marpo", "mappo", Estimate(0.5, 0.5, 0.5), Estimate(0.0, 0.0, 0.0), Estimate(0.0, 0.0, 0.0), 5)
-    assert v.word == "tied" and "tie: every run of one scored like every run of the other" in sentence(v, 0.95)
+    c = _comparison(Estimate(0.5, 0.5, 0.5), 5, Estimate(0.0, 0.0, 0.0), Estimate(0.0, 0.0, 0.0), ("a",))
+    assert word(c) == "tied" and "tie: every run of one scored like every run of the other" in sentence(c, 0.95)
 
 
 def test_a_missing_ablation_cell_never_removes_a_task_from_marpo_vs_mappo(tmp_path) -> None:
@@ -235,22 +276,24 @@ def test_a_missing_ablation_cell_never_removes_a_task_from_marpo_vs_mappo(tmp_pa
     write_synthetic_study(study, ["marpo_noreflect"], TASKS2[:1], seeds=5, incomplete=False)
     res = analyse(study, reps=500)
     assert res.data.agg_tasks == ["jax_mpe:simple_spread"]
-    by = {(v.algo, v.group.name): v for v in verdicts(res)}
-    assert by[("marpo", "all")].group.tasks == ["jax_mpe:simple_spread", "smax:3m"]
-    assert by[("marpo_noreflect", "all")].group.tasks == ["jax_mpe:simple_spread"]
-    lines = headline(res)
-    assert lines[0].startswith("On all 2 tasks (jax_mpe:simple_spread, smax:3m), marpo is better than mappo")
+    by = {(c.algo, c.group): c for c in verdicts(res)}
+    assert by[("marpo", "all")].tasks == ["jax_mpe:simple_spread", "smax:3m"]
+    assert by[("marpo_noreflect", "all")].tasks == ["jax_mpe:simple_spread"]
+    assert headline(res).startswith("marpo vs mappo, aggregated over 2 tasks (jax_mpe:simple_spread, smax:3m) at "
+                                    "200,000 env steps, 5 seeds each: marpo is better than mappo")
     # where the pair's tasks are the aggregate table's, the numbers are the table's
-    only = next(g for g in res.comparisons if g.tasks == res.data.agg_tasks and ("marpo", "mappo") in g.poi)
-    assert only.aggregates["marpo"]["IQM"] == res.aggregates["marpo"]["IQM"]
+    only = next(c for c in res.comparisons if c.tasks == res.data.agg_tasks and c.algo == "marpo_noreflect")
+    assert only.iqm == res.aggregates["marpo_noreflect"]["IQM"]
+    assert only.poi == res.poi[("marpo_noreflect", "mappo")]
 
 
 def test_the_sample_efficiency_ratio_carries_the_range_where_its_band_reaches_the_target(study) -> None:
     res = analyse(study, reps=2000)
-    r = res.reach["marpo"]
-    line = next(ln for ln in headline(res) if ln.startswith("marpo needs "))
-    assert f"{r.steps_ratio:.2f}x [{r.early / r.baseline_steps:.2f}x, " in line
+    r = primary(res).reach
+    assert f"; marpo needs {r.steps_ratio:.2f}x [{r.early / r.baseline_steps:.2f}x, " in headline(res)
     assert r.early <= r.steps <= (r.late if r.late == r.late else float("inf"))
+    # the pair's tasks are the aggregate table's here: the same ratio as the sample-efficiency section's
+    assert r.steps_ratio == pytest.approx(res.reach["marpo"].steps_ratio)
 
 
 def test_runs_of_a_superseded_recipe_are_flagged_and_page_one_says_budgets_and_commits(tmp_path) -> None:

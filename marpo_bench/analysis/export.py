@@ -24,9 +24,17 @@ def to_jsonable(res: Analysis) -> dict[str, Any]:
                             "aggregates": {a: {m: est(e) for m, e in d.items()} for a, d in g.aggregates.items()},
                             "probability_of_improvement": {f"{a}>{b}": est(e) for (a, b), e in g.poi.items()}}
                    for g in res.groups},
-        "comparisons": [{"group": g.name, "label": g.label, "tasks": g.tasks,
-                         "probability_of_improvement": {f"{a}>{b}": est(e) for (a, b), e in g.poi.items()},
-                         "iqm": {a: est(d["IQM"]) for a, d in g.aggregates.items()}} for g in res.comparisons],
+        "primary": [res.primary, res.baseline] if res.primary else None,
+        "comparisons": [{"algo": c.algo, "baseline": c.baseline, "group": c.group, "label": c.label, "tasks": c.tasks,
+                         "budgets": c.budgets, "seeds": list(c.seeds),
+                         "probability_of_improvement": est(c.poi),
+                         "iqm": {c.algo: est(c.iqm), c.baseline: est(c.iqm_baseline)},
+                         "steps_to_baseline_final_iqm": None if c.reach is None else {
+                             "target": c.reach.target, "ratio": c.reach.steps_ratio,
+                             "band_crossing": [c.reach.early / c.reach.baseline_steps,
+                                               c.reach.late / c.reach.baseline_steps]
+                             if c.reach.baseline_steps > 0 else None},
+                         "left_out": c.left_out, "cut": c.cut} for c in res.comparisons],
         "unlearned_tasks": res.data.unlearned,
         "cost": {a: c.__dict__ for a, c in res.cost.items()}, "cost_warnings": res.cost_warnings,
         "probability_of_improvement_at_budget_fraction": {

@@ -194,7 +194,8 @@ class _Loader:
         common = budgets[0]
         if len(budgets) > 1:
             self.notes.append(f"{env}:{task}: runs have different budgets ({', '.join(f'{b:,}' for b in budgets)} "
-                              f"env steps); statistics use the common prefix up to {common:,} env steps")
+                              f"env steps); the aggregate and per-task tables use the common prefix up to {common:,} "
+                              "env steps; each comparison of two algorithms, the budget both ran")
         per_algo: dict[str, list[RunScore]] = defaultdict(list)
         few: dict[str, int] = {}  # label -> fewest evaluation points of its runs in the final window
         by_absolute = 0  # imported runs scored by their absolute_metrics
@@ -204,6 +205,7 @@ class _Loader:
             steps = df["env_steps"].to_numpy(np.int64)
             vals = df[col].to_numpy(np.float64)
             keep = np.isfinite(vals)
+            all_steps, all_vals = steps[keep], vals[keep]
             if budget_of[r["run_id"]] > common:
                 keep &= steps <= common * (1 + BUDGET_SLACK)
             steps, vals = steps[keep], vals[keep]
@@ -218,7 +220,8 @@ class _Loader:
                                 "own budget")
                 continue
             absolute = (r.get("absolute_metrics") or {}).get(col)
-            if absolute is not None and math.isfinite(absolute) and budget_of[r["run_id"]] == common:
+            absolute = float(absolute) if absolute is not None and math.isfinite(absolute) else math.nan
+            if math.isfinite(absolute) and budget_of[r["run_id"]] == common:
                 final_raw = float(absolute)  # marl-eval's final score: the final policy re-evaluated
                 by_absolute += 1
             in_window = int(np.sum(steps >= common - (FINAL_WINDOW + BUDGET_SLACK) * common))
@@ -230,7 +233,8 @@ class _Loader:
             label = self.labels[r["run_id"]]
             per_algo[label].append(RunScore(
                 r["run_id"], label, env, task, r["seed"], final_raw,
-                float(normalise(final_raw, env, task, bounds)), int(steps[-1]), wall, steps, vals, rate))
+                float(normalise(final_raw, env, task, bounds)), int(steps[-1]), wall, steps, vals, rate,
+                budget_of[r["run_id"]], all_steps, all_vals, absolute))
         if by_absolute:
             self.notes.append(f"{env}:{task}: {by_absolute} imported run(s) carry marl-eval's absolute_metrics (the "
                               "final policy re-evaluated); their final score is that figure, as marl-eval scores "

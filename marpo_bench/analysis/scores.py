@@ -36,6 +36,19 @@ class RunScore:
     steps: np.ndarray  # env steps of the points kept (common prefix)
     raw: np.ndarray  # values at those points
     seconds_per_step: float = math.nan  # wall-clock seconds per env step over the whole run (training + evaluation)
+    budget: int = 0  # the run's own budget (at least the task's common budget)
+    all_steps: np.ndarray | None = field(default=None, repr=False)  # every finite evaluation, past the common budget
+    all_raw: np.ndarray | None = field(default=None, repr=False)
+    absolute: float = math.nan  # an imported run's marl-eval absolute metric: its final score at its own budget
+
+    def final_at(self, budget: int, last_k: int) -> float:
+        """The run's final raw score compared at ``budget`` env steps (at most its own): the window rule
+        over all its evaluations (:func:`windowed_final`), or its absolute metric at its own budget;
+        NaN when it has no evaluation in the window before ``budget``. At the task's common budget
+        this is ``final_raw``."""
+        if budget == self.budget and math.isfinite(self.absolute):
+            return self.absolute
+        return float(final_along(self, np.array([budget]), last_k, budget)[0])
 
 
 @dataclass
@@ -121,7 +134,6 @@ class StudyScores:
                 if math.isfinite(r.final_score) and not 0.0 <= r.final_score <= 1.0]
 
 
-
 BUDGET_SLACK = 0.05
 """A run with a larger budget than the common one keeps its points up to ``(1 + slack) x`` the
 common budget (evaluation points fall on rollout boundaries, not exactly on the budget)."""
@@ -153,8 +165,11 @@ def windowed_final(steps: np.ndarray, values: np.ndarray, x: np.ndarray, last_k:
 
 def final_along(run: RunScore, x: np.ndarray, last_k: int, budget: float) -> np.ndarray:
     """The run's final raw score had it stopped at each ``x`` (:func:`windowed_final`; NaN where it
-    has no evaluation in the window before x)."""
-    return windowed_final(run.steps, run.raw, x, last_k, budget)
+    has no evaluation in the window before x). ``x`` may pass the task's common budget (a
+    comparison of two algorithms that both trained longer), up to the run's own budget."""
+    if run.all_steps is None:
+        return windowed_final(run.steps, run.raw, x, last_k, budget)
+    return windowed_final(run.all_steps, run.all_raw, x, last_k, budget)
 
 
 def curve_along(run: RunScore, x: np.ndarray, last_k: int, budget: float) -> np.ndarray:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from marpo_bench.analysis.compare import Group, comparisons, group_tasks, poi_pairs
+from marpo_bench.analysis.compare import Comparison, Group, comparisons, group_tasks, poi_pairs
 from marpo_bench.analysis.cost import Cost, costs
 from marpo_bench.analysis.diagnostics import diagnostics
 from marpo_bench.analysis.load import DEFAULT_BASELINE, load_scores
@@ -73,8 +73,9 @@ class Analysis:
     raw_curves: dict[str, dict[str, tuple[Band, np.ndarray]]] = field(default_factory=dict)  # mean band, per seed
     summary: list[SummaryRow] = field(default_factory=list)
     groups: list[Group] = field(default_factory=list)  # "all" first; aggregates and P vs the baseline per group
-    # each algorithm vs the baseline on the tasks both ran, per group (what the verdict says)
-    comparisons: list[Group] = field(default_factory=list)
+    # each algorithm vs the baseline on the tasks both ran at a common budget, per group (what page 1 says)
+    comparisons: list[Comparison] = field(default_factory=list)
+    primary: str | None = None  # the algorithm of the headline: the first in display order, or --primary
     # MARPO's diagnostics: env family -> metric -> algo -> mean band over its runs vs env steps
     diagnostics: dict[str, dict[str, dict[str, Band]]] = field(default_factory=dict)
     cost: dict[str, Cost] = field(default_factory=dict)
@@ -93,11 +94,14 @@ def analyse(
     confidence: float = 0.95, grid_points: int = 21,
     algos: Sequence[str] | None = None, envs: Sequence[str] | None = None, normalisation: Normalisation = "bounds",
     select: SelectRule | None = None,
+    primary: str | None = None,
 ) -> Analysis:
     """Load a study and compute everything the report shows.
 
     ``baseline=None`` picks MAPPO when the study has it; a named baseline must be in the study
-    (unless the study has a single algorithm). ``algos`` / ``envs`` restrict the study
+    (unless the study has a single algorithm). ``primary``, the algorithm of page 1's headline (its
+    comparison with the baseline comes first), defaults to the first in display order (MARPO when
+    the study has it, else the first alphabetically). ``algos`` / ``envs`` restrict the study
     (``load_scores``), as ``normalisation`` (``"bounds"`` or marl-eval's ``"minmax"``) does. The
     statistics are :mod:`marpo_bench.stats`'s (rliable's definitions).
     """
@@ -117,8 +121,18 @@ def analyse(
             raise AnalysisError(f"baseline {baseline!r} is not in study {data.study}; algorithms: "
                                 f"{', '.join(data.algos)}")
         baseline = None
+    if primary is not None and primary not in data.algos:
+        raise AnalysisError(f"primary {primary!r} is not in study {data.study}; algorithms: {', '.join(data.algos)}")
+    if primary is not None and primary == baseline:
+        raise AnalysisError(f"primary {primary!r} is the baseline; name another algorithm, or another baseline with "
+                            "--baseline")
+    if primary is not None and baseline is None:
+        raise AnalysisError(f"primary {primary!r}: study {data.study} has no baseline to compare it with; name one "
+                            f"with --baseline ({', '.join(a for a in data.algos if a != primary)})")
+    if primary is None and baseline is not None:
+        primary = next((a for a in data.algos if a != baseline), None)
     res = Analysis(data, reps, seed, confidence, baseline, selection=selection,
-                   notes=[*(selection.notes() if selection else []), *data.notes])
+                   notes=[*(selection.notes() if selection else []), *data.notes], primary=primary)
     res.timings["load"] = time.perf_counter() - t0
 
     # summary table and per-task raw curves
@@ -151,7 +165,7 @@ def analyse(
     res.timings["diagnostics"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    res.comparisons = comparisons(data, baseline, reps, confidence, seed)
+    res.comparisons = comparisons(data, baseline, reps, confidence, seed, grid_points)
     res.timings["comparisons"] = time.perf_counter() - t
     if not data.agg_tasks:
         return res

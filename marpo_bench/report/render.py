@@ -24,7 +24,7 @@ from marpo_bench import provenance, store, studyfile
 from marpo_bench.analysis.study import Analysis
 from marpo_bench.normalisation import bounds_measurements, normalisation_table, win_rate_families
 from marpo_bench.report import plots
-from marpo_bench.report.verdict import headline
+from marpo_bench.report.verdict import COLUMNS, MIN_SEEDS, headline, notes, table
 from marpo_bench.stats import METRIC_NAMES
 
 FORMATS = ("html", "pdf", "md")
@@ -247,7 +247,10 @@ def context(res: Analysis, seed_traces: bool = False) -> dict[str, Any]:
         poi_matrix = {"algos": d.algos, "cell": {f"{a}>{b}": full.get((a, b)) for a in d.algos for b in d.algos}}
     families = sorted({t.env for t in d.tasks})
     return {
-        "verdict": headline(res), "cost_warnings": res.cost_warnings,
+        "headline": headline(res), "table": table(res), "columns": COLUMNS, "verdict_notes": notes(res),
+        "enough_seeds": {a: bool(d.agg_tasks) and min(len(d.task(k).runs[a]) for k in d.agg_tasks) >= MIN_SEEDS
+                         for a in d.algos},
+        "min_seeds": MIN_SEEDS, "cost_warnings": res.cost_warnings,
         "res": res, "d": d, "figures": figures, "metric_names": METRIC_NAMES,
         "generated": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "tool_versions": provenance.tool_versions(("marpo-bench", "rliable", "numpy", "scipy", "matplotlib",
@@ -343,7 +346,13 @@ def render_markdown(res: Analysis) -> str:
              "**Verdict**", ""]
     if res.selection is not None:  # report --select best: which configs, by what rule (before the verdict)
         lines[-2:-2] = [res.selection.statement(), ""]
-    lines += [f"- {line}" for line in headline(res)]
+    lines += [headline(res), ""]
+    rows = table(res)
+    if rows:
+        lines += ["| " + " | ".join(COLUMNS) + " |", "|---|---|---:|---:|---:|---|---:|"]
+        lines += ["| " + " | ".join(_md_cell(x) for x in vars(r).values()) + " |" for r in rows]
+        lines.append("")
+    lines += [f"- {line}" for line in notes(res)]
     if res.groups:
         head = [f"{a} IQM" for a in d.algos]
         others = [a for a in d.algos if a != res.baseline] if res.baseline else []
@@ -363,6 +372,11 @@ def render_markdown(res: Analysis) -> str:
     if res.notes:
         lines += ["", "**Notes**", ""] + [f"- {n}" for n in res.notes]
     return "\n".join(lines) + "\n"
+
+
+def _md_cell(text: str) -> str:
+    """Text for a Markdown table cell (a variant's ``|`` would end the cell)."""
+    return text.replace("|", "\\|")
 
 
 def write_report(
