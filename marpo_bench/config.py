@@ -82,6 +82,14 @@ def parse_steps(text: str | int) -> int:
     return value
 
 
+def format_steps(n: float) -> str:
+    """Env steps in a few characters, the reverse of :func:`parse_steps`: 950, 12k, 300k, 1.2M."""
+    for div, suffix in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if abs(n) >= div:
+            return f"{n / div:.3g}{suffix}"
+    return f"{n:.0f}"
+
+
 def parse_budgets(text: str) -> dict[str, int]:
     """Parse ``--steps``: one budget for every env (``2M``) or per env, most specific first:
     ``1M,smax=500k,smax:5m_vs_6m=300k`` (a bare count is the default; ``family=`` sets a family's,

@@ -129,17 +129,20 @@ def _train_unit(specs: Sequence[RunSpec], results: Path, study: str, progress: A
                             attempt=attempt, loggers=loggers)
 
 
+def _queue_progress(run_id: str) -> Any:
+    """A pool worker's progress callback for one run: ``(done, total[, last_eval])`` to the parent's
+    bars through the progress queue."""
+    return lambda done, total, last_eval=None: _progress_queue.put((run_id, done, total, last_eval))
+
+
 def _worker(specs: tuple[RunSpec, ...], results: str, study: str, checkpoint_every: int | None,
             faults: tuple[Fault, ...], attempt: int, loggers: tuple[str, ...] = ()) -> list[RunResult]:
     global _in_run
 
-    def progress(run_id: str) -> Any:
-        return lambda done, total: _progress_queue.put((run_id, done, total))
-
     _in_run = True
     t0 = time.perf_counter()
     try:
-        out = _train_unit(specs, Path(results), study, progress, checkpoint_every, faults, attempt, loggers)
+        out = _train_unit(specs, Path(results), study, _queue_progress, checkpoint_every, faults, attempt, loggers)
         return [dataclasses.replace(res, seconds=time.perf_counter() - t0) for res in out]
     except KeyboardInterrupt:  # the parent is stopping the pool; the run is marked interrupted
         os._exit(130)

@@ -74,11 +74,12 @@ class QueueSink:
     def write_policy(self, policy: dict) -> None:
         self.queue.put(("policy", self.run_id, policy))
 
-    def progress(self, done: int, total: int) -> None:
+    def progress(self, done: int, total: int, last_eval: float | None = None) -> None:
         now = time.monotonic()
-        if now - self._last_progress >= 0.5 or done >= total:  # at most 2 messages a second
+        # at most 2 messages a second; the last one, and one carrying an evaluation, always
+        if now - self._last_progress >= 0.5 or done >= total or last_eval is not None:
             self._last_progress = now
-            self.queue.put(("progress", self.run_id, (done, total)))
+            self.queue.put(("progress", self.run_id, (done, total, last_eval)))
 
 
 def _ray_task(spec: RunSpec, study: str, status: str | None, checkpoint: dict | None, queue: Any,
@@ -246,6 +247,8 @@ class _DriverStore:
             elif kind == "metrics":
                 rows, extra_columns = payload
                 store.write_metrics(path, rows, extra_columns=extra_columns)
+                if rows and "eval_return_mean" in rows[-1]:  # the run's bar: its last evaluation return
+                    self.bars.set_eval(run_id, rows[-1]["eval_return_mean"])
                 if self.loggers:
                     self.log(run_id, path).write(rows)
             elif kind == "checkpoint":

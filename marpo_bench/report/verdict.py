@@ -33,6 +33,7 @@ from marpo_bench.analysis.compare import Comparison, pair_tasks
 from marpo_bench.analysis.load import DEFAULT_BASELINE, SUBJECT
 from marpo_bench.analysis.scores import FINAL_WINDOW
 from marpo_bench.analysis.study import Analysis
+from marpo_bench.config import format_steps
 from marpo_bench.stats import Estimate, Reach
 
 MIN_SEEDS = 5
@@ -75,14 +76,6 @@ def primary(res: Analysis) -> Comparison | None:
 
 def _ci(e: Estimate) -> str:
     return f"{e.point:.3f} [{e.lo:.3f}, {e.hi:.3f}]"
-
-
-def short_steps(n: float) -> str:
-    """Env steps in a few characters: 300k, 2M, 1.5M."""
-    for div, suffix in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
-        if abs(n) >= div:
-            return f"{n / div:.3g}{suffix}"
-    return f"{n:.0f}"
 
 
 def _uniform(c: Comparison) -> bool:
@@ -198,8 +191,8 @@ def row(c: Comparison) -> Row:
     w = word(c)
     few = w == "too few seeds"
     budgets = sorted(set(c.budgets.values()))
-    budget = short_steps(budgets[0]) if len(budgets) == 1 else f"{short_steps(budgets[0])}-{short_steps(budgets[-1])}"
-    tasks = ", ".join(c.tasks) if _uniform(c) else ", ".join(f"{k} ({short_steps(c.budgets[k])})" for k in c.tasks)
+    budget = "-".join(format_steps(b) for b in sorted({budgets[0], budgets[-1]}))
+    tasks = ", ".join(c.tasks) if _uniform(c) else ", ".join(f"{k} ({format_steps(c.budgets[k])})" for k in c.tasks)
     r = c.reach
     if r is None or not r.baseline_steps > 0:
         eff = "–"
