@@ -280,7 +280,10 @@ class Reach:
 
     @property
     def seconds_ratio(self) -> float:
-        return self.seconds / (self.baseline_steps * self.baseline_seconds_per_step)
+        """As ``steps_ratio`` in wall-clock; NaN when the baseline needs no time (it is at its
+        final IQM from step 0, e.g. stuck at a win rate of 0) or its time is unknown."""
+        base = self.baseline_steps * self.baseline_seconds_per_step
+        return self.seconds / base if base > 0 else math.nan
 
 
 def reach_baseline(curves: Mapping[str, Band], baseline: str, target: float | None = None,

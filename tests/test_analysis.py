@@ -261,6 +261,14 @@ def test_reach_targets_the_baselines_final_iqm_not_its_curves_last_point():
     assert never["mappo"].baseline_steps == 1000 and math.isnan(never["mappo"].steps)
 
 
+
+def test_a_baseline_at_its_final_iqm_from_step_zero_gives_no_ratio_rather_than_a_division_by_zero():
+    x = np.linspace(0, 1000, 11)
+    flat = S.Band(x, np.zeros(11), np.zeros(11), np.zeros(11))  # e.g. a win rate stuck at 0
+    r = S.reach_baseline({"mappo": flat, "qmix": flat}, "mappo", seconds_per_step={"mappo": 0.01, "qmix": 0.02})
+    assert r["qmix"].baseline_steps == 0 and r["qmix"].steps == 0
+    assert math.isnan(r["qmix"].steps_ratio) and math.isnan(r["qmix"].seconds_ratio)
+
 def _coarse_study(path: Path, mappo_interval: int) -> None:
     """mappo trained to 20M, evaluated every ``mappo_interval``; marpo to 2M, every 100k: compared at
     2M, the common budget (5 seeds each, on jax_mpe simple_spread)."""
