@@ -64,6 +64,8 @@ PPO = "marpo_bench/algos/ppo_core.py"
 MARPO = "marpo_bench/algos/marpo.py"
 MAPPO = "baselines/mappo.py"
 QMIX = "baselines/qmix.py"
+QMIX_LEARNER = "baselines/qmix_learner.py"
+QMIX_NETS = "baselines/qmix_nets.py"
 STATS = "marpo_bench/stats.py"
 TRAIN = "marpo_bench/train.py"
 SMAX = "marpo_bench/envs/smax.py"
@@ -98,7 +100,7 @@ MUTATIONS: list[Mutation] = [
     Mutation("M10", MARPO, "reflection_term(ratio[:-1], rho_next, adv[1:], reflection_valid(mb), lo1, hi1)",
              "reflection_term(ratio[:-1], rho_next, adv[1:], reflection_valid(mb), eps_lo, eps_hi)", MARPO_TESTS,
              "MARPO: reflection term clipped by PPO's fixed bounds while the logged bounds stay adaptive"),
-    Mutation("M11", QMIX, "c.reward_scale, self.reward_ms if c.standardise_rewards else None)",
+    Mutation("M11", QMIX_LEARNER, "c.reward_scale, seed.reward_ms if c.standardise_rewards else None)",
              "c.reward_scale, None)", ("tests/test_qmix.py",),
              "QMix: reward standardiser skipped in the TD targets"),
     Mutation("M12", STATS, '        w = stratified_counts(rng_for(seed, "curve", key, name), sizes, reps)\n',
@@ -183,12 +185,12 @@ MUTATIONS: list[Mutation] = [
     Mutation("X21", NETS, "    return torch.argmax(logits - torch.log(-torch.log(u)), dim=-1)\n",
              "    return torch.argmax(2 * logits - torch.log(-torch.log(u)), dim=-1)\n", ("tests/test_collection.py",),
              "sampler: actions drawn at another temperature than softmax(logits)"),
-    Mutation("X22", QMIX, "a_star = q_on.masked_fill(~avail_next, -math.inf).argmax(-1, keepdim=True)\n",
+    Mutation("X22", QMIX_LEARNER, "a_star = q_on.masked_fill(~avail_next, -math.inf).argmax(-1, keepdim=True)\n",
              "a_star = q_tgt.masked_fill(~avail_next, -math.inf).argmax(-1, keepdim=True)\n",
              ("tests/test_qmix.py",), "QMix: double-Q picks the target network's argmax (plain max in disguise)"),
-    Mutation("X23", QMIX, "        w1 = torch.abs(relu_mlp(s, stack, \"hyper_w_1\", L)).reshape(S * R, N, Em)\n",
-             "        w1 = relu_mlp(s, stack, \"hyper_w_1\", L).reshape(S * R, N, Em)\n", ("tests/test_qmix.py",),
-             "batched QMix mixer: first-layer weights not made non-negative (not monotonic)"),
+    Mutation("X23", QMIX_NETS, "w1 = torch.abs(mlp(s, p, \"hyper_w_1\", hypernet_layers))",
+             "w1 = (mlp(s, p, \"hyper_w_1\", hypernet_layers))", ("tests/test_qmix.py",),
+             "QMix mixer (one code for one seed and for a stack): first-layer weights not made non-negative"),
     Mutation("X24", QMIX, "        eps = 0.0 if deterministic else self.epsilon()\n",
              "        eps = 0.01 if deterministic else self.epsilon()\n", ("tests/test_qmix.py",),
              "QMix: greedy evaluation keeps a 1% exploration rate"),

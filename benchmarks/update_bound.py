@@ -46,12 +46,15 @@ def qmix_bound(reps: int) -> None:
     """QMix's real update vs the GEMMs it needs (see the module docstring)."""
     import numpy as np
 
-    from baselines.qmix import EpisodeReplay, QMix, QMixConfig
+    from baselines.qmix import QMix
+    from baselines.qmix_recipes import QMixConfig
+    from baselines.qmix_replay import EpisodeReplay
     from marpo_bench.envs import make_env
 
     cfg = QMixConfig()
     env = make_env("jax_mpe", "simple_spread", cfg.num_envs)
-    algo = QMix(cfg, env.info, "cpu", 0)
+    learner = QMix.batched(cfg, env.info, "cpu", [0])  # the one learner at S = 1
+    algo = learner.members[0]
     c, info = algo.cfg, env.info
     replay = EpisodeReplay(c.buffer_size, cfg.num_envs, info, algo.device)
     ts = env.reset(0)
@@ -64,10 +67,10 @@ def qmix_bound(reps: int) -> None:
         done = ts.done
     rng = np.random.default_rng(0)
     batches = [replay.sample(c.batch_size, rng) for _ in range(reps + 1)]
-    algo.update(batches[0])
+    learner.update([batches[0]])
     t0 = time.perf_counter()
     for b in batches[1:]:
-        algo.update(b)
+        learner.update([b])
     update_s = (time.perf_counter() - t0) / reps
 
     B, N, A, T = c.batch_size, info.num_agents, info.num_actions, info.episode_limit

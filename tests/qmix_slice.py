@@ -92,7 +92,7 @@ def checksum(t: torch.Tensor) -> list[float]:
 
 
 def config(name: str, **changes: Any) -> Any:
-    from baselines.qmix import QMixConfig
+    from baselines.qmix_recipes import QMixConfig
 
     return QMixConfig(**{**SMALL, **CONFIGS[name][2], **changes})
 

@@ -69,15 +69,16 @@ def test_batched_seeds_on_cuda_follow_the_cpu_batched_learner():
 
     import numpy as np
 
-    from baselines.qmix import EpisodeReplay, QMixSeeds
+    from baselines.qmix import QMix
+    from baselines.qmix_replay import EpisodeReplay
     from marpo_bench.config import RunSpec
     from marpo_bench.envs import make_env
     from marpo_bench.train import build_config
 
     cfg = build_config(RunSpec("qmix", "jax_mpe", "simple_spread", 0, 10**6, (("batch_size", "8"),)))
     env = make_env("jax_mpe", "simple_spread", cfg.num_envs, agent_id=cfg.agent_id)
-    cpu = QMixSeeds(copy.deepcopy(cfg), env.info, "cpu", [0, 1])
-    gpu = QMixSeeds(copy.deepcopy(cfg), env.info, "cuda", [0, 1])
+    cpu = QMix.batched(copy.deepcopy(cfg), env.info, "cpu", [0, 1])
+    gpu = QMix.batched(copy.deepcopy(cfg), env.info, "cuda", [0, 1])
     replay = EpisodeReplay(cfg.buffer_size, cfg.num_envs, env.info, "cpu")
     single = cpu.members[0]
     ts, state = env.reset(0), single.initial_act_state(cfg.num_envs)

@@ -212,7 +212,8 @@ _MAY_NAME = {
     "marpo_bench/report/plots.py": "fixed colours of the built-in algorithms (others take the palette)",
     "marpo_bench/analysis/load.py": "the default baseline (mappo), and MARPO (the suite's subject) first in tables",
     "baselines/mappo.py": "MAPPO's published recipes, keyed by env family and task (issue 20)",
-    "baselines/qmix.py": "QMix's published recipes, keyed by env family",
+    "baselines/qmix.py": "QMix's own name, as MAPPO's",
+    "baselines/qmix_recipes.py": "QMix's published recipes, keyed by env family",
     "marpo_bench/algos/marpo.py": "MARPO's ablations register their names",
 }
 

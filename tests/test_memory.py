@@ -14,7 +14,8 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from baselines.qmix import EpisodeBatch, EpisodeReplay, QMix, update_bytes
+from baselines.qmix import QMix
+from baselines.qmix_replay import EpisodeBatch, EpisodeReplay, update_bytes
 from marpo_bench import memory
 from marpo_bench.algos import get_algorithm
 from marpo_bench.algos.ppo_core import Rollout, rollout_bytes

@@ -11,18 +11,12 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from baselines.qmix import (
-    LINEAGE_DEFAULTS,
-    QMIX_RECIPES,
-    EpisodeBatch,
-    EpisodeReplay,
-    QMix,
-    QMixConfig,
-    QMixer,
-    QMixSeeds,
-    no_bootstrap,
-    td_lambda_targets,
-)
+from baselines.qmix import QMix
+from baselines.qmix_learner import QMixSeeds
+from baselines.qmix_nets import QMixer, mix
+from baselines.qmix_recipes import LINEAGE_DEFAULTS, QMIX_RECIPES, QMixConfig
+from baselines.qmix_replay import EpisodeBatch, EpisodeReplay, stack_batches
+from baselines.qmix_targets import no_bootstrap, td_lambda_targets
 from marpo_bench import store
 from marpo_bench.config import ConfigError, RunSpec
 from marpo_bench.envs.base import EnvInfo, TimeStep
@@ -159,7 +153,7 @@ def test_recipe_departures_are_one_set_away_from_the_published_value():
 
 
 def test_reward_standardiser_matches_numpy_over_the_stream():
-    from baselines.qmix import RunningMeanStd
+    from baselines.qmix_targets import RunningMeanStd
 
     rms = RunningMeanStd()
     g = torch.Generator().manual_seed(0)
@@ -332,7 +326,7 @@ def test_batch_statistics_standardise_each_sampled_batch_by_its_own_valid_steps(
     over the valid steps only. Scaled x 2 the valid rewards are -2, -4, -2, -4: mean -3, std
     sqrt(4/3), so -2 and -4 become +-1 / sqrt(4/3) (the padding's 1e6 ignored); the running
     statistics neither matter nor move."""
-    from baselines.qmix import batch_standardised
+    from baselines.qmix_targets import batch_standardised
 
     r = torch.tensor([[1.0, 2.0, 3.0], [5.0, 0.0, 0.0]])
     filled = torch.tensor([[True, True, True], [True, False, False]])
@@ -690,7 +684,7 @@ def test_state_dict_round_trip_reproduces_actions_and_updates(tmp_path):
     env.close()
 
 
-def test_learn_reports_metrics_and_updates_targets_every_n_episodes():
+def test_learn_reports_metrics_and_updates_targets_every_n_episodes(monkeypatch):
     from marpo_bench.envs import make_env
 
     env = make_env("jax_mpe", "simple_spread", 8)
@@ -698,13 +692,13 @@ def test_learn_reports_metrics_and_updates_targets_every_n_episodes():
     algo = QMix(cfg, env.info, "cpu", 0)
     calls: list[tuple[int, dict[str, float]]] = []
     copies = []
-    orig = algo.update_targets
+    orig = QMixSeeds._update_targets
 
-    def spy() -> None:
-        copies.append(algo.episodes)
-        orig()
+    def spy(learner: QMixSeeds, due: torch.Tensor) -> None:
+        copies.extend(m.episodes for m, d in zip(learner.members, due.tolist(), strict=True) if d)
+        orig(learner, due)
 
-    algo.update_targets = spy  # type: ignore[method-assign]
+    monkeypatch.setattr(QMixSeeds, "_update_targets", spy)
     algo.learn(env, 1000, 0, lambda s, m: calls.append((s, m)))
     assert calls and calls[-1][0] == 1000 and algo.t_env == 1000
     assert all({"epsilon", "td_loss", "q_mean", "grad_norm", "train_return_mean"} <= set(m) for _, m in calls)
@@ -875,12 +869,13 @@ def test_double_q_takes_the_targets_value_of_the_online_argmax_where_the_two_dis
 @pytest.mark.parametrize("layers", [1, 2])
 def test_the_batched_mixer_is_monotonic_in_every_agent_q_of_every_seed(layers):
     info = fake_info(N=4, obs_dim=5, S=7, A=3)
-    seeds = QMixSeeds(QMixConfig(hypernet_layers=layers), info, "cpu", [0, 1, 2])
+    seeds = QMix.batched(QMixConfig(hypernet_layers=layers), info, "cpu", [0, 1, 2])
     gen = torch.Generator().manual_seed(layers)
     for scale in (0.1, 1.0, 10.0):
         qs = (scale * torch.randn(3, 256, 4, generator=gen)).requires_grad_(True)
         states = scale * torch.randn(3, 256, 7, generator=gen)
-        (grad,) = torch.autograd.grad(seeds._mixer(seeds.mixer, qs, states).sum(), qs)
+        q_tot = mix(seeds.mixer.params, qs, states, seeds.cfg.mixing_embed_dim, layers)
+        (grad,) = torch.autograd.grad(q_tot.sum(), qs)
         assert (grad >= 0).all(), grad.min()
         assert (grad > 0).any(dim=(1, 2)).all()  # every seed's mixer passes gradient
 
@@ -897,3 +892,32 @@ def test_greedy_act_is_the_masked_argmax_on_a_thousand_actions():
         x = torch.cat([ts.obs, torch.zeros(512, 2, 6)], -1).reshape(1, 1024, -1)
         q, _ = algo.agent(x, torch.zeros(1024, algo.cfg.rnn_hidden_dim))
     assert torch.equal(a, q.view(512, 2, 6).masked_fill(~ts.avail_actions, -math.inf).argmax(-1))
+
+
+@pytest.mark.parametrize("lam", [0.0, 0.6])
+def test_batched_targets_are_each_seeds_own_targets_with_its_networks_and_rewards(lam):
+    """Three seeds in one learner, each with its own hand-coded target networks (seed k's agent
+    values are shifted by 100 k), its own learning reward (shifted by k) and, for seed 1, an online
+    agent whose argmax disagrees with the target's: each seed's targets are its own hand-computed
+    ones, so no seed's networks, rewards or argmax reach another seed's targets."""
+    members = [_hand_coded_qmix(True, lam) for _ in range(3)]
+    for k, m in enumerate(members):
+        with torch.no_grad():
+            m.target_agent.fc2.bias.add_(100.0 * k)
+    with torch.no_grad():
+        members[1].agent.fc2.bias.copy_(torch.tensor([1000.0, 100.0, 0.0]))
+    learner = QMixSeeds(members)
+    batch = _two_step_batch(members[0].info)
+    rewards = torch.stack([batch.reward + k for k in range(3)])
+    y = learner.targets(stack_batches([batch] * 3), rewards, lam=lam)
+    assert y.shape == (3, 2, 3)
+    for k in range(3):
+        # two agents, each shifted by 100 k: Q_tot(slot 1) = 23 + 200 k, Q_tot(final) = 105 + 200 k;
+        # seed 1's online argmax (0 where available) makes them 22 + 200 k and 104 + 200 k
+        q1, q2 = (22.0, 104.0) if k == 1 else (Q1, Q_FINAL)
+        q1, q2 = q1 + 200 * k, q2 + 200 * k
+        r0, r1 = -1.0 + k, -2.0 + k
+        term = [r0 + GAMMA * ((1 - lam) * q1 + lam * r1), r1]
+        y1 = r1 + GAMMA * q2
+        trunc = [r0 + GAMMA * ((1 - lam) * q1 + lam * y1), y1]
+        torch.testing.assert_close(y[k, :, :2], torch.tensor([term, trunc]), atol=1e-3, rtol=1e-6)

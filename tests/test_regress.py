@@ -200,7 +200,7 @@ def test_a_setting_added_since_the_reference_is_a_change_only_where_it_departs_f
     when it is the switch's default (or the config's ``LEGACY_VALUES``), a change otherwise, for
     the algorithm's settings and the run settings alike; a key only the reference has (a switch
     since removed) is a change."""
-    from baselines.qmix import QMixConfig
+    from baselines.qmix_recipes import QMixConfig
     from marpo_bench.config import RunConfig
 
     spec = next(s for s in rg.SUITES["tiny"].specs() if s.algo == "marpo")

@@ -1,4 +1,4 @@
-"""Seed stacks (marpo_bench.seedstack) and the seed-vectorised QMix (baselines.qmix.QMixSeeds):
+"""Seed stacks (marpo_bench.seedstack) and the QMix learner over S seeds (baselines.qmix_learner.QMixSeeds):
 each stacked piece equals its torch counterpart seed by seed, and seed k of a batched QMix run
 follows the unbatched run of seed k (same initialisation, same data) within float tolerance."""
 
@@ -14,7 +14,8 @@ import pytest
 import torch
 from torch import nn
 
-from baselines.qmix import QMix, QMixConfig, QMixSeeds
+from baselines.qmix import QMix
+from baselines.qmix_recipes import QMixConfig
 from marpo_bench.envs import make_env
 from marpo_bench.seedstack import Stack, StackedOptimizer, clip_grad_norm, gru, linear, relu_mlp
 
@@ -139,7 +140,7 @@ def _runs(family: str, task: str, steps: int, cfg: QMixConfig, seeds: list[int])
         singles.append(algo)
         single_logs.append(log)
     envs = [make_env(family, task, cfg.num_envs, device="cpu", agent_id=True) for _ in seeds]
-    batched = QMixSeeds(copy.deepcopy(cfg), envs[0].info, "cpu", seeds)
+    batched = QMix.batched(copy.deepcopy(cfg), envs[0].info, "cpu", seeds)
     logs: list[list] = [[] for _ in seeds]
     batched.learn(envs, steps, seeds, [lambda st, m, log=log: log.append((st, m)) for log in logs])
     return singles, single_logs, batched, logs
@@ -196,7 +197,7 @@ def test_seed_k_of_a_batched_qmix_run_follows_the_single_seed_run_on_smax_with_u
 def test_a_batched_member_checkpoint_loads_into_an_unbatched_qmix_and_back():
     cfg = QMixConfig(num_envs=4, batch_size=4, buffer_size=64, epsilon_anneal_steps=500)
     envs = [make_env("jax_mpe", "simple_spread", 4, device="cpu", agent_id=True) for _ in range(2)]
-    batched = QMixSeeds(copy.deepcopy(cfg), envs[0].info, "cpu", [0, 1])
+    batched = QMix.batched(copy.deepcopy(cfg), envs[0].info, "cpu", [0, 1])
     batched.learn(envs, 500, [0, 1], [lambda *a: None] * 2)
     sd = batched.members[1].state_dict()
     single = QMix(copy.deepcopy(cfg), envs[0].info, "cpu", 1)
@@ -204,7 +205,7 @@ def test_a_batched_member_checkpoint_loads_into_an_unbatched_qmix_and_back():
     for p, q in zip(single.params, batched.members[1].params, strict=True):
         assert torch.equal(p, q)
     # Loaded into a fresh batched learner, the stacks pick the member's state up (sync_in).
-    again = QMixSeeds(copy.deepcopy(cfg), envs[0].info, "cpu", [0, 1])
+    again = QMix.batched(copy.deepcopy(cfg), envs[0].info, "cpu", [0, 1])
     again.members[1].load_state_dict(sd)
     again.sync_in()
     assert torch.equal(again.agent["fc1.weight"][1], single.agent.fc1.weight)
