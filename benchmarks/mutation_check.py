@@ -61,6 +61,7 @@ EVAL_TESTS = ("tests/test_evaluation_protocol.py",)
 SMAX_TESTS = ("tests/test_smax_limits.py", "tests/test_smax.py")
 
 PPO = "marpo_bench/algos/ppo_core.py"
+LEARNER = "marpo_bench/algos/ppo_learner.py"  # collection and the update (the one on-policy learner)
 MARPO = "marpo_bench/algos/marpo.py"
 MAPPO = "baselines/mappo.py"
 QMIX = "baselines/qmix.py"
@@ -73,17 +74,17 @@ NETS = "marpo_bench/nets.py"
 
 MUTATIONS: list[Mutation] = [
     # --- the 17 (+1) bugs of issue #24 -------------------------------------------------------------
-    Mutation("M01", PPO, '            term = data["terminated"]\n', "            term = done\n", PPO_TESTS,
+    Mutation("M01", LEARNER, '                term = d["terminated"]\n', "                term = done_k\n", PPO_TESTS,
              "collect: truncation passed as termination (no bootstrap at a time limit)"),
-    Mutation("M02", PPO, "                nxt[truncated] = self.denorm(v_final)\n",
-             "                pass  # nxt[truncated] = self.denorm(v_final)\n", PPO_TESTS,
+    Mutation("M02", LEARNER, "                    nxt[truncated] = m.denorm(v_final_all[k][truncated])\n",
+             "                    pass  # nxt[truncated] = m.denorm(v_final_all[k][truncated])\n", PPO_TESTS,
              "collect: no final_state bootstrap (truncated steps bootstrap from the reset state)"),
-    Mutation("M03", PPO, "        live = adv[ro.alive]\n", "        live = adv.reshape(-1)\n", UPDATE_TESTS,
+    Mutation("M03", LEARNER, "            live = adv[ro.alive]\n", "            live = adv.reshape(-1)\n", UPDATE_TESTS,
              "update: advantages normalised over dead agents too"),
     Mutation("M04", PPO, "        return masked_mean(err, env_alive)\n", "        return err.mean()\n", UPDATE_TESTS,
              "value loss not masked by alive (dead-team steps counted)"),
-    Mutation("M05", PPO, "                    self.value_norm.update(mb.returns[mb.alive.any(-1)])\n",
-             "                    self.value_norm.update(mb.returns)\n", UPDATE_TESTS,
+    Mutation("M05", LEARNER, "                        m.value_norm.update(mb.returns[mb.alive.any(-1)])\n",
+             "                        m.value_norm.update(mb.returns)\n", UPDATE_TESTS,
              "ValueNorm updated with dead-team steps"),
     Mutation("M06", MARPO, "        surrogate = masked_mean(ppo_clip_surrogate(ratio, adv, lo0, hi0), mb.alive)\n",
              "        surrogate = ppo_clip_surrogate(ratio, adv, lo0, hi0).mean()\n", MARPO_TESTS,
@@ -94,8 +95,8 @@ MUTATIONS: list[Mutation] = [
     Mutation("M08", PPO, "            err = torch.max(err, huber(target - v_clip, self.cfg.huber_delta))\n",
              "            err = torch.min(err, huber(target - v_clip, self.cfg.huber_delta))\n", UPDATE_TESTS,
              "value clip takes min instead of max"),
-    Mutation("M09", PPO, "                actor_loss = -surrogate - cfg.entropy_coef * entropy\n",
-             "                actor_loss = -surrogate + cfg.entropy_coef * entropy\n", UPDATE_TESTS,
+    Mutation("M09", LEARNER, "total = total + (-surrogate - cfg.entropy_coef * entropy)",
+             "total = total + (-surrogate + cfg.entropy_coef * entropy)", UPDATE_TESTS,
              "entropy bonus with its sign flipped"),
     Mutation("M10", MARPO, "reflection_term(ratio[:-1], rho_next, adv[1:], reflection_valid(mb), lo1, hi1)",
              "reflection_term(ratio[:-1], rho_next, adv[1:], reflection_valid(mb), eps_lo, eps_hi)", MARPO_TESTS,
@@ -126,16 +127,16 @@ MUTATIONS: list[Mutation] = [
     Mutation("X01", PPO, "        delta = rewards[t] + gamma * not_term[t] * next_values[t] - values[t]\n",
              "        delta = rewards[t] + gamma * not_term[t] * next_values[t] + values[t]\n", PPO_TESTS,
              "GAE: sign of V(s_t) in the TD error"),
-    Mutation("X02", PPO, 'compute_gae(data["rewards"], v_den, nxt, term, done, cfg.gamma, cfg.gae_lambda)',
-             'compute_gae(data["rewards"], v_den, nxt, term, done, cfg.gae_lambda, cfg.gamma)', PPO_TESTS,
+    Mutation("X02", LEARNER, 'compute_gae(d["rewards"], v_den, nxt, term, done_k, cfg.gamma, cfg.gae_lambda)',
+             'compute_gae(d["rewards"], v_den, nxt, term, done_k, cfg.gae_lambda, cfg.gamma)', PPO_TESTS,
              "GAE: gamma and lambda swapped"),
     Mutation("X03", PPO, "        last = delta + gamma * lam * not_done[t] * last\n",
              "        last = delta + gamma * lam * last\n", PPO_TESTS,
              "GAE: recursion not cut at episode ends"),
     Mutation("X04", PPO, "    return adv, adv + values\n", "    return adv, adv\n", PPO_TESTS,
              "GAE: returns without the values"),
-    Mutation("X05", PPO, "            v_last = self.values(tsd.state)\n",
-             '            v_last = self.values(data["state"][-1])\n', PPO_TESTS,
+    Mutation("X05", LEARNER, '            v_last = self.critic("forward", last_state).squeeze(-1)  # [S, E]\n',
+             '            v_last = self.critic("forward", data["state"][:, -1]).squeeze(-1)\n', PPO_TESTS,
              "collect: bootstrap from the rollout's last state instead of the next one"),
     Mutation("X06", PPO, "    return (x * m).sum() / m.sum().clamp(min=1.0)\n",
              "    return (x * m).sum() / m.numel()\n", UPDATE_TESTS + MARPO_TESTS[1:2],
@@ -146,8 +147,8 @@ MUTATIONS: list[Mutation] = [
     Mutation("X08", PPO, "        var = (self.mean_sq / d - mean**2).clamp(min=1e-2)\n",
              "        var = (self.mean_sq / d - mean).clamp(min=1e-2)\n", UPDATE_TESTS,
              "ValueNorm: variance as E[x^2] - E[x]"),
-    Mutation("X09", PPO, "                entropy = masked_mean(-(logp_all.exp() * logp_all).sum(-1), mb.alive)\n",
-             "                entropy = (-(logp_all.exp() * logp_all).sum(-1)).mean()\n", UPDATE_TESTS,
+    Mutation("X09", LEARNER, "entropy = masked_mean(-(logp_all[k].exp() * logp_all[k]).sum(-1), mb.alive)\n",
+             "entropy = (-(logp_all[k].exp() * logp_all[k]).sum(-1)).mean()\n", UPDATE_TESTS,
              "entropy averaged over dead agents"),
     Mutation("X10", PPO, "    return torch.min(ratio * adv, ratio.clamp(lo, hi) * adv)\n",
              "    return torch.max(ratio * adv, ratio.clamp(lo, hi) * adv)\n", UPDATE_TESTS,

@@ -88,7 +88,7 @@ from marpo_bench.config import (
 from marpo_bench.envs import make_env
 from marpo_bench.envs.base import MultiAgentVecEnv, SnapshotEnv, TimeStep
 
-ProgressFn = Callable[[int, int], None]  # (env_steps_done, total)
+ProgressFn = Callable[..., None]  # (env_steps_done, total[, last eval return])
 
 CHECKPOINT_FORMAT = 1
 """Layout of the resume state inside ``checkpoint.pt`` (the store versions the file itself)."""
@@ -618,6 +618,8 @@ class _Run:
                 row[key] = float(np.mean(vals)) if vals else math.nan
             pending.clear()
         self.rows.append(row)
+        if self.progress is not None:  # the run's bar shows this evaluation's return
+            self.progress(min(steps, self.spec.steps), self.spec.steps, row["eval_return_mean"])
         self.sink.write_metrics(self.rows, self.extra_columns)
         self.record.update(env_steps=steps, wall_seconds=row["wall_seconds"])
         self.sink.write_record(self.record)

@@ -221,3 +221,22 @@ class ScriptedEnv:
 
     def close(self) -> None:
         pass
+
+
+def replay(algo, mb: Rollout):
+    """``algo``'s one learner at S = 1 (``OnPolicyLearner``) replaying minibatch ``mb`` with its
+    current networks: ``(learner, logp_all [T, B, N, A], logp_next [T-1, B, N, A], values [T, B])``.
+    Gradients of these land on ``learner.actor.stack`` / ``learner.critic.stack`` (seed 0's slice):
+    ``grads(learner.actor)``."""
+    from marpo_bench.algos.ppo_core import ChunkedInputs
+
+    learner = algo.learner()
+    recurrent = algo.cfg.recurrent or algo.cfg.recurrent_critic
+    x = learner.inputs([mb], [ChunkedInputs.from_rollout(mb, algo.cfg.chunk_len)] if recurrent else None)
+    logp_all, logp_next = learner.log_probs([mb], x)
+    return learner, logp_all[0], logp_next[0], learner.values([mb], x)[0]
+
+
+def grads(net) -> list[torch.Tensor]:
+    """Seed 0's gradients of a learner's stacked network, in its modules' parameter order."""
+    return [t.grad[0].clone() if t.grad is not None else torch.zeros_like(t[0]) for t in net.stack.tensors()]

@@ -75,7 +75,7 @@ def test_value_loss_ignores_steps_where_the_whole_team_is_dead():
                       returns=T2([[1.0, 1.0], [14.0, 100.0]]))
     # Huber(delta 10) of R - V on the three live steps: 0.5 * 1^2 = 0.5, 0, and beyond delta
     # 10 * (12 - 10/2) = 70 (env 0 at t1); the dead step (10 * (97 - 5) = 920) is left out: 70.5 / 3
-    assert float(algo.value_loss(ro).detach()) == pytest.approx(70.5 / 3, abs=1e-5)
+    assert float(algo.value_loss(ro, algo.critic(ro.state).squeeze(-1)).detach()) == pytest.approx(70.5 / 3, abs=1e-5)
 
 
 def test_value_clip_takes_the_larger_of_the_clipped_and_unclipped_errors():
@@ -85,7 +85,7 @@ def test_value_clip_takes_the_larger_of_the_clipped_and_unclipped_errors():
     ro = rollout_with(T=1, E=2, N=2, state=state, values=torch.zeros(1, 2), returns=T2([[1.0, 0.0]]))
     # env 0: R=1: unclipped 0.5*0.5^2 = 0.125, clipped V = 0 + clip(0.5, +-0.2) = 0.2: 0.5*0.8^2 = 0.32 -> 0.32
     # env 1: R=0: unclipped 0.125, clipped 0.5*0.2^2 = 0.02 -> 0.125.   mean (0.32 + 0.125) / 2 = 0.2225
-    assert float(algo.value_loss(ro).detach()) == pytest.approx(0.2225, abs=1e-6)
+    assert float(algo.value_loss(ro, algo.critic(ro.state).squeeze(-1)).detach()) == pytest.approx(0.2225, abs=1e-6)
 
 
 def test_value_norm_statistics_ignore_steps_where_the_whole_team_is_dead():
@@ -168,14 +168,15 @@ def _entropy_update(entropy_coef: float = 0.01):
     ro = rollout_with(T=2, E=2, N=2, A=3, alive=alive, avail=torch.ones(2, 2, 2, 3, dtype=torch.bool),
                       advantages=torch.zeros(2, 2), policy=algo)
     grads: list[torch.Tensor] = []
-    real_step = algo.actor_opt.step
+    learner = algo.learner()  # the one learner, this seed alone
+    real_step = learner.actor_opt.step
 
     def spy_step(*args, **kwargs):
-        grads.append(algo.actor.logits.grad.clone())
+        grads.append(learner.actor.stack["logits"].grad[0].clone())
         return real_step(*args, **kwargs)
 
-    algo.actor_opt.step = spy_step
-    logs = algo.update(ro, 0)
+    learner.actor_opt.step = spy_step
+    (logs,) = learner.update([ro], 0)
     return logs, grads
 
 

@@ -18,7 +18,7 @@ from marpo_bench.algos.marpo import (
     reflection_valid,
     update_delta,
 )
-from tests.helpers import fake_info, random_rollout
+from tests.helpers import fake_info, grads, random_rollout, replay
 
 
 def f(r: float) -> float:
@@ -129,11 +129,10 @@ def test_reflection_gradient_vanishes_where_both_ratios_are_clipped():
 
 
 def _loss_and_grads(algo, mb, adv):
-    algo.actor.zero_grad()
-    logp_all, logp_next = algo.policy_log_probs(mb)
+    learner, logp_all, logp_next, _ = replay(algo, mb)
     surrogate, _ = algo.policy_objective(mb, logp_all, logp_next, adv, env_steps=3_000_000)
     surrogate.backward()
-    return surrogate.detach(), [p.grad.clone() for p in algo.actor.parameters()]
+    return surrogate.detach(), grads(learner.actor)
 
 
 def _assert_same_loss_and_grads(a, b, mb, adv):

@@ -8,7 +8,7 @@ import torch
 from baselines.mappo import MAPPO, MAPPOConfig
 from marpo_bench.algos.ppo_core import ValueNorm, compute_gae, ppo_clip_surrogate
 from marpo_bench.envs.base import TimeStep
-from tests.helpers import fake_info, random_rollout
+from tests.helpers import fake_info, random_rollout, replay
 
 
 def test_gae_bootstraps_through_truncation_but_not_termination():
@@ -95,7 +95,7 @@ def test_mappo_update_logs_the_losses_of_its_minibatch_by_definition():
         # ValueNorm after its first update: the returns' own mean and (population) variance
         ret = ro.returns.double()
         target = ((ret - ret.mean()) / ret.var(unbiased=False).clamp(min=1e-2).sqrt()).float()
-        v, v_old = algo.values(ro.state), ro.values
+        v, v_old = algo.critic(ro.state).squeeze(-1), ro.values
         v_clip = v_old + (v - v_old).clamp(-0.2, 0.2)
         value_loss = torch.max(0.5 * (target - v) ** 2, 0.5 * (target - v_clip) ** 2).mean()  # |err| < 10
     logs = algo.update(ro, 1_000)
@@ -117,7 +117,7 @@ def test_recurrent_replay_reproduces_rollout_log_probs_across_chunks_and_episode
     ro, ts, _ = algo.collect(env, ts)  # second rollout: hidden state carried in, episode end at t=19
     assert bool(ro.done.any())
     with torch.no_grad():
-        logp_all, logp_next = algo.policy_log_probs(ro)
+        _, logp_all, logp_next, _ = replay(algo, ro)
     avail = ro.avail
     torch.testing.assert_close(logp_all[avail], ro.logits_old[avail], atol=1e-5, rtol=1e-5)
     # an unchanged policy continues each chunk's hidden state exactly as the rollout did
@@ -161,9 +161,10 @@ def test_chunked_replay_inputs_built_once_give_the_same_log_probs_for_any_env_su
     assert chunks.obs.shape[:4] == (11, 3, 4, algo.info.num_agents)  # L+1 steps, 3 chunks, E, N
     idx = torch.tensor([3, 0])
     mb = ro.select_envs(idx)
+    learner = algo.learner()
     with torch.no_grad():
-        fresh = algo.policy_log_probs(mb)  # built from the minibatch itself
-        cached = algo.policy_log_probs(mb, chunks.select_envs(idx))  # built once for the rollout
+        fresh = learner.log_probs([mb], learner.inputs([mb], [ChunkedInputs.from_rollout(mb, algo.cfg.chunk_len)]))
+        cached = learner.log_probs([mb], learner.inputs([mb], [chunks.select_envs(idx)]))  # built once
     for a, b in zip(fresh, cached, strict=True):
         assert torch.equal(a, b)
 

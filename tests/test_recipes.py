@@ -21,6 +21,7 @@ from marpo_bench.algos.marpo import MARPO, MARPOConfig, schedule_progress
 from marpo_bench.config import Recipe, RunSpec
 from marpo_bench.envs.base import EnvInfo, TimeStep
 from marpo_bench.train import build_config
+from tests.helpers import replay
 
 # ----------------------------------------------------------------------------------------------
 # Recipes against their sources
@@ -206,12 +207,23 @@ class ClockEnv:
         pass
 
 
+class _TenthOfState(torch.nn.Module):
+    """A critic V(s) = s[0] / 10."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.unused = torch.nn.Parameter(torch.zeros(()))
+
+    def forward(self, state: torch.Tensor) -> torch.Tensor:
+        return 0.1 * state[..., :1] + 0.0 * self.unused
+
+
 def _collect_with_known_critic(bootstrap: bool) -> torch.Tensor:
     env = ClockEnv([3], N=1)
     cfg = MAPPOConfig(num_envs=1, rollout_len=3, gamma=0.9, gae_lambda=0.8, value_norm=False,
                       bootstrap_truncation=bootstrap)
     algo = MAPPO(cfg, env.info, "cpu", seed=0)
-    algo.values = lambda state: 0.1 * state[..., 0]  # V(s) = s / 10: V(s_t) = 1 + t / 10
+    algo.critic = _TenthOfState()  # V(s) = s / 10: V(s_t) = 1 + t / 10
     ro, _, finished = algo.collect(env, env.reset(0))
     assert finished == [3.0]
     return ro.advantages[:, 0]
@@ -258,8 +270,8 @@ def test_recurrent_replay_reproduces_the_rollouts_values_and_log_probs(algo_cls)
         for _ in range(2):
             ro, ts, _ = algo.collect(env, ts)
             with torch.no_grad():
-                torch.testing.assert_close(algo.replay_values(ro), ro.values, atol=1e-6, rtol=0)
-                logp_all, logp_next = algo.policy_log_probs(ro)
+                _, logp_all, logp_next, values = replay(algo, ro)
+                torch.testing.assert_close(values, ro.values, atol=1e-6, rtol=0)
             torch.testing.assert_close(logp_all, ro.logits_old, atol=1e-5, rtol=0)
             # step k+1 as seen from k continues k's hidden state: equal to the rollout's k+1
             torch.testing.assert_close(logp_next, ro.logits_old[1:], atol=1e-5, rtol=0)

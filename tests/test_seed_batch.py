@@ -366,7 +366,7 @@ def test_a_batched_run_resumes_bit_exact_in_its_mode_and_is_flagged_inexact_in_t
 
 
 # ----------------------------------------------------------------------------------------------
-# MAPPO and MARPO (marpo_bench.algos.ppo_seeds.OnPolicySeeds)
+# MAPPO and MARPO (marpo_bench.algos.ppo_learner.OnPolicyLearner)
 
 
 class Float64Env:
@@ -486,19 +486,24 @@ def test_seed_k_of_a_batched_marpo_run_follows_the_single_seed_run_on_smax():
         _assert_ppo_follows(singles[k], single_logs[k], batched.members[k], logs[k], F64_ATOL, F64_ATOL)
 
 
-def test_an_on_policy_subclass_that_replaces_what_the_batched_learner_computes_trains_unbatched():
+def test_a_subclass_replacing_what_the_learner_computes_is_refused_and_one_with_its_own_learn_is_unbatched():
     from baselines.mappo import MAPPO
     from marpo_bench.executors.pool import seed_units
 
-    class OwnUpdate(MAPPO):
-        def update(self, ro, env_steps):  # the batched learner would bypass this
-            return super().update(ro, env_steps)
+    with pytest.raises(TypeError, match="overrides update, which the on-policy learner computes"):
+        class OwnUpdate(MAPPO):  # the learner would bypass this
+            def update(self, ro, env_steps):
+                return super().update(ro, env_steps)
+
+    class OwnLearn(MAPPO):  # its own training loop: trained through it, alone
+        def learn(self, env, total_steps, seed, on_iteration, start_steps=0):
+            return super().learn(env, total_steps, seed, on_iteration, start_steps)
 
     class OwnObjective(MAPPO):
         def policy_objective(self, mb, logp_all, logp_next, adv, env_steps):  # runs per seed: fine
             return super().policy_objective(mb, logp_all, logp_next, adv, env_steps)
 
-    assert OwnUpdate.batched is None and OwnObjective.batched is not None and MAPPO.batched is not None
+    assert OwnLearn.batched is None and OwnObjective.batched is not None and MAPPO.batched is not None
     from marpo_bench.config import RunSpec
 
     jobs = [(RunSpec(a, "jax_mpe", "simple_spread", s, 1000), "st") for a in ("mappo", "qmix") for s in (0, 1)]

@@ -161,7 +161,7 @@ class MARPO(OnPolicyAlgorithm):
         if cfg.reflection and cfg.alpha > 0:
             # L1: the next step's ratio and advantage reinforce step k (tensor shift along time).
             # Next step's ratio: same agent, step k+1 of the same env (a shift along time); with a
-            # recurrent actor it continues step k's hidden state (see policy_log_probs).
+            # recurrent actor it continues step k's hidden state (see OnPolicyLearner.log_probs).
             logp_k1 = logp_next.gather(-1, mb.actions[1:].unsqueeze(-1)).squeeze(-1)
             rho_next = torch.exp(logp_k1 - mb.logp_old[1:])
             refl = cfg.alpha * reflection_term(ratio[:-1], rho_next, adv[1:], reflection_valid(mb), lo1, hi1)

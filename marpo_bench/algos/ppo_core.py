@@ -1,6 +1,7 @@
 """What MAPPO and MARPO share: config, actor/critic, rollout buffer, GAE, value normalisation,
-and the PPO update loop. Only the *policy objective* differs between the two algorithms: each
-subclass implements ``policy_objective`` (MAPPO in ``baselines/mappo.py``, MARPO in
+and ``OnPolicyAlgorithm``, one seed's part of the on-policy learner (``ppo_learner.OnPolicyLearner``
+does collection and the PPO update for S >= 1 of them). Only the *policy objective* differs
+between the two algorithms: each subclass implements ``policy_objective`` (MAPPO in ``baselines/mappo.py``, MARPO in
 ``marpo_bench/algos/marpo.py``).
 
 Structure (CTDE, ``docs/algorithms.md`` §0): a shared actor pi(a_i | o_i, id_i) over discrete
@@ -13,13 +14,12 @@ recurrent policy be added without changing the sampler; with one minibatch (MAPP
 default everywhere) it is identical to MAPPO's sampler.
 
 The published per-task recipes (which of these switches on-policy's scripts set, with their
-sources) are ``MAPPO_RECIPES`` in ``baselines/mappo.py``; MARPO inherits them. The ``PPOConfig`` class defaults are
-the base they override (on-policy's ``config.py`` defaults where an env family has no recipe).
+sources) are ``MAPPO_RECIPES`` in ``baselines/mappo.py``; MARPO inherits them. The ``PPOConfig``
+class defaults are the base they override (on-policy's ``config.py`` defaults where an env family has no recipe).
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -283,7 +283,11 @@ def huber(x: torch.Tensor, delta: float) -> torch.Tensor:
 
 
 class OnPolicyAlgorithm:
-    """MAPPO-style CTDE learner; subclasses supply the policy objective."""
+    """One seed of a MAPPO-style CTDE learner: its networks (``nn`` modules, what acting,
+    evaluation, checkpoints and the saved policy use), optimisers, ValueNorm, RNGs, carried GRU
+    states and the per-seed hooks of the update (``policy_objective``, supplied by subclasses;
+    ``value_loss``). Training (``learn``, ``collect``, ``update``) runs through the one learner,
+    ``ppo_learner.OnPolicyLearner``, with this seed alone or with others."""
 
     name = "ppo"
     Config = PPOConfig
@@ -333,25 +337,30 @@ class OnPolicyAlgorithm:
         self.rollout_h: torch.Tensor | None = None  # actor [E, N, H]
         self.rollout_hc: torch.Tensor | None = None  # critic [E, H]
 
-    # What the batched learner (``OnPolicySeeds``) computes itself, for all seeds at once; a subclass
-    # that overrides any of these would be silently bypassed, so it trains unbatched instead.
-    _BATCHED_REPLACES = ("collect", "update", "learn", "policy_log_probs", "replay_values", "values",
-                         "critic_step", "log_probs")
+    # What the learner (``OnPolicyLearner``) computes itself, for all its seeds at once: a subclass
+    # overriding one of these would be bypassed by ``learn``. A subclass changes the per-seed hooks
+    # (``policy_objective``, ``value_loss``, ``summarize_logs``, the state) or brings its own ``learn``.
+    _LEARNER_COMPUTES = ("collect", "update", "policy_log_probs", "replay_values", "log_probs", "_step_policy")
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
-        if any(name in vars(cls) for name in OnPolicyAlgorithm._BATCHED_REPLACES):
+        if "learn" in vars(cls):  # its own training loop: the learner cannot batch it
             cls.batched = None  # type: ignore[assignment]
+            return
+        replaced = [name for name in OnPolicyAlgorithm._LEARNER_COMPUTES if name in vars(cls)]
+        if replaced:
+            raise TypeError(f"{cls.__name__} overrides {', '.join(replaced)}, which the on-policy learner "
+                            "computes for all seeds at once (marpo_bench.algos.ppo_learner) and would bypass: "
+                            "override policy_objective or value_loss (per seed), or define learn as well")
 
     @classmethod
     def batched(cls, cfg: PPOConfig, env_info: EnvInfo, device: torch.device | str, seeds: list[int]) -> Any:
-        """S seeds as one batched learner (the optional ``batched`` contract, docs/extending.md):
-        ``marpo_bench.algos.ppo_seeds.OnPolicySeeds`` over members of this class. ``None`` on a
-        subclass that overrides one of ``_BATCHED_REPLACES`` (only the hooks that run per seed,
-        e.g. ``policy_objective``, may differ)."""
-        from marpo_bench.algos.ppo_seeds import OnPolicySeeds
+        """S seeds as one learner (the optional ``batched`` contract, docs/extending.md): an
+        ``OnPolicyLearner`` over fresh members of this class. ``None`` on a subclass with its own
+        ``learn``."""
+        from marpo_bench.algos.ppo_learner import OnPolicyLearner
 
-        return OnPolicySeeds(cls, cfg, env_info, device, seeds)
+        return OnPolicyLearner.of_seeds(cls, cfg, env_info, device, seeds)
 
     # -- acting -------------------------------------------------------------------------------
 
@@ -385,128 +394,24 @@ class OnPolicyAlgorithm:
         a = logp.argmax(-1) if deterministic else gumbel_max_sample(logp, self.gen)
         return a.to(ts.obs.device), act_state
 
-    def policy_log_probs(self, mb: Rollout, chunks: ChunkedInputs | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """Current masked log pi(.|o) over a minibatch: ``(logp_all [T, B, N, A], logp_next
-        [T-1, B, N, A])`` where ``logp_next[k]`` is step k+1 as seen when reflecting on step k.
+    # -- training: the one learner (``ppo_learner.OnPolicyLearner``) with this seed alone -----------
 
-        Feed-forward: ``logp_next = logp_all[1:]``. Recurrent: the rollout is cut into chunks of
-        ``chunk_len`` steps, each replayed from its stored hidden state over chunk_len + 1 steps
-        (docs/algorithms.md §1); the extra step gives step k+1 for the chunk's last k, continuing the same
-        hidden state (the official code restarts it from h_k: an off-by-one not copied here).
-        ``chunks``: those replay inputs of ``mb`` if already built (``ChunkedInputs``)."""
-        if not self.cfg.recurrent:
-            logp_all = self.log_probs(mb.obs, mb.avail)
-            return logp_all, logp_all[1:]
-        T, B, N = mb.actions.shape
-        L = self.cfg.chunk_len
-        ch = chunks if chunks is not None else ChunkedInputs.from_rollout(mb, L)
-        logits = self.actor.unroll(ch.obs, ch.h0, ch.starts)  # [L+1, C, B, N, A]
-        logp = torch.log_softmax(masked_logits(logits, ch.avail), dim=-1)
-        logp = logp.transpose(0, 1)  # [C, L+1, B, N, A]
-        logp_all = logp[:, :L].reshape(T, B, N, -1)
-        logp_next = logp[:, 1:].reshape(T, B, N, -1)[:-1]
-        return logp_all, logp_next
+    def learner(self) -> Any:
+        """This seed as an S = 1 ``OnPolicyLearner`` (it reads the networks and optimiser states
+        now; its ``sync_out`` writes them back)."""
+        from marpo_bench.algos.ppo_learner import OnPolicyLearner
 
-    def values(self, state: torch.Tensor) -> torch.Tensor:
-        """Feed-forward critic output [...]: normalised values when ``value_norm`` is on."""
-        return self.critic(state).squeeze(-1)
-
-    def critic_step(self, state: torch.Tensor, hc: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Recurrent critic, one step: V(s_t) [E] from state [E, S] and hidden [E, H] (reset
-        already applied), and the hidden state after s_t."""
-        v, hc = self.critic.step(state, hc)
-        return v.squeeze(-1), hc
-
-    def replay_values(self, mb: Rollout, chunks: ChunkedInputs | None = None) -> torch.Tensor:
-        """The current critic's values [T, B] over a minibatch; a recurrent critic replays each
-        chunk of ``chunk_len`` steps from the hidden state stored at its start (as rMAPPO)."""
-        if not self.cfg.recurrent_critic:
-            return self.values(mb.state)
-        T, B = mb.rewards.shape
-        ch = chunks if chunks is not None else ChunkedInputs.from_rollout(mb, self.cfg.chunk_len)
-        v = self.critic.unroll(ch.state, ch.hc0, ch.env_starts).squeeze(-1)  # [L, C, B]
-        return v.transpose(0, 1).reshape(T, B)
+        return OnPolicyLearner([self])
 
     def denorm(self, v: torch.Tensor) -> torch.Tensor:
         return self.value_norm.denormalize(v) if self.value_norm is not None else v
 
-    # -- data collection ------------------------------------------------------------------------
-
-    @torch.no_grad()
     def collect(self, env: MultiAgentVecEnv, ts: TimeStep) -> tuple[Rollout, TimeStep, list[float]]:
-        """Run ``rollout_len`` steps in every env; returns the rollout, the next TimeStep and the
-        returns of the episodes that ended.
-
-        Advantages (GAE) bootstrap from V of the next state; at an episode's end from V(final
-        state) when it was truncated and ``bootstrap_truncation`` is on, else not at all. A
-        recurrent critic computes V step by step from its carried hidden state (V(final state)
-        continues the finished episode's hidden state)."""
-        cfg, T, dev = self.cfg, self.cfg.rollout_len, self.device
-        keys = ("obs", "state", "avail", "alive", "actions", "logp_old", "logits_old", "rewards",
-                "terminated", "done", "final_state", "hidden", "hidden_critic", "values", "hc_after")
-        buf: dict[str, list[torch.Tensor]] = {k: [] for k in keys}
-        finished: list[float] = []
-        E = ts.obs.shape[0]
-        h = self.rollout_h if cfg.recurrent else None
-        hc = self.rollout_hc if cfg.recurrent_critic else None
-        if cfg.recurrent and (h is None or h.shape[0] != E):
-            h = self.zero_hidden(E)
-        if cfg.recurrent_critic and (hc is None or hc.shape[0] != E):
-            hc = torch.zeros(E, cfg.hidden, device=dev)
-        env_dev = ts.obs.device
-        tsd = ts.to(dev)  # the learner's copy: one packed host-device transfer per step (TimeStep.to)
-        for _ in range(T):
-            if h is not None:
-                h = h * (~tsd.done).view(-1, 1, 1).to(h.dtype)  # new episode: fresh memory
-                buf["hidden"].append(h)
-            if hc is not None:
-                hc = hc * (~tsd.done).view(-1, 1).to(hc.dtype)
-                buf["hidden_critic"].append(hc)
-                v, hc = self.critic_step(tsd.state, hc)
-                buf["values"].append(v)
-                buf["hc_after"].append(hc)
-            logp_all, h = self._step_policy(tsd, h)
-            actions = gumbel_max_sample(logp_all, self.gen)
-            buf["obs"].append(tsd.obs)
-            buf["state"].append(tsd.state)
-            buf["avail"].append(tsd.avail_actions)
-            buf["alive"].append(tsd.alive)
-            buf["actions"].append(actions)
-            buf["logits_old"].append(logp_all)
-            buf["logp_old"].append(logp_all.gather(-1, actions.unsqueeze(-1)).squeeze(-1))
-            ts = env.step(actions.to(env_dev))
-            tsd = ts.to(dev)
-            buf["rewards"].append(tsd.reward)
-            buf["terminated"].append(tsd.terminated)
-            buf["done"].append(tsd.done)
-            buf["final_state"].append(tsd.final_state)
-            if bool(ts.done.any()):
-                finished.extend(ts.episode_return[ts.done].tolist())
-        self.rollout_h, self.rollout_hc = h, hc
-        data = {k: torch.stack(v) for k, v in buf.items() if v}
-        final_state = data.pop("final_state")
-        done = data["done"]
-        truncated = done & ~data["terminated"]
-        if hc is None:
-            values = self.values(data["state"])  # [T, E] one batched critic pass
-            v_last = self.values(tsd.state)
-        else:
-            values, hc_after = data.pop("values"), data.pop("hc_after")
-            v_last, _ = self.critic_step(tsd.state, hc * (~tsd.done).view(-1, 1).to(hc.dtype))
-        v_den = self.denorm(values)
-        # V of the state after each step: the next state in-episode, or the final state of a
-        # truncated episode (only read where it is bootstrapped).
-        nxt = torch.cat([v_den[1:], self.denorm(v_last).unsqueeze(0)])
-        if cfg.bootstrap_truncation:
-            term = data["terminated"]
-            if bool(truncated.any()):
-                v_final = (self.values(final_state[truncated]) if hc is None
-                           else self.critic_step(final_state[truncated], hc_after[truncated])[0])
-                nxt[truncated] = self.denorm(v_final)
-        else:
-            term = done  # on-policy's use_proper_time_limits=False: a time limit ends the return
-        adv, ret = compute_gae(data["rewards"], v_den, nxt, term, done, cfg.gamma, cfg.gae_lambda)
-        return Rollout(values=values, advantages=adv, returns=ret, **data), ts, finished
+        """One rollout of this seed (``OnPolicyLearner.collect`` at S = 1): the rollout, the next
+        TimeStep and the returns of the episodes that ended."""
+        lr = self.learner()
+        ros, tss, finished = lr.collect([env], [ts])
+        return ros[0], tss[0], finished[0]
 
     # -- update ---------------------------------------------------------------------------------
 
@@ -514,15 +419,13 @@ class OnPolicyAlgorithm:
                          adv: torch.Tensor, env_steps: int) -> tuple[torch.Tensor, dict[str, float]]:
         """The surrogate to *maximise* on a minibatch (subclass hook). ``logp_all`` is the current
         masked log pi(.|o) [T, B, N, A]; ``logp_next`` [T-1, B, N, A] the next step's, as seen
-        from each step k (see ``policy_log_probs``); ``adv`` the normalised advantages [T, B, N];
+        from each step k (see ``OnPolicyLearner.log_probs``); ``adv`` the normalised advantages [T, B, N];
         ``env_steps`` the env steps collected so far (never the run's budget)."""
         raise NotImplementedError
 
-    def value_loss(self, mb: Rollout, chunks: ChunkedInputs | None = None, v: torch.Tensor | None = None
-                   ) -> torch.Tensor:
-        """MAPPO's clipped Huber value loss in normalised space (``v``: the critic's values over
-        the minibatch if already computed, e.g. by a batched learner)."""
-        v = self.replay_values(mb, chunks) if v is None else v
+    def value_loss(self, mb: Rollout, v: torch.Tensor) -> torch.Tensor:
+        """MAPPO's clipped Huber value loss in normalised space; ``v``: the current critic's values
+        over the minibatch [T, B] (``OnPolicyLearner.values``)."""
         target = self.value_norm.normalize(mb.returns) if self.value_norm is not None else mb.returns
         err = huber(target - v, self.cfg.huber_delta)
         if self.cfg.value_clip:
@@ -532,45 +435,12 @@ class OnPolicyAlgorithm:
         return masked_mean(err, env_alive)
 
     def update(self, ro: Rollout, env_steps: int) -> dict[str, float]:
-        """PPO epochs x minibatches over envs, ``env_steps`` collected so far. Returns the mean of
-        each logged metric."""
-        cfg = self.cfg
-        # Advantages: shared team advantage per agent, normalised over alive agents (MAPPO).
-        adv = ro.advantages.unsqueeze(-1).expand_as(ro.logp_old)
-        live = adv[ro.alive]
-        adv = (adv - live.mean()) / (live.std() + 1e-5) if live.numel() > 1 else adv
-        E = ro.rewards.shape[1]
-        recurrent = cfg.recurrent or cfg.recurrent_critic
-        chunks = ChunkedInputs.from_rollout(ro, cfg.chunk_len) if recurrent else None  # once, not per epoch
-        logs: dict[str, list[float]] = {}
-        for _ in range(cfg.epochs):
-            perm = torch.from_numpy(self.np_rng.permutation(E)).to(self.device)
-            for idx in torch.chunk(perm, cfg.minibatches):
-                # One minibatch = the whole rollout: the losses are means, so skip the copy.
-                whole = cfg.minibatches == 1
-                mb, mb_adv = (ro, adv) if whole else (ro.select_envs(idx), adv[:, idx])
-                mb_chunks = chunks if whole or chunks is None else chunks.select_envs(idx)
-                logp_all, logp_next = self.policy_log_probs(mb, mb_chunks)
-                surrogate, pol_logs = self.policy_objective(mb, logp_all, logp_next, mb_adv, env_steps)
-                entropy = masked_mean(-(logp_all.exp() * logp_all).sum(-1), mb.alive)
-                actor_loss = -surrogate - cfg.entropy_coef * entropy
-                if self.value_norm is not None:
-                    # on-policy's cal_value_loss: the statistics take every minibatch's targets
-                    # (so epochs x minibatches times per rollout) just before normalising them.
-                    self.value_norm.update(mb.returns[mb.alive.any(-1)])
-                v_loss = self.value_loss(mb, mb_chunks)
-                self.actor_opt.zero_grad(set_to_none=True)
-                self.critic_opt.zero_grad(set_to_none=True)
-                (actor_loss + cfg.value_coef * v_loss).backward()
-                gn = nn.utils.clip_grad_norm_(self.actor.parameters(), cfg.max_grad_norm)
-                nn.utils.clip_grad_norm_(self.critic.parameters(), cfg.max_grad_norm)
-                self.actor_opt.step()
-                self.critic_opt.step()
-                step_logs = {"policy_loss": float(-surrogate.detach()), "value_loss": float(v_loss.detach()),
-                             "entropy": float(entropy.detach()), "grad_norm": float(gn), **pol_logs}
-                for k, v in step_logs.items():
-                    logs.setdefault(k, []).append(v)
-        return self.summarize_logs(logs)
+        """One PPO update of this seed on ``ro`` (``OnPolicyLearner.update`` at S = 1), ``env_steps``
+        collected so far. Returns the mean of each logged metric."""
+        lr = self.learner()
+        logs = lr.update([ro], env_steps)
+        lr.sync_out()
+        return logs[0]
 
     def summarize_logs(self, logs: dict[str, list[float]]) -> dict[str, float]:
         """Reduce per-minibatch metrics to one value each for the update (mean by default)."""
@@ -580,21 +450,10 @@ class OnPolicyAlgorithm:
 
     def learn(self, env: MultiAgentVecEnv, total_steps: int, seed: int,
               on_iteration: Callable[[int, dict[str, float]], None], start_steps: int = 0) -> None:
-        """Train for ``total_steps`` env steps (E x T per iteration). ``on_iteration(env_steps,
-        metrics)`` is called after every update; the runner evaluates and logs from there.
-        ``start_steps`` > 0 continues a resumed run: the env steps already done, with the loaded
-        state's recurrent state kept (the runner's env then returns its saved state on reset)."""
-        ts = env.reset(seed)
-        if not start_steps:
-            self.rollout_h = self.rollout_hc = None
-        steps = start_steps
-        per_iter = self.cfg.num_envs * self.cfg.rollout_len
-        while steps < total_steps:
-            ro, ts, finished = self.collect(env, ts)
-            steps += per_iter
-            metrics = self.update(ro, env_steps=steps)
-            metrics["train_return_mean"] = float(np.mean(finished)) if finished else math.nan
-            on_iteration(steps, metrics)
+        """Train this seed for ``total_steps`` env steps: ``OnPolicyLearner.learn`` at S = 1 (the
+        one implementation; ``on_iteration(env_steps, metrics)`` after every update, ``start_steps``
+        > 0 to continue a resumed run)."""
+        self.learner().learn([env], total_steps, [seed], [on_iteration], start_steps=start_steps)
 
     # -- checkpointing --------------------------------------------------------------------------
 

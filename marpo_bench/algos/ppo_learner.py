@@ -1,10 +1,14 @@
-"""S seeds of MAPPO or MARPO trained as one batched learner (``run --vectorize-seeds``).
+"""The MAPPO / MARPO learner: S >= 1 seeds of one ``OnPolicyAlgorithm`` trained as one computation.
+
+This is the only implementation of on-policy collection and the PPO update; a single run is the
+learner at S = 1 (``OnPolicyAlgorithm.learn``), ``run --vectorize-seeds`` puts a seed group in one
+learner (JaxMARL's pattern: one train function, seeds batched).
 
 ``members[k]`` is an ordinary learner of the algorithm built with seed k (``OnPolicyAlgorithm``
 subclass): it supplies seed k's initial networks, sampling generator, minibatch permutations,
-ValueNorm, carried GRU states and the algorithm's own per-seed state (MARPO's delta), exactly as
-an unbatched run of seed k has them. What is batched is the networks: the actor and the critic of
-all seeds are stacked (``marpo_bench.seedstack.Stack``) and computed for all seeds at once with
+ValueNorm, carried GRU states and the algorithm's own per-seed state (MARPO's delta), exactly as a
+run of seed k alone has them. What is batched is the networks: the actor and the critic of all
+seeds are stacked (``marpo_bench.seedstack.Stack``) and computed for all seeds at once with
 batched matmuls (``_Batched``, following the members' own module structure), when acting and in
 every epoch and minibatch of the update, forward and backward, with one stacked Adam per network.
 (``torch.func.vmap`` of the members' modules works too, but has no batching rule for
@@ -12,10 +16,13 @@ every epoch and minibatch of the update, forward and backward, with one stacked 
 Everything per seed is computed by the member's own code on its slice: action sampling, GAE,
 advantage normalisation, ValueNorm statistics, the policy objective (``policy_objective``:
 MAPPO's clip, MARPO's reflection and adaptive clipping with its delta schedule), entropy and value
-loss, gradient-norm clipping per seed. After every iteration the stacks are written back into the members, so the runner
-evaluates, checkpoints and saves each member as an ordinary run.
+loss, gradient-norm clipping per seed. After every iteration the stacks are written back into the
+members, so the runner evaluates, checkpoints and saves each member as an ordinary run.
 
-Seed k follows the unbatched run of seed k within float tolerance (tests/test_seed_batch.py).
+Seed k of an S-seed learner follows the same seed trained alone within float tolerance
+(tests/test_seed_batch.py); at S = 1 the stacked layers compute what the members' ``nn`` modules
+compute bit for bit (``seedstack``), and the learner reproduces the recorded slice of the
+single-seed learner it replaced (tests/test_one_learner.py).
 """
 
 from __future__ import annotations
@@ -43,19 +50,60 @@ from marpo_bench.seedstack import (
 )
 
 
+class _Call(nn.Module):
+    """``net.method`` as a module's forward (for ``torch.func.functional_call``)."""
+
+    def __init__(self, net: nn.Module, method: str) -> None:
+        super().__init__()
+        self.net, self.method = net, method
+
+    def forward(self, *args: torch.Tensor) -> Any:
+        return getattr(self.net, self.method)(*args)
+
+
 class _Batched:
-    """One network of every seed (``nets.MLP``, ``nets.RecurrentNet`` or ``nets.PerAgent`` of
-    them): the stacked parameters, and the network's methods (``forward``, ``step``, ``unroll``)
-    computed for all seeds at once with ``marpo_bench.seedstack``'s stacked layers, following the
-    module's own structure (read from seed 0's module; its parameter values are never used)."""
+    """One network of every seed: the stacked parameters, and the network's methods (``forward``,
+    ``step``, ``unroll``) for all seeds at once.
+
+    S > 1 seeds of ``nets.MLP``, ``nets.RecurrentNet`` or ``nets.PerAgent`` of them are computed
+    with ``marpo_bench.seedstack``'s stacked layers, following the module's own structure (read
+    from seed 0's module; its parameter values are never used). One seed, or a network of another
+    kind (a plugin's, a test's hand-made one), runs as its own module seed by seed on its slice of
+    the stack (``torch.func.functional_call``): the same kernels, so the same bits, as the module.
+    Without autograd (acting) one seed runs on ``_views``, a copy of the module whose parameters
+    are views of the stack (kept current by the optimiser's in-place steps), built once."""
+
+    STACKED = (MLP, RecurrentNet, PerAgent)
 
     def __init__(self, modules: list[nn.Module]) -> None:
         self.stack = Stack(modules)
         self.template = modules[0]
+        self.by_seed = len(modules) == 1 or not isinstance(self.template, self.STACKED)
+        self._views = copy.deepcopy(self.template) if len(modules) == 1 else None
+        if self._views is not None:
+            with torch.no_grad():
+                for name, t in self.stack.params.items():
+                    owner, _, leaf = name.rpartition(".")
+                    mod = self._views.get_submodule(owner)
+                    setattr(mod, leaf, nn.Parameter(t.detach()[0], requires_grad=False))
 
     def __call__(self, method: str, *args: torch.Tensor) -> Any:
         """``method`` of every seed's network on its slice of ``args`` (leading dimension S)."""
+        if self._views is not None and not torch.is_grad_enabled():
+            out = getattr(self._views, method)(*(a[0] for a in args))
+            return tuple(o.unsqueeze(0) for o in out) if isinstance(out, tuple) else out.unsqueeze(0)
+        if self.by_seed:
+            return self._seed_by_seed(method, *args)
         return getattr(self, f"_{method}")(self.template, "", *args)
+
+    def _seed_by_seed(self, method: str, *args: torch.Tensor) -> Any:
+        call, outs = _Call(self.template, method), []
+        for k in range(len(self.stack)):
+            params = {f"net.{n}": self.stack[n][k] for n in self.stack.names}
+            outs.append(torch.func.functional_call(call, params, tuple(a[k] for a in args)))
+        if isinstance(outs[0], tuple):
+            return tuple(stack_seeds(list(parts)) for parts in zip(*outs, strict=True))
+        return stack_seeds(outs)
 
     def _p(self, name: str) -> torch.Tensor:
         return self.stack[name]
@@ -109,18 +157,29 @@ class _Batched:
         return out.reshape(S, L, *batch, out.shape[-1])
 
 
-class OnPolicySeeds:
-    """S seeds of one ``OnPolicyAlgorithm`` subclass as one batched learner (module docstring)."""
+def stack_seeds(xs: list[torch.Tensor]) -> torch.Tensor:
+    """``torch.stack(xs)``; one seed's tensor as a view (no copy) with the seed axis added."""
+    return xs[0].unsqueeze(0) if len(xs) == 1 else torch.stack(xs)
 
-    def __init__(self, algo_cls: type[OnPolicyAlgorithm], cfg: PPOConfig, env_info: EnvInfo,
-                 device: torch.device | str, seeds: list[int]) -> None:
-        if not seeds:
-            raise ValueError("a batched learner needs at least one seed")
-        self.members = [algo_cls(copy.deepcopy(cfg), env_info, device, s) for s in seeds]
+
+class OnPolicyLearner:
+    """S >= 1 seeds of one ``OnPolicyAlgorithm`` subclass as one learner (module docstring):
+    ``members`` are the seeds' own learners, already built (and loaded, when resuming)."""
+
+    @classmethod
+    def of_seeds(cls, algo_cls: type[OnPolicyAlgorithm], cfg: PPOConfig, env_info: EnvInfo,
+                 device: torch.device | str, seeds: list[int]) -> OnPolicyLearner:
+        """A learner of fresh members of ``algo_cls``, one per seed."""
+        return cls([algo_cls(copy.deepcopy(cfg), env_info, device, s) for s in seeds])
+
+    def __init__(self, members: list[OnPolicyAlgorithm]) -> None:
+        if not members:
+            raise ValueError("a learner needs at least one seed")
+        self.members = list(members)
         self.cfg = self.members[0].cfg
-        self.info = env_info
-        self.device = torch.device(device)
-        self.S = len(seeds)
+        self.info = self.members[0].info
+        self.device = self.members[0].device
+        self.S = len(self.members)
         ms, c = self.members, self.cfg
         self.actor = _Batched([m.actor for m in ms])
         self.critic = _Batched([m.critic for m in ms])
@@ -149,8 +208,16 @@ class OnPolicySeeds:
     @torch.no_grad()
     def collect(self, envs: SeedEnvs | list[MultiAgentVecEnv], tss: list[TimeStep]
                 ) -> tuple[list[Rollout], list[TimeStep], list[list[float]]]:
-        """``OnPolicyAlgorithm.collect`` for every seed: the actor and critic steps batched (and
-        the envs, when they stack: ``SeedEnvs``), the sampling, bootstrap values and GAE per seed."""
+        """Run ``rollout_len`` steps in every env of every seed (``envs[k]`` from ``tss[k]``);
+        returns each seed's rollout, next TimeStep and the returns of the episodes that ended.
+        The actor and critic steps are batched over seeds (and the envs, when they stack:
+        ``SeedEnvs``); sampling, bootstrap values and GAE are per seed.
+
+        Advantages (GAE) bootstrap from V of the next state; at an episode's end from V(final
+        state) when it was truncated and ``bootstrap_truncation`` is on, else not at all
+        (on-policy's use_proper_time_limits=False: a time limit ends the return). A recurrent
+        critic computes V step by step from its carried hidden state (V(final state) continues the
+        finished episode's hidden state)."""
         if not isinstance(envs, SeedEnvs):  # a list: stepped together for this rollout only
             seed_envs = SeedEnvs(envs)
             try:
@@ -165,17 +232,17 @@ class OnPolicySeeds:
         finished: list[list[float]] = [[] for _ in ms]
         h = hc = None
         if cfg.recurrent:
-            h = torch.stack([m.rollout_h if m.rollout_h is not None and m.rollout_h.shape[0] == E
+            h = stack_seeds([m.rollout_h if m.rollout_h is not None and m.rollout_h.shape[0] == E
                              else m.zero_hidden(E) for m in ms])
         if cfg.recurrent_critic:
-            hc = torch.stack([m.rollout_hc if m.rollout_hc is not None and m.rollout_hc.shape[0] == E
+            hc = stack_seeds([m.rollout_hc if m.rollout_hc is not None and m.rollout_hc.shape[0] == E
                               else torch.zeros(E, cfg.hidden, device=dev) for m in ms])
         env_dev = tss[0].obs.device
         tsd = [ts.to(dev) for ts in tss]
         for _ in range(T):
-            done = torch.stack([t.done for t in tsd])
-            obs, avail = torch.stack([t.obs for t in tsd]), torch.stack([t.avail_actions for t in tsd])
-            state = torch.stack([t.state for t in tsd])
+            done = stack_seeds([t.done for t in tsd])
+            obs, avail = stack_seeds([t.obs for t in tsd]), stack_seeds([t.avail_actions for t in tsd])
+            state = stack_seeds([t.state for t in tsd])
             if h is not None:
                 h = h * (~done).view(S, -1, 1, 1).to(h.dtype)
                 buf["hidden"].append(h)
@@ -190,20 +257,20 @@ class OnPolicySeeds:
             else:
                 logits, h = self.actor("step", obs, h)
             logp_all = torch.log_softmax(masked_logits(logits, avail), dim=-1)
-            actions = torch.stack([gumbel_max_sample(logp_all[k], m.gen) for k, m in enumerate(ms)])
+            actions = stack_seeds([gumbel_max_sample(logp_all[k], m.gen) for k, m in enumerate(ms)])
             buf["obs"].append(obs)
             buf["state"].append(state)
             buf["avail"].append(avail)
-            buf["alive"].append(torch.stack([t.alive for t in tsd]))
+            buf["alive"].append(stack_seeds([t.alive for t in tsd]))
             buf["actions"].append(actions)
             buf["logits_old"].append(logp_all)
             buf["logp_old"].append(logp_all.gather(-1, actions.unsqueeze(-1)).squeeze(-1))
             tss = envs.step(list(actions.to(env_dev)))
             tsd = [ts.to(dev) for ts in tss]
-            buf["rewards"].append(torch.stack([t.reward for t in tsd]))
-            buf["terminated"].append(torch.stack([t.terminated for t in tsd]))
-            buf["done"].append(torch.stack([t.done for t in tsd]))
-            buf["final_state"].append(torch.stack([t.final_state for t in tsd]))
+            buf["rewards"].append(stack_seeds([t.reward for t in tsd]))
+            buf["terminated"].append(stack_seeds([t.terminated for t in tsd]))
+            buf["done"].append(stack_seeds([t.done for t in tsd]))
+            buf["final_state"].append(stack_seeds([t.final_state for t in tsd]))
             for k, ts in enumerate(tss):
                 if bool(ts.done.any()):
                     finished[k].extend(ts.episode_return[ts.done].tolist())
@@ -213,8 +280,8 @@ class OnPolicySeeds:
         # [T, S, ...] -> [S, T, ...]
         data = {k: torch.stack(v).transpose(0, 1) for k, v in buf.items() if v}
         final_state = data.pop("final_state")
-        last_state = torch.stack([t.state for t in tsd])
-        last_done = torch.stack([t.done for t in tsd])
+        last_state = stack_seeds([t.state for t in tsd])
+        last_done = stack_seeds([t.done for t in tsd])
         if hc is None:
             values = self.critic("forward", data["state"]).squeeze(-1)  # [S, T, E]
             v_last = self.critic("forward", last_state).squeeze(-1)  # [S, E]
@@ -245,23 +312,30 @@ class OnPolicySeeds:
 
     # -- update ---------------------------------------------------------------------------------
 
-    def _inputs(self, mbs: list[Rollout], chunks: list[ChunkedInputs] | None) -> dict[str, torch.Tensor]:
+    def inputs(self, mbs: list[Rollout], chunks: list[ChunkedInputs] | None) -> dict[str, torch.Tensor]:
         """The networks' replay inputs of every seed, stacked ([S, ...]): built once per minibatch
         (once per update when there is one minibatch: they do not change between epochs)."""
         c = self.cfg
         if c.recurrent:
             names = ("obs", "h0", "starts", "avail")
-            out = {n: torch.stack([getattr(ch, n) for ch in chunks]) for n in names}
+            out = {n: stack_seeds([getattr(ch, n) for ch in chunks]) for n in names}
         else:
-            out = {"obs": torch.stack([mb.obs for mb in mbs]), "avail": torch.stack([mb.avail for mb in mbs])}
+            out = {"obs": stack_seeds([mb.obs for mb in mbs]), "avail": stack_seeds([mb.avail for mb in mbs])}
         if c.recurrent_critic:
-            out.update({n: torch.stack([getattr(ch, n) for ch in chunks]) for n in ("state", "hc0", "env_starts")})
+            out.update({n: stack_seeds([getattr(ch, n) for ch in chunks]) for n in ("state", "hc0", "env_starts")})
         else:
-            out["state"] = torch.stack([mb.state for mb in mbs])
+            out["state"] = stack_seeds([mb.state for mb in mbs])
         return out
 
-    def _log_probs(self, mbs: list[Rollout], x: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-        """``policy_log_probs`` of every seed: [S, T, B, N, A] and the next step's [S, T-1, B, N, A]."""
+    def log_probs(self, mbs: list[Rollout], x: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """The current masked log pi(.|o) of every seed over its minibatch: ``(logp_all [S, T, B,
+        N, A], logp_next [S, T-1, B, N, A])`` where ``logp_next[:, k]`` is step k+1 as seen when
+        reflecting on step k (MARPO §1); ``x``: the minibatches' ``inputs``.
+
+        Feed-forward: ``logp_next = logp_all[:, 1:]``. Recurrent: the rollout is cut into chunks of
+        ``chunk_len`` steps, each replayed from its stored hidden state over chunk_len + 1 steps
+        (docs/algorithms.md §1); the extra step gives step k+1 for the chunk's last k, continuing the
+        same hidden state (the official code restarts it from h_k: an off-by-one not copied here)."""
         if not self.cfg.recurrent:
             logp_all = torch.log_softmax(masked_logits(self.actor("forward", x["obs"]), x["avail"]), dim=-1)
             return logp_all, logp_all[:, 1:]
@@ -275,8 +349,10 @@ class OnPolicySeeds:
         logp_next = logp[:, :, 1:].reshape(S, T, B, N, -1)[:, :-1]
         return logp_all, logp_next
 
-    def _values(self, mbs: list[Rollout], x: dict[str, torch.Tensor]) -> torch.Tensor:
-        """``replay_values`` of every seed: [S, T, B]."""
+    def values(self, mbs: list[Rollout], x: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The current critic's values of every seed over its minibatch [S, T, B] (normalised when
+        ``value_norm``); a recurrent critic replays each chunk of ``chunk_len`` steps from the
+        hidden state stored at its start (as rMAPPO)."""
         if not self.cfg.recurrent_critic:
             return self.critic("forward", x["state"]).squeeze(-1)
         T, B = mbs[0].rewards.shape
@@ -284,8 +360,14 @@ class OnPolicySeeds:
         return v.transpose(1, 2).reshape(self.S, T, B)
 
     def update(self, ros: list[Rollout], env_steps: int) -> list[dict[str, float]]:
-        """``OnPolicyAlgorithm.update`` for every seed, epoch by epoch and minibatch by minibatch
-        in lockstep (each seed with its own permutation), the networks batched."""
+        """PPO epochs x minibatches over envs for every seed in lockstep (each seed with its own
+        permutation), the networks batched; ``env_steps`` collected so far (never the budget).
+        Returns each seed's mean of every logged metric.
+
+        Advantages: the shared team advantage per agent, normalised over alive agents (MAPPO).
+        ValueNorm takes every minibatch's targets just before normalising them (on-policy's
+        cal_value_loss: epochs x minibatches times per rollout). One minibatch is the whole rollout
+        (the losses are means, so no copy), and its replay inputs are built once per update."""
         cfg, ms = self.cfg, self.members
         advs = []
         for ro in ros:
@@ -308,9 +390,9 @@ class OnPolicySeeds:
                 mb_chunks = (chunks if whole or chunks is None
                              else [c.select_envs(i) for c, i in zip(chunks, idx, strict=True)])
                 if not whole or inputs is None:
-                    inputs = self._inputs(mbs, mb_chunks)
-                logp_all, logp_next = self._log_probs(mbs, inputs)
-                v_all = self._values(mbs, inputs)
+                    inputs = self.inputs(mbs, mb_chunks)
+                logp_all, logp_next = self.log_probs(mbs, inputs)
+                v_all = self.values(mbs, inputs)
                 total = torch.zeros((), device=self.device)
                 step_logs = []
                 for k, m in enumerate(ms):
@@ -319,7 +401,7 @@ class OnPolicySeeds:
                     entropy = masked_mean(-(logp_all[k].exp() * logp_all[k]).sum(-1), mb.alive)
                     if m.value_norm is not None:
                         m.value_norm.update(mb.returns[mb.alive.any(-1)])
-                    v_loss = m.value_loss(mb, None, v=v_all[k])
+                    v_loss = m.value_loss(mb, v_all[k])
                     total = total + (-surrogate - cfg.entropy_coef * entropy) + cfg.value_coef * v_loss
                     step_logs.append({"policy_loss": float(-surrogate.detach()), "value_loss": float(v_loss.detach()),
                                       "entropy": float(entropy.detach()), **pol_logs})
@@ -341,8 +423,12 @@ class OnPolicySeeds:
 
     def learn(self, envs: list[MultiAgentVecEnv], total_steps: int, seeds: list[int],
               on_iteration: list[Callable[[int, dict[str, float]], None]], start_steps: int = 0) -> None:
-        """``OnPolicyAlgorithm.learn`` for every seed at once (``envs[k]``, ``seeds[k]`` and
-        ``on_iteration[k]`` are seed k's). The members are written back before the callbacks."""
+        """Train every seed for ``total_steps`` env steps (E x T per iteration; ``envs[k]``,
+        ``seeds[k]`` and ``on_iteration[k]`` are seed k's). ``on_iteration[k](env_steps, metrics)``
+        is called after every update, the members written back first (the runner evaluates,
+        logs and checkpoints from there). ``start_steps`` > 0 continues a resumed run: the env
+        steps already done, with the members' loaded recurrent states kept (the runner's envs then
+        return their saved state on reset)."""
         self.sync_in()
         seed_envs = SeedEnvs(envs)
         tss = seed_envs.reset(seeds)
