@@ -69,6 +69,7 @@ QMIX_LEARNER = "baselines/qmix_learner.py"
 QMIX_NETS = "baselines/qmix_nets.py"
 STATS = "marpo_bench/stats.py"
 TRAIN = "marpo_bench/train.py"
+EVALUATION = "marpo_bench/evaluation.py"
 SMAX = "marpo_bench/envs/smax.py"
 NETS = "marpo_bench/nets.py"
 
@@ -113,9 +114,9 @@ MUTATIONS: list[Mutation] = [
     Mutation("M14", TRAIN, '        self.deterministic = self.rc.eval_mode == "greedy"\n',
              '        self.deterministic = self.rc.eval_mode == "sample"\n', EVAL_TESTS,
              "evaluation: sampled instead of greedy actions"),
-    Mutation("M15", TRAIN, "        new = ts.done.cpu() & ~have\n", "        new = ts.done.cpu()\n", EVAL_TESTS,
+    Mutation("M15", EVALUATION, "        new = ts.done.cpu() & ~have\n", "        new = ts.done.cpu()\n", EVAL_TESTS,
              "evaluation: later episodes overwrite the first episode of each env"),
-    Mutation("M16", TRAIN, "    return 10_000_019 * (seed + 1) + index\n", "    return seed + index\n",
+    Mutation("M16", EVALUATION, "    return 10_000_019 * (seed + 1) + index\n", "    return seed + index\n",
              EVAL_TESTS, "evaluation seeded like training (the run's seed)"),
     Mutation("M17", TRAIN, "eval_seed_of(self.spec.seed, len(self.rows))", "eval_seed_of(self.spec.seed, 0)",
              EVAL_TESTS,
@@ -176,10 +177,10 @@ MUTATIONS: list[Mutation] = [
     Mutation("X18", STATS, "    return [(x[:, None] > y[None, :]) + 0.5 * (x[:, None] == y[None, :])",
              "    return [(x[:, None] >= y[None, :]) + 0.5 * (x[:, None] == y[None, :])", STATS_TESTS,
              "probability of improvement: ties counted as wins (and a half)"),
-    Mutation("X19", TRAIN, "        returns[new] = ts.episode_return.cpu()[new].float()\n",
+    Mutation("X19", EVALUATION, "        returns[new] = ts.episode_return.cpu()[new].float()\n",
              "        returns[new] = ts.reward.cpu()[new].float()\n", EVAL_TESTS,
              "evaluation: last reward logged as the episode's return"),
-    Mutation("X20", TRAIN, "        actions, act_state = algo.act(ts, act_state, deterministic=deterministic)\n",
+    Mutation("X20", EVALUATION, "        actions, act_state = algo.act(ts, act_state, deterministic=deterministic)\n",
              "        actions, act_state = algo.act(ts, act_state, deterministic=False)\n", EVAL_TESTS,
              "evaluate() samples whatever the evaluation mode"),
     # --- the gaps of issue #38 (tests added for them) -----------------------------------------------

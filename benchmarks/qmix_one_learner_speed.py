@@ -37,7 +37,7 @@ from baselines.qmix import QMix
 from baselines.qmix_replay import EpisodeReplay
 from marpo_bench.config import RunSpec
 from marpo_bench.envs import make_env
-from marpo_bench.train import build_config
+from marpo_bench.recipes import build_config
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -24,7 +24,7 @@ from baselines.qmix import QMix
 from baselines.qmix_replay import EpisodeReplay
 from marpo_bench.config import RunSpec
 from marpo_bench.envs import make_env
-from marpo_bench.train import build_config
+from marpo_bench.recipes import build_config
 
 
 def timed(fn, reps: int) -> float:

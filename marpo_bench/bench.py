@@ -124,7 +124,8 @@ def _train_bench(algo: str, family: str, task: str, num_envs: int | None, second
 
     from marpo_bench.config import RunSpec
     from marpo_bench.envs import make_env
-    from marpo_bench.train import build_config, get_algorithm
+    from marpo_bench.recipes import build_config
+    from marpo_bench.train import get_algorithm
 
     torch.set_num_threads(threads)
     overrides = (*overrides, *((("num_envs", str(num_envs)),) if num_envs else ()))
@@ -180,7 +181,7 @@ def _seeds_bench(algo: str, family: str, task: str, seeds: int, mode: str, secon
     from marpo_bench.algos import get_algorithm
     from marpo_bench.config import RunSpec
     from marpo_bench.envs import make_env
-    from marpo_bench.train import build_config
+    from marpo_bench.recipes import build_config
 
     torch.set_num_threads(threads)
     cfg = build_config(RunSpec(algo, family, task, 0, 10**9, overrides))

@@ -116,8 +116,8 @@ def run(
     """Train a grid of algorithms x envs x seeds. Re-running the same command skips complete runs and
     continues interrupted or failed ones from their last checkpoint."""
     from marpo_bench import executors, plan, presets, studyfile
+    from marpo_bench.faults import faults_from_env
     from marpo_bench.loggers import parse_loggers
-    from marpo_bench.train import faults_from_env
 
     try:
         sfile = None
@@ -285,7 +285,7 @@ def bench(
 
     from marpo_bench.algos import get_algorithm
     from marpo_bench.bench import SEED_MODES, run_isolated
-    from marpo_bench.train import build_config, resolve_device
+    from marpo_bench.recipes import build_config, resolve_device
 
     try:
         algo_names = [a for a in algos.split(",") if a]

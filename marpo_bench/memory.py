@@ -179,7 +179,7 @@ class Need:
 
     spec: RunSpec  # its first run
     seeds: int  # seeds in its learner
-    cfg: Any  # the algorithm's config (as ``train.build_config`` builds it)
+    cfg: Any  # the algorithm's config (as ``recipes.build_config`` builds it)
     info: EnvInfo
     bytes: int  # the learner's estimate
 
@@ -188,7 +188,7 @@ def grid_needs(units: Sequence[Sequence[RunSpec]]) -> list[Need]:
     """The learner's estimate of each unit (runs trained by one learner: one run, or the seeds of
     a group under ``--vectorize-seeds``); units whose env cannot be built here are left out."""
     from marpo_bench.algos import get_algorithm
-    from marpo_bench.train import build_config
+    from marpo_bench.recipes import build_config
 
     out = []
     for specs in units:
@@ -248,7 +248,7 @@ def check_grid(specs: Sequence[RunSpec], device: str, max_memory: str | None, *,
     (``RUN_OVERHEAD_BYTES`` in a pool worker or Ray task, ``IN_PROCESS_OVERHEAD_BYTES`` here). On a
     Ray cluster without ``max_memory`` nothing is checked (its nodes' memory is not known here)."""
     from marpo_bench.executors.pool import seed_units
-    from marpo_bench.train import resolve_device
+    from marpo_bench.recipes import resolve_device
 
     budget = Budget(parse_memory(max_memory), "allowed by --max-memory", given=True) if max_memory else None
     if not specs or (executor == "ray" and ray_address is not None and budget is None):

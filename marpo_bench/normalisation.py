@@ -207,10 +207,10 @@ def study_bounds(study_path: Path) -> dict[tuple[str, str], TaskBounds]:
 def measure_random(env: str, task: str, episodes: int = MEASURE_EPISODES, seed: int = MEASURE_SEED, *,
                    trust_imports: bool = False) -> dict[str, Any]:
     """The uniform-random policy's return on ``env:task``: one episode in each of ``episodes``
-    parallel envs, evaluated as every run is (``train.evaluate``), with how it was measured. The
+    parallel envs, evaluated as every run is (``evaluation.evaluate``), with how it was measured. The
     task was read from a study's runs: it imports nothing unless ``trust_imports``."""
     from marpo_bench.envs import make_env
-    from marpo_bench.train import evaluate
+    from marpo_bench.evaluation import evaluate
 
     vec = make_env(env, task, episodes, trust_imports=trust_imports)
     try:

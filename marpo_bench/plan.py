@@ -31,7 +31,7 @@ PLAN_JSON = "plan.json"
 def plan_grid(algos: str, envs: str, seeds: int, steps: str, sets: list[str], device: str) -> list[RunSpec]:
     """Validate every argument and build the grid of RunSpecs (ConfigError/ValueError on bad input)."""
     from marpo_bench.algos import get_algorithm
-    from marpo_bench.train import build_config, resolve_device
+    from marpo_bench.recipes import build_config, resolve_device
 
     algo_names = [a.strip() for a in algos.split(",") if a.strip()]
     if not algo_names:

@@ -7,7 +7,7 @@ and how its final evaluation ran (eval seed, episodes, mode). Runs that predate 
 kept their final checkpoint (``checkpoint.pt`` with ``complete: true``) are read from that.
 
 ``marpo-bench eval RUN_DIR`` rebuilds the env and the algorithm from the stored config (not from
-today's defaults), loads the policy and evaluates it as the runner does (``train.evaluate``: one
+today's defaults), loads the policy and evaluates it as the runner does (``evaluation.evaluate``: one
 episode in each of N parallel envs). With the run's own eval seed, episodes and mode (the
 defaults) it repeats the run's final evaluation: the same numbers on the same machine kind.
 """
@@ -24,7 +24,7 @@ import numpy as np
 
 from marpo_bench import store
 from marpo_bench.config import ConfigError, field_types, with_new_settings
-from marpo_bench.train import eval_seed_of
+from marpo_bench.evaluation import eval_seed_of
 
 EVAL_MODES = ("greedy", "sample")
 
@@ -164,7 +164,7 @@ def evaluate(saved: SavedPolicy, episodes: int | None = None, mode: str | None =
     """Evaluate the saved policy: one episode in each of ``episodes`` parallel envs from eval seed
     ``seed``, acting greedily or by sampling (defaults: the run's final evaluation's), on the
     run's task or on ``task`` (see :func:`build`, also for ``trust_imports``)."""
-    from marpo_bench.train import evaluate as run_evaluation
+    from marpo_bench.evaluation import evaluate as run_evaluation
 
     episodes = int(saved.final_eval["episodes"]) if episodes is None else episodes
     mode = str(saved.final_eval["mode"]) if mode is None else mode

@@ -9,41 +9,13 @@ executor); under Ray a worker's sink forwards the same calls to the driver, whic
 store (``executors/ray.py``). The sink also hands over what an earlier attempt left: its status and
 its checkpoint.
 
-Checkpoints and resume
-----------------------
-A checkpoint is taken only at an iteration boundary (at the end of ``on_iteration``, after that
-iteration's evaluation) every ``checkpoint_every`` env steps (default: at every evaluation point),
-and once more at the end. It holds the algorithm's ``state_dict`` (networks, optimisers,
-normalisers, torch and numpy RNG states, MARPO's delta, the GRU state carried across rollouts,
-QMix's schedule position), the env's state and the TimeStep the next iteration starts from, the
-metrics rows so far and the runner's own counters. Re-running a run that is not complete
-continues from its checkpoint; the rows written after the checkpoint are recomputed.
-
-What is exact on resume (CPU, same torch thread count, else ``resume_exact: false``; ``wall_seconds`` aside):
-
-- MAPPO/MARPO on ``jax_mpe`` and ``smax``: everything. The JAX env's carry (PRNG key, env states,
-  episode statistics) is saved leaf by leaf as tensors and put back into a freshly built env, so
-  a resumed run's metrics equal an uninterrupted run's bit for bit.
-- ``mpe`` (mpe2, Python envs whose state cannot be read generically): exact when every env is at
-  an episode start at the checkpoint, which the default ``rollout_len`` (25 = the horizon) makes
-  true at every boundary; each env is re-reset from its generator's state before that reset.
-- QMix: networks, targets, optimiser, reward standardiser, RNG states, t_env/episodes/update credit
-  are exact, but ``QMix.learn`` keeps its replay buffer local, so a resumed QMix run starts with an
-  empty buffer: it makes at most ``(batch_size - 1) / episodes_per_update`` fewer gradient updates
-  while the buffer refills (60 with the defaults on MPE: 128-episode batches, 8 lockstep envs, 2
-  episodes per update; none when ``batch_size <= num_envs``), and its batches hold only episodes
-  collected after the resume until older ones would have been sampled anyway. Env steps,
-  evaluation points, epsilon and target-update schedules are unchanged; ``run.json`` records
-  ``resume_exact: false``.
-- Fallback (``smacv2``, ``mpe`` mid-episode, QMix mid-episode): the env restarts every episode from
-  a seed derived from (seed, env steps). At most ``num_envs`` in-flight episodes are dropped (never
-  counted in ``train_return_mean``) and the GRU state restarts at zero; the run's env-step budget
-  and evaluation schedule are unchanged. ``run.json`` records ``resume_exact: false``.
+Checkpoints and resume: what a checkpoint holds and what is exact on resume is ``marpo_bench.resume``.
 
 Seed groups (``run --vectorize-seeds``)
 -------------------------------------
 ``train_seed_group`` trains the seeds of one (algorithm, task, config, budget) as one batched
-learner (the algorithm's optional ``batched``, e.g. ``baselines.qmix.QMixSeeds``). Each seed keeps
+learner (the algorithm's optional ``batched``: ``algos.ppo_learner.OnPolicyLearner``,
+``baselines.qmix_learner.QMixSeeds``). Each seed keeps
 its own ``_Run``: record, envs, evaluation, checkpoints, ``policy.pt``, the same run id and files
 as an unbatched run, through the batched learner's member for that seed (an ordinary learner
 whose networks the batched one writes back before every iteration's callbacks). So a group
@@ -51,11 +23,8 @@ resumes from its runs' checkpoints, and a run started batched can finish unbatch
 One seed's failure stops the group's shared computation: that run records its reason, the others
 "stopped with its batch" (retryable).
 
-Fault injection for tests (hidden): ``MARPO_BENCH_FAULT=kind@step[:run_id_part],...`` with kind
-``nan`` (that iteration's loss becomes NaN), ``raise`` (RuntimeError), ``exit`` (the process
-dies, as in a crash) or ``sigkill`` (the process SIGKILLs itself, as the kernel's OOM killer does),
-at the first iteration with env steps >= step of the runs whose id contains
-``run_id_part`` (every run when omitted).
+Fault injection for tests: ``marpo_bench.faults``. A run's config and device: ``marpo_bench.recipes``;
+its evaluation: ``marpo_bench.evaluation``.
 """
 
 from __future__ import annotations
@@ -66,152 +35,31 @@ import os
 import signal
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from marpo_bench import provenance, registry, store
+from marpo_bench import provenance, store
 from marpo_bench.algos import get_algorithm
-from marpo_bench.config import (
-    ConfigError,
-    Recipe,
-    RunSpec,
-    apply_overrides,
-    one_line,
-    overrides_for,
-    run_config,
-    to_dict,
-)
+from marpo_bench.config import ConfigError, Recipe, RunSpec, one_line, run_config, to_dict
 from marpo_bench.envs import make_env
-from marpo_bench.envs.base import MultiAgentVecEnv, SnapshotEnv, TimeStep
+from marpo_bench.evaluation import eval_seed_of, evaluate
+from marpo_bench.faults import FAULT_ENV, Fault, faults_from_env
+from marpo_bench.recipes import build_config, recipe_entries, resolve_device
+from marpo_bench.resume import CheckpointableEnv
 
 ProgressFn = Callable[..., None]  # (env_steps_done, total[, last eval return])
 
 CHECKPOINT_FORMAT = 1
 """Layout of the resume state inside ``checkpoint.pt`` (the store versions the file itself)."""
 
-FAULT_ENV = "MARPO_BENCH_FAULT"
-FAULT_KINDS = ("nan", "raise", "exit", "sigkill")
-
-
-def recipe_entries(algo_cls: Any, family: str, task: str) -> list[tuple[str, Any]]:
-    """The entries of an algorithm's recipe table (``DEFAULTS_BY_FAMILY``) that apply to
-    ``family:task``, least specific first: the family's, then the task's (key ``family:task``).
-    An entry is a :class:`~marpo_bench.config.Recipe` (values and their source) or a plain dict.
-    A task with parameters takes its base task's entry (``simple_spread?num_agents=5``:
-    ``simple_spread``'s)."""
-    table = getattr(algo_cls, "DEFAULTS_BY_FAMILY", {})
-    base = task.partition("?")[0]
-    return [(key, table[key]) for key in (family, f"{family}:{base}") if key in table]
-
-
-def build_config(spec: RunSpec) -> Any:
-    """The algorithm's config for this run: class defaults, then the env family's defaults for
-    this algorithm (``EnvFamily.algo_defaults``, for families the algorithm's own table does not
-    know), then its recipe for the env family and for the task (``recipe_entries``), then the
-    user's ``--set`` overrides, then the config's own ``resolved()`` where it has one (every
-    setting left to the algorithm filled in)."""
-    algo_cls = get_algorithm(spec.algo)
-    cfg = algo_cls.Config()
-    family_defaults = registry.env_family(spec.env).algo_defaults.get(spec.algo, {})
-    if family_defaults:
-        cfg = apply_overrides(cfg, {k: str(v) for k, v in family_defaults.items()}, spec.algo)
-    for _, entry in recipe_entries(algo_cls, spec.env, spec.task):
-        values = entry.values if isinstance(entry, Recipe) else entry
-        cfg = apply_overrides(cfg, {k: str(v) for k, v in values.items()}, spec.algo)
-    scoped = overrides_for(spec.algo, spec.overrides, set(registry.algorithm_names()))
-    known = set(cfg.__dataclass_fields__)
-    # Unscoped keys apply to every algorithm that has the setting; the CLI checks each is known
-    # to at least one algorithm of the grid. Scoped keys (``algo.key``) must exist.
-    scoped_keys = {k.split(".", 1)[1] for k, _ in spec.overrides if k.startswith(spec.algo + ".")}
-    mine = {k: v for k, v in scoped.items() if k in known or k in scoped_keys}
-    cfg = apply_overrides(cfg, mine, spec.algo)
-    # Settings an algorithm fills itself (QMix's lineage defaults) are spelled out, so that run.json
-    # stores the values the run used, not nulls.
-    resolved = getattr(cfg, "resolved", None)
-    return resolved() if callable(resolved) else cfg
-
-
-def resolve_device(device: str) -> torch.device:
-    """``cpu``, ``cuda``, ``cuda:N`` or ``auto``; a clear error when CUDA is asked for but absent."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError("--device cuda was requested but this machine has no CUDA device; use --device cpu")
-    try:
-        return torch.device(device)
-    except RuntimeError:
-        raise ConfigError(f"bad --device {device!r}: use cpu, cuda, cuda:N or auto") from None
-
-
-@torch.no_grad()
-def evaluate(algo: Any, env: MultiAgentVecEnv, seed: int, deterministic: bool) -> dict[str, float]:
-    """Run one episode in each of the eval env's E envs (the first episode of each, so short
-    episodes are not over-counted) and return mean/std return, win rate and episode count."""
-    E = env.info.num_envs
-    ts = env.reset(seed)
-    returns = torch.full((E,), math.nan)
-    wins = torch.full((E,), math.nan)
-    have = torch.zeros(E, dtype=torch.bool)
-    act_state = algo.initial_act_state(E)
-    for _ in range(env.info.episode_limit + 1):
-        actions, act_state = algo.act(ts, act_state, deterministic=deterministic)
-        ts = env.step(actions)
-        new = ts.done.cpu() & ~have
-        returns[new] = ts.episode_return.cpu()[new].float()
-        wins[new] = ts.won.cpu()[new].float()
-        have |= new
-        if bool(have.all()):
-            break
-    if not bool(have.any()):
-        raise RuntimeError(f"evaluation ended no episode within {env.info.episode_limit + 1} steps")
-    r = returns[have].numpy()
-    w = wins[have].numpy()
-    return {
-        "eval_return_mean": float(r.mean()),
-        "eval_return_std": float(r.std()),
-        "eval_win_rate": float(np.mean(w)) if env.info.has_won else math.nan,
-        "eval_episodes": int(have.sum()),
-    }
 
 
 # ----------------------------------------------------------------------------------------------
-# fault injection (tests) and results
-
-
-@dataclass(frozen=True)
-class Fault:
-    """A fault injected at the first iteration with ``env_steps >= step`` of the runs whose id
-    contains ``match``: ``nan`` (a NaN loss), ``raise`` (RuntimeError), ``exit`` (a crash) or
-    ``sigkill`` (the process is killed by SIGKILL, as by the OOM killer)."""
-
-    kind: str
-    step: int
-    match: str = ""
-
-    def applies(self, run_id: str) -> bool:
-        return self.match in run_id
-
-
-def parse_faults(text: str) -> tuple[Fault, ...]:
-    """Parse ``kind@step[:run_id_part]`` items separated by commas (ConfigError when malformed)."""
-    out = []
-    for item in filter(None, (s.strip() for s in text.split(","))):
-        head, _, match = item.partition(":")
-        kind, sep, step = head.strip().partition("@")
-        if kind not in FAULT_KINDS or not sep or not step.strip().isdigit():
-            raise ConfigError(f"bad {FAULT_ENV} item {item!r}: use kind@step[:run_id_part], "
-                              f"kind one of {', '.join(FAULT_KINDS)}")
-        out.append(Fault(kind, int(step), match.strip()))
-    return tuple(out)
-
-
-def faults_from_env() -> tuple[Fault, ...]:
-    """The faults requested through ``MARPO_BENCH_FAULT`` (none when unset)."""
-    return parse_faults(os.environ.get(FAULT_ENV, ""))
+# results
 
 
 @dataclass
@@ -228,83 +76,7 @@ _PERMANENT = (FloatingPointError, ConfigError, store.StoreError)
 
 
 # ----------------------------------------------------------------------------------------------
-# env state at iteration boundaries
-
-
-class CheckpointableEnv:
-    """A MultiAgentVecEnv whose state can be saved at an iteration boundary and restored.
-
-    After :meth:`restore`, the next ``reset(seed)`` returns the saved TimeStep instead of
-    resetting, so an algorithm's ``learn`` continues where the checkpoint was taken without
-    knowing about checkpoints. The env's own state comes from the env (``SnapshotEnv``: JAX envs
-    save their carry, mpe2 envs their generators' states before the last reset); an env without
-    it, or one that cannot capture its state now, restarts its episodes on resume.
-    """
-
-    def __init__(self, env: MultiAgentVecEnv) -> None:
-        self.env = env
-        self.info = env.info
-        self.device = env.device
-        self.last: TimeStep | None = None
-        self._pending: TimeStep | None = None
-
-    def reset(self, seed: int) -> TimeStep:
-        ts, self._pending = self._pending, None
-        if ts is None:
-            ts = self.env.reset(seed)
-        self.last = ts
-        return ts
-
-    def step(self, actions: torch.Tensor) -> TimeStep:
-        self.last = self.env.step(actions)
-        return self.last
-
-    def stepped(self, ts: TimeStep) -> None:
-        """The env was stepped around this wrapper (``envs.base.SeedEnvs``): ``ts`` is its TimeStep."""
-        self.last = ts
-
-    def close(self) -> None:
-        self.env.close()
-
-    def snapshot(self, mid_episode_ok: bool) -> dict:
-        """The env state now (a checkpoint-safe dict of tensors and plain values). ``kind`` is
-        ``none`` when it cannot be captured exactly (then a resume restarts the episodes): the env
-        cannot snapshot, or cannot now, or the episodes are mid-way and the algorithm cannot resume
-        them (``mid_episode_ok`` False)."""
-        ts = self.last
-        if ts is None:
-            raise RuntimeError("snapshot() before reset()")
-        state = None
-        if isinstance(self.env, SnapshotEnv) and (mid_episode_ok or bool(ts.done.all())):
-            state = self.env.snapshot()
-        if state is None:
-            return {"kind": "none"}
-        out = {"kind": "env", **state}
-        out["timestep"] = {f.name: getattr(ts, f.name).detach().cpu().clone() for f in fields(ts)}
-        return out
-
-    def restore(self, snap: dict, seed: int, fallback_seed: int) -> bool:
-        """Put the env in the state of ``snap``; the next ``reset`` returns its TimeStep. Returns
-        False when the snapshot holds no env state: the env then restarts from ``fallback_seed``."""
-        if snap.get("kind", "none") == "none" or not isinstance(self.env, SnapshotEnv):
-            self._pending = self.env.reset(fallback_seed)
-            return False
-        try:
-            self.env.restore({k: v for k, v in snap.items() if k != "timestep"}, seed)
-        except ValueError as exc:
-            raise store.StoreError(f"checkpoint env state: {exc}; delete checkpoint.pt to restart the run "
-                                   "from scratch") from None
-        self._pending = TimeStep(**{k: v.to(self.device) for k, v in snap["timestep"].items()})
-        return True
-
-
-# ----------------------------------------------------------------------------------------------
 # one run
-
-
-def eval_seed_of(seed: int, index: int) -> int:
-    """The env seed of a run's ``index``-th evaluation (0 at env step 0): never a training seed."""
-    return 10_000_019 * (seed + 1) + index
 
 
 POLICY_FORMAT = 1

@@ -77,7 +77,7 @@ def measure_bounds(env: str, task: str, episodes: int = 512, seed: int = 123) ->
     policy (sampled) and the scripted oracle (deterministic), one episode per parallel env.
     Returns mean and standard error of both. Needs the env backend (slow: seconds per task)."""
     from marpo_bench.envs import make_env
-    from marpo_bench.train import evaluate
+    from marpo_bench.evaluation import evaluate
 
     vec = make_env(env, task, episodes)
     out: dict[str, float] = {}

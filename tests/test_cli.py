@@ -109,7 +109,7 @@ def test_code_provenance_is_read_once_per_process_so_a_later_commit_is_not_recor
 
 def test_scoped_override_applies_to_one_algorithm_only(tmp_path):
     from marpo_bench.plan import plan_grid
-    from marpo_bench.train import build_config
+    from marpo_bench.recipes import build_config
 
     specs = plan_grid("mappo,marpo", "jax_mpe:simple_spread", 1, "1k", ["marpo.alpha=0.5", "lr=1e-3"], "cpu")
     cfgs = {s.algo: build_config(s) for s in specs}

@@ -73,7 +73,7 @@ def test_batched_seeds_on_cuda_follow_the_cpu_batched_learner():
     from baselines.qmix_replay import EpisodeReplay
     from marpo_bench.config import RunSpec
     from marpo_bench.envs import make_env
-    from marpo_bench.train import build_config
+    from marpo_bench.recipes import build_config
 
     cfg = build_config(RunSpec("qmix", "jax_mpe", "simple_spread", 0, 10**6, (("batch_size", "8"),)))
     env = make_env("jax_mpe", "simple_spread", cfg.num_envs, agent_id=cfg.agent_id)

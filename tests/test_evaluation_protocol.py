@@ -10,9 +10,10 @@ from dataclasses import dataclass
 import pytest
 import torch
 
-from marpo_bench import store, train
+from marpo_bench import recipes, store, train
 from marpo_bench.config import RunSpec
-from marpo_bench.train import evaluate, train_run
+from marpo_bench.evaluation import evaluate
+from marpo_bench.train import train_run
 from tests.helpers import ScriptedEnv
 
 
@@ -78,6 +79,7 @@ def stub_run(monkeypatch, tmp_path):
 
     monkeypatch.setattr(train, "make_env", fake_make_env)
     monkeypatch.setattr(train, "get_algorithm", lambda name: StubAlgo)
+    monkeypatch.setattr(recipes, "get_algorithm", lambda name: StubAlgo)  # its config is resolved there
     StubAlgo.instances.clear()
 
     def run(seed: int = 3, overrides: tuple = ()):

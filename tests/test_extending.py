@@ -19,7 +19,8 @@ import torch
 from marpo_bench import registry, store
 from marpo_bench.config import RunSpec
 from marpo_bench.envs import make_env, parse_env, split_task
-from marpo_bench.train import build_config, train_run
+from marpo_bench.recipes import build_config
+from marpo_bench.train import train_run
 
 ROOT = Path(__file__).resolve().parents[1]
 PLUGIN = ROOT / "examples" / "plugin"
@@ -28,7 +29,7 @@ MLP = (("recurrent", "false"), ("recurrent_critic", "false"))  # a fast MAPPO fo
 
 def _cli(*args: str, pythonpath: list[Path] = (), fault: str = "", timeout: int = 600):
     """``marpo-bench ARGS`` in a fresh process, with ``pythonpath`` (e.g. a plugin's install
-    directory) first on its path and an injected fault (train.py's ``MARPO_BENCH_FAULT``)."""
+    directory) first on its path and an injected fault (``MARPO_BENCH_FAULT``, marpo_bench/faults.py)."""
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([*map(str, pythonpath), str(ROOT)])}
     env.pop("MARPO_BENCH_FAULT", None)
     if fault:

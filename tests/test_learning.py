@@ -12,7 +12,8 @@ import torch
 from marpo_bench import store
 from marpo_bench.config import RunSpec
 from marpo_bench.envs import make_env
-from marpo_bench.train import evaluate, train_run
+from marpo_bench.evaluation import evaluate
+from marpo_bench.train import train_run
 
 BUDGET = 200_000  # env steps per run (~15-30 s each on 2 cores)
 MARGIN = 12.0  # team_sum return units per 25-step episode; random ~ -80 (sd ~ 24), trained ~ -58

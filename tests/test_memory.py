@@ -22,7 +22,7 @@ from marpo_bench.algos.ppo_core import Rollout, rollout_bytes
 from marpo_bench.cli import app
 from marpo_bench.config import ConfigError, RunSpec
 from marpo_bench.envs import make_env
-from marpo_bench.train import build_config
+from marpo_bench.recipes import build_config
 from tests.helpers import fake_info
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -121,7 +121,7 @@ from marpo_bench.algos import get_algorithm
 from marpo_bench.config import RunSpec
 from marpo_bench.envs import make_env
 from marpo_bench.memory import learner_bytes
-from marpo_bench.train import build_config
+from marpo_bench.recipes import build_config
 
 def status(key):
     return next(int(ln.split()[1]) * 1024 for ln in open("/proc/self/status") if ln.startswith(key))

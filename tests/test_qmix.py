@@ -55,7 +55,7 @@ def test_validate_rejects_bad_values_with_one_line(bad, needle):
 
 def test_build_config_spells_out_the_lineage_values_and_overrides_select_the_lineage():
     """run.json stores the resolved config: no setting is left at None."""
-    from marpo_bench.train import build_config
+    from marpo_bench.recipes import build_config
 
     cfg = build_config(RunSpec("qmix", "jax_mpe", "simple_spread", 0, 1000))
     assert None not in dataclasses.asdict(cfg).values()
@@ -130,7 +130,7 @@ def test_every_recipe_entry_equals_its_cited_source_values():
 
 
 def test_recipe_departures_are_one_set_away_from_the_published_value():
-    from marpo_bench.train import build_config
+    from marpo_bench.recipes import build_config
 
     on = (("qmix.bootstrap_truncation", "true"),)
     mpe = build_config(RunSpec("qmix", "jax_mpe", "simple_spread", 0, 1000))
@@ -291,7 +291,7 @@ def test_smax_td_target_scales_the_reward_like_jaxmarl_on_a_hand_made_episode():
     """A won 2-step SMAX episode: 0.2 of the enemies' health at step 0, the rest (0.8) plus the
     win bonus (1.0) at the terminal step 1. With SMAX's recipe (reward x 10) the one-step targets
     are 10 r_0 + gamma Q_tot(s_1) and 10 r_1 (no bootstrap: terminated)."""
-    from marpo_bench.train import build_config
+    from marpo_bench.recipes import build_config
 
     scale = build_config(RunSpec("qmix", "smax", "3m", 0, 1000)).reward_scale
     assert scale == 10.0
@@ -754,7 +754,8 @@ def test_qmix_learns_simple_spread_beyond_random():
     (about -80, team_sum, 25 steps) by >= 12 on each seed. Measured with MPE's recipe (EPyMARL's
     settings, GRU agent): -58.0 and -60.5 (pymarl's settings: about -58 on both seeds)."""
     from marpo_bench.envs import make_env
-    from marpo_bench.train import build_config, evaluate
+    from marpo_bench.evaluation import evaluate
+    from marpo_bench.recipes import build_config
 
     torch.set_num_threads(1)
     eval_env = make_env("jax_mpe", "simple_spread", 32)
@@ -799,7 +800,7 @@ def test_mean_q_stays_within_a_factor_of_the_realised_discounted_return_on_sprea
     150k steps (Q_tot 97 against a realised -0.5, standardised units, at 300k: see the module
     docstring), too slow for a test. The hand-computed target tests above pin the cause."""
     from marpo_bench.envs import make_env
-    from marpo_bench.train import build_config
+    from marpo_bench.recipes import build_config
 
     torch.set_num_threads(1)
     cfg = build_config(RunSpec("qmix", "jax_mpe", "simple_spread", 0, Q_BUDGET))

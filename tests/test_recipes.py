@@ -20,7 +20,7 @@ from baselines.mappo import MAPPO, MAPPO_RECIPES, MAPPOConfig
 from marpo_bench.algos.marpo import MARPO, MARPOConfig, schedule_progress
 from marpo_bench.config import Recipe, RunSpec
 from marpo_bench.envs.base import EnvInfo, TimeStep
-from marpo_bench.train import build_config
+from marpo_bench.recipes import build_config
 from tests.helpers import replay
 
 # ----------------------------------------------------------------------------------------------

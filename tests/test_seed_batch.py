@@ -223,7 +223,7 @@ def test_stacked_jax_envs_follow_each_env_stepped_alone(family, task, S, steps):
     one: the same streams across auto-resets, floats within 1e-5 (XLA may vectorise S x E envs
     differently), flags equal; after ``sync`` each env's own state is its stacked slice."""
     from marpo_bench.envs.base import SeedEnvs
-    from marpo_bench.train import CheckpointableEnv
+    from marpo_bench.resume import CheckpointableEnv
 
     E = 8
     wrapped = [CheckpointableEnv(make_env(family, task, E, device="cpu")) for _ in range(S)]
@@ -406,7 +406,7 @@ def _ppo_runs(algo: str, family: str, task: str, steps: int, seeds: list[int], s
     comparison is of the math, not of float32 summation orders (which differ by CPU)."""
     from marpo_bench.algos import get_algorithm
     from marpo_bench.config import RunSpec
-    from marpo_bench.train import build_config
+    from marpo_bench.recipes import build_config
 
     cfg = build_config(RunSpec(algo, family, task, 0, steps, (("num_envs", "8"), *sets)))
     cls = get_algorithm(algo)

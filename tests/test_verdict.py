@@ -298,7 +298,7 @@ def test_the_sample_efficiency_ratio_carries_the_range_where_its_band_reaches_th
 
 def test_runs_of_a_superseded_recipe_are_flagged_and_page_one_says_budgets_and_commits(tmp_path) -> None:
     from marpo_bench.config import RunSpec
-    from marpo_bench.train import build_config
+    from marpo_bench.recipes import build_config
 
     study = tmp_path / "stale"
     write_synthetic_study(study, ["marpo", "mappo"], TASKS2[:1], seeds=5, incomplete=False)

@@ -95,11 +95,11 @@ def _restrict(records: list[dict], algos: Sequence[str] | None, envs: Sequence[s
 
 def recipe_drift(records: list[dict]) -> list[str]:
     """One note per (algorithm, task, overrides) whose runs ran a config that differs from what the
-    same command resolves to today (``train.build_config``): runs of a superseded recipe, e.g. a
+    same command resolves to today (``recipes.build_config``): runs of a superseded recipe, e.g. a
     study trained before a baseline was calibrated. Imported runs (no config) and algorithms not
     installed here are skipped."""
     from marpo_bench.config import RunSpec
-    from marpo_bench.train import build_config
+    from marpo_bench.recipes import build_config
 
     groups: dict[tuple, list[dict]] = defaultdict(list)
     for r in records:

@@ -188,7 +188,7 @@ class StackableEnv(Protocol):
 
 @runtime_checkable
 class EnvWrapper(Protocol):
-    """A wrapper whose ``step`` is its env's plus bookkeeping (``train.CheckpointableEnv``): when
+    """A wrapper whose ``step`` is its env's plus bookkeeping (``resume.CheckpointableEnv``): when
     its env is stepped around it (``SeedEnvs``), ``stepped`` is told the TimeStep."""
 
     env: Any

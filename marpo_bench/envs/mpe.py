@@ -244,7 +244,7 @@ class MPEVecEnv:
 # The family: normalisation bounds (shared with jax_mpe.py, measured per backend) and registration
 
 MPE_MEASUREMENT = (
-    "Each MPE row is measured by measure_bounds(env, task) in the tests (tests/mpe_oracle.py): train.evaluate on "
+    "Each MPE row is measured by measure_bounds(env, task) in the tests (tests/mpe_oracle.py): evaluation.evaluate on "
     "make_env(env, task, 512), i.e. one 25-step episode in each of 512 parallel envs with eval seed 123, for the "
     "uniform-random policy (UniformRandomPolicy, sampled actions) and for a scripted oracle (MPEOracle, "
     "deterministic) that reads goals and positions from the observations and steers with a one-step look-ahead. "

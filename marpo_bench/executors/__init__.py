@@ -23,7 +23,8 @@ from rich.console import Console
 from marpo_bench.config import DEFAULT_THREADS, RunSpec
 from marpo_bench.executors.pool import run_jobs, run_local, torch_threads
 from marpo_bench.executors.ray import RayUnavailable, ray_session, run_ray
-from marpo_bench.train import Fault, RunResult
+from marpo_bench.faults import Fault
+from marpo_bench.train import RunResult
 
 EXECUTORS = ("local", "ray")
 

@@ -39,7 +39,8 @@ from marpo_bench import provenance, store
 from marpo_bench.algos import get_algorithm
 from marpo_bench.config import DEFAULT_THREADS, RunSpec, one_line
 from marpo_bench.executors.common import GridBars, mark_run, should_retry
-from marpo_bench.train import Fault, RunResult, faults_from_env, train_run, train_seed_group
+from marpo_bench.faults import Fault, faults_from_env
+from marpo_bench.train import RunResult, train_run, train_seed_group
 
 Job = tuple[RunSpec, str]  # a run and the study it goes to
 

@@ -40,7 +40,8 @@ from marpo_bench import store
 from marpo_bench.config import RunSpec, one_line
 from marpo_bench.executors.common import GridBars, mark_run, should_retry
 from marpo_bench.executors.pool import seed_units
-from marpo_bench.train import Fault, RunResult, faults_from_env, train_run, train_seed_group
+from marpo_bench.faults import Fault, faults_from_env
+from marpo_bench.train import RunResult, train_run, train_seed_group
 
 _AUTH_VARS = ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH")
 

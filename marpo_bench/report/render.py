@@ -152,8 +152,8 @@ def config_table(res: Analysis) -> dict[str, Any]:
 
 
 # The code whose change can change a run's numbers (the rest: CLI, storage, report).
-NUMERICS_PATHS = ("marpo_bench/algos", "marpo_bench/envs", "marpo_bench/nets.py", "marpo_bench/train.py",
-                  "baselines")
+NUMERICS_PATHS = ("marpo_bench/algos", "marpo_bench/envs", "marpo_bench/nets.py", "marpo_bench/seedstack.py",
+                  "marpo_bench/train.py", "marpo_bench/recipes.py", "marpo_bench/evaluation.py", "baselines")
 
 
 def numerics_changes(commits: list[str]) -> str:
