@@ -61,7 +61,8 @@ EVAL_TESTS = ("tests/test_evaluation_protocol.py",)
 SMAX_TESTS = ("tests/test_smax_limits.py", "tests/test_smax.py")
 
 PPO = "marpo_bench/algos/ppo_core.py"
-LEARNER = "marpo_bench/algos/ppo_learner.py"  # collection and the update (the one on-policy learner)
+LEARNER = "marpo_bench/algos/ppo_learner.py"
+ROLLOUT = "marpo_bench/algos/rollout.py"  # GAE, the rollout, masked_mean
 MARPO = "marpo_bench/algos/marpo.py"
 MAPPO = "baselines/mappo.py"
 QMIX = "baselines/qmix.py"
@@ -125,21 +126,21 @@ MUTATIONS: list[Mutation] = [
              "            truncated = next_states.state.step >= max_steps\n", SMAX_TESTS,
              "SMAX: truncated set when a battle ends exactly at the step limit"),
     # --- other realistic bugs in the same paths ------------------------------------------------------
-    Mutation("X01", PPO, "        delta = rewards[t] + gamma * not_term[t] * next_values[t] - values[t]\n",
+    Mutation("X01", ROLLOUT, "        delta = rewards[t] + gamma * not_term[t] * next_values[t] - values[t]\n",
              "        delta = rewards[t] + gamma * not_term[t] * next_values[t] + values[t]\n", PPO_TESTS,
              "GAE: sign of V(s_t) in the TD error"),
     Mutation("X02", LEARNER, 'compute_gae(d["rewards"], v_den, nxt, term, done_k, cfg.gamma, cfg.gae_lambda)',
              'compute_gae(d["rewards"], v_den, nxt, term, done_k, cfg.gae_lambda, cfg.gamma)', PPO_TESTS,
              "GAE: gamma and lambda swapped"),
-    Mutation("X03", PPO, "        last = delta + gamma * lam * not_done[t] * last\n",
+    Mutation("X03", ROLLOUT, "        last = delta + gamma * lam * not_done[t] * last\n",
              "        last = delta + gamma * lam * last\n", PPO_TESTS,
              "GAE: recursion not cut at episode ends"),
-    Mutation("X04", PPO, "    return adv, adv + values\n", "    return adv, adv\n", PPO_TESTS,
+    Mutation("X04", ROLLOUT, "    return adv, adv + values\n", "    return adv, adv\n", PPO_TESTS,
              "GAE: returns without the values"),
     Mutation("X05", LEARNER, '            v_last = self.critic("forward", last_state).squeeze(-1)  # [S, E]\n',
              '            v_last = self.critic("forward", data["state"][:, -1]).squeeze(-1)\n', PPO_TESTS,
              "collect: bootstrap from the rollout's last state instead of the next one"),
-    Mutation("X06", PPO, "    return (x * m).sum() / m.sum().clamp(min=1.0)\n",
+    Mutation("X06", ROLLOUT, "    return (x * m).sum() / m.sum().clamp(min=1.0)\n",
              "    return (x * m).sum() / m.numel()\n", UPDATE_TESTS + MARPO_TESTS[1:2],
              "masked_mean divides by every entry, not the masked ones"),
     Mutation("X07", PPO, "    return torch.where(a <= delta, 0.5 * x**2, delta * (a - 0.5 * delta))\n",

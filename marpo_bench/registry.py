@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import functools
 import importlib
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from importlib import metadata
 from typing import Any
@@ -33,6 +33,21 @@ ALGO_GROUP = "marpo_bench.algorithms"
 # when an env is built).
 _BUILTIN_FAMILIES = ("marpo_bench.envs.mpe", "marpo_bench.envs.jax_mpe", "marpo_bench.envs.smax",
                      "marpo_bench.envs.smacv2", "marpo_bench.envs.pettingzoo")
+
+# Built-in algorithms: name -> (module, class, one-line description), imported when first used.
+_BUILTIN_ALGORITHMS: Mapping[str, tuple[str, str, str]] = {
+    "mappo": ("baselines.mappo", "MAPPO", "MAPPO (Yu et al. 2022): PPO with a centralised critic, GAE, ValueNorm"),
+    "marpo": ("marpo_bench.algos.marpo", "MARPO",
+              "MARPO (Wu et al. 2025): MAPPO + reflection term + KL-derived asymmetric clipping"),
+    "marpo_noreflect": ("marpo_bench.algos.marpo", "MARPONoReflection",
+                        "MARPO ablation: no reflection term (MAPPO objective + KL-derived asymmetric clip)"),
+    "marpo_symclip": ("marpo_bench.algos.marpo", "MARPOSymmetricClip",
+                      "MARPO ablation: reflection term with PPO's fixed symmetric clip [1-eps, 1+eps]"),
+    "marpo_ppoclip": ("marpo_bench.algos.marpo", "MARPOPPOMainClip",
+                      "MARPO ablation: adaptive bounds in the reflection term only, PPO's clip in L0 (official code)"),
+    "qmix": ("baselines.qmix", "QMix",
+             "QMix (Rashid et al. 2018): recurrent per-agent Q, monotonic hypernetwork mixer"),
+}
 
 
 @dataclass(frozen=True)
@@ -69,8 +84,6 @@ def _builtin_algorithm(module: str, cls: str) -> Callable[[], Any]:
 @functools.cache
 def registry() -> Registry:
     """The registry of this process, built once: built-ins, then the installed plugins."""
-    from marpo_bench.algos import BUILTIN_ALGORITHMS
-
     problems: list[str] = []
     families: dict[str, EnvFamily] = {}
     origin: dict[str, str] = {}
@@ -95,7 +108,7 @@ def registry() -> Registry:
         else:
             families[fam.name], origin[fam.name] = fam, _origin(ep)
     algorithms = {name: AlgorithmEntry(name, desc, "built-in", _builtin_algorithm(module, cls))
-                  for name, (module, cls, desc) in BUILTIN_ALGORITHMS.items()}
+                  for name, (module, cls, desc) in _BUILTIN_ALGORITHMS.items()}
     for ep in _entry_points(ALGO_GROUP):
         if ep.name in algorithms:
             problems.append(f"algorithm plugin {ep.name!r} ({ep.value}) takes the name of a "

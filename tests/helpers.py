@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from marpo_bench.algos.ppo_core import Rollout
+from marpo_bench.algos.rollout import Rollout
 from marpo_bench.envs.base import EnvInfo, TimeStep
 
 
@@ -228,7 +228,7 @@ def replay(algo, mb: Rollout):
     current networks: ``(learner, logp_all [T, B, N, A], logp_next [T-1, B, N, A], values [T, B])``.
     Gradients of these land on ``learner.actor.stack`` / ``learner.critic.stack`` (seed 0's slice):
     ``grads(learner.actor)``."""
-    from marpo_bench.algos.ppo_core import ChunkedInputs
+    from marpo_bench.algos.rollout import ChunkedInputs
 
     learner = algo.learner()
     recurrent = algo.cfg.recurrent or algo.cfg.recurrent_critic

@@ -168,8 +168,8 @@ def test_a_metric_the_algorithm_does_not_declare_fails_the_run_with_one_line(plu
     (plugin_path / "chatty_plugin.py").write_text(
         "from baselines.mappo import MAPPO\n"
         "class Chatty(MAPPO):\n"
-        "    def update(self, ro, env_steps):\n"
-        "        return {**super().update(ro, env_steps), 'surprise': 1.0}\n"
+        "    def summarize_logs(self, logs):\n"  # the per-seed hook of the update's metrics
+        "        return {**super().summarize_logs(logs), 'surprise': 1.0}\n"
     )
     _fake_distribution(plugin_path, "chatty-plugin", envs={}, algos={"chatty": "chatty_plugin:Chatty"})
     registry.refresh()
@@ -183,8 +183,8 @@ def test_an_algorithms_declared_metrics_are_stored_as_columns(plugin_path, tmp_p
         "from baselines.mappo import MAPPO\n"
         "class Extra(MAPPO):\n"
         "    metrics = (*MAPPO.metrics, 'ratio_max')\n"
-        "    def update(self, ro, env_steps):\n"
-        "        return {**super().update(ro, env_steps), 'ratio_max': 1.5}\n"
+        "    def summarize_logs(self, logs):\n"
+        "        return {**super().summarize_logs(logs), 'ratio_max': 1.5}\n"
     )
     _fake_distribution(plugin_path, "extra-plugin", envs={}, algos={"extra": "extra_plugin:Extra"})
     registry.refresh()
@@ -207,7 +207,7 @@ def _code_strings(path: Path) -> list[tuple[int, str]]:
 
 # Files that may name env families or algorithms in code, and why.
 _MAY_NAME = {
-    "marpo_bench/algos/__init__.py": "the built-in algorithms' table",
+    "marpo_bench/registry.py": "the built-in algorithms' table",
     "marpo_bench/presets.py": "named grids and the default study",
     "marpo_bench/regress/suites.py": "the regression suites are grids, like presets",
     "marpo_bench/report/plots.py": "fixed colours of the built-in algorithms (others take the palette)",

@@ -18,7 +18,8 @@ from baselines.qmix import QMix
 from baselines.qmix_replay import EpisodeBatch, EpisodeReplay, update_bytes
 from marpo_bench import memory
 from marpo_bench.algos import get_algorithm
-from marpo_bench.algos.ppo_core import Rollout, rollout_bytes
+from marpo_bench.algos.ppo_core import rollout_bytes
+from marpo_bench.algos.rollout import Rollout
 from marpo_bench.cli import app
 from marpo_bench.config import ConfigError, RunSpec
 from marpo_bench.envs import make_env

@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from baselines.mappo import MAPPO, MAPPOConfig
-from marpo_bench.algos.ppo_core import ValueNorm, compute_gae, ppo_clip_surrogate
+from marpo_bench.algos.ppo_core import ValueNorm, ppo_clip_surrogate
+from marpo_bench.algos.rollout import compute_gae
 from marpo_bench.envs.base import TimeStep
 from tests.helpers import fake_info, random_rollout, replay
 
@@ -154,7 +155,7 @@ def _recurrent_rollout(num_envs: int = 4):
 
 
 def test_chunked_replay_inputs_built_once_give_the_same_log_probs_for_any_env_subset():
-    from marpo_bench.algos.ppo_core import ChunkedInputs
+    from marpo_bench.algos.rollout import ChunkedInputs
 
     algo, ro = _recurrent_rollout()
     chunks = ChunkedInputs.from_rollout(ro, algo.cfg.chunk_len)

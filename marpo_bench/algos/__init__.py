@@ -2,15 +2,14 @@
 
 An algorithm is one class in one file that satisfies :class:`Algorithm`; the runner
 (``train.py``) calls only what the protocol names and never tests an algorithm's type or reads its
-state. Built-ins are listed in :data:`BUILTIN_ALGORITHMS` (module path, class name, description)
-and imported lazily, so ``marpo-bench list`` and argument validation stay fast; a plugin registers
-more through the ``marpo_bench.algorithms`` entry-point group (``marpo_bench/registry.py``,
-``docs/extending.md``).
+state. The built-ins are listed in ``marpo_bench/registry.py`` (module path, class name,
+description) and imported lazily, so ``marpo-bench list`` and argument validation stay fast; a plugin
+registers more through the ``marpo_bench.algorithms`` entry-point group (``docs/extending.md``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from typing import Any, ClassVar, Protocol, runtime_checkable
 
 from marpo_bench.envs.base import EnvInfo, MultiAgentVecEnv, TimeStep
@@ -87,21 +86,6 @@ class Algorithm(Protocol):
     # critic or the optimisers), and ``load_policy_state_dict(sd)``. A complete run keeps it as its
     # saved policy (``policy.pt``, small; ``marpo-bench eval``); without them the whole
     # ``state_dict`` is kept.
-
-
-BUILTIN_ALGORITHMS: Mapping[str, tuple[str, str, str]] = {
-    "mappo": ("baselines.mappo", "MAPPO", "MAPPO (Yu et al. 2022): PPO with a centralised critic, GAE, ValueNorm"),
-    "marpo": ("marpo_bench.algos.marpo", "MARPO",
-              "MARPO (Wu et al. 2025): MAPPO + reflection term + KL-derived asymmetric clipping"),
-    "marpo_noreflect": ("marpo_bench.algos.marpo", "MARPONoReflection",
-                        "MARPO ablation: no reflection term (MAPPO objective + KL-derived asymmetric clip)"),
-    "marpo_symclip": ("marpo_bench.algos.marpo", "MARPOSymmetricClip",
-                      "MARPO ablation: reflection term with PPO's fixed symmetric clip [1-eps, 1+eps]"),
-    "marpo_ppoclip": ("marpo_bench.algos.marpo", "MARPOPPOMainClip",
-                      "MARPO ablation: adaptive bounds in the reflection term only, PPO's clip in L0 (official code)"),
-    "qmix": ("baselines.qmix", "QMix",
-             "QMix (Rashid et al. 2018): recurrent per-agent Q, monotonic hypernetwork mixer"),
-}
 
 
 def get_algorithm(name: str) -> Any:

@@ -41,7 +41,8 @@ import torch
 from scipy.special import lambertw
 
 from baselines.mappo import MAPPO_RECIPES
-from marpo_bench.algos.ppo_core import OnPolicyAlgorithm, PPOConfig, Rollout, masked_mean, ppo_clip_surrogate
+from marpo_bench.algos.ppo_core import OnPolicyAlgorithm, PPOConfig, ppo_clip_surrogate
+from marpo_bench.algos.rollout import Rollout, masked_mean
 
 
 @dataclass

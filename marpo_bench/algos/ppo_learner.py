@@ -36,7 +36,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from marpo_bench.algos.ppo_core import ChunkedInputs, OnPolicyAlgorithm, PPOConfig, Rollout, compute_gae, masked_mean
+from marpo_bench.algos.rollout import ChunkedInputs, Rollout, compute_gae, masked_mean
 from marpo_bench.envs.base import EnvInfo, MultiAgentVecEnv, SeedEnvs, TimeStep
 from marpo_bench.nets import MLP, PerAgent, RecurrentNet, gumbel_max_sample, masked_logits
 from marpo_bench.seedstack import (
@@ -167,12 +167,12 @@ class OnPolicyLearner:
     ``members`` are the seeds' own learners, already built (and loaded, when resuming)."""
 
     @classmethod
-    def of_seeds(cls, algo_cls: type[OnPolicyAlgorithm], cfg: PPOConfig, env_info: EnvInfo,
+    def of_seeds(cls, algo_cls: type, cfg: Any, env_info: EnvInfo,
                  device: torch.device | str, seeds: list[int]) -> OnPolicyLearner:
         """A learner of fresh members of ``algo_cls``, one per seed."""
         return cls([algo_cls(copy.deepcopy(cfg), env_info, device, s) for s in seeds])
 
-    def __init__(self, members: list[OnPolicyAlgorithm]) -> None:
+    def __init__(self, members: list[Any]) -> None:
         if not members:
             raise ValueError("a learner needs at least one seed")
         self.members = list(members)

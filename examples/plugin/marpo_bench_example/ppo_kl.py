@@ -14,7 +14,8 @@ from dataclasses import dataclass
 
 import torch
 
-from marpo_bench.algos.ppo_core import OnPolicyAlgorithm, PPOConfig, Rollout, masked_mean
+from marpo_bench.algos.ppo_core import OnPolicyAlgorithm, PPOConfig
+from marpo_bench.algos.rollout import Rollout, masked_mean
 
 
 @dataclass
