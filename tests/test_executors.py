@@ -22,8 +22,8 @@ from marpo_bench import presets, store
 from marpo_bench.cli import DEFAULT_ALGOS, DEFAULT_SEEDS, DEFAULT_STEPS, app
 from marpo_bench.config import RunSpec
 from marpo_bench.executors import run_local, run_ray
-from marpo_bench.plan import plan_grid
 from marpo_bench.faults import FAULT_ENV, parse_faults
+from marpo_bench.plan import plan_grid
 
 pytest.importorskip("ray")
 

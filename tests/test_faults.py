@@ -18,9 +18,9 @@ from typer.testing import CliRunner
 from marpo_bench import store
 from marpo_bench.cli import app
 from marpo_bench.config import RunSpec
+from marpo_bench.faults import FAULT_ENV, Fault, parse_faults
 from marpo_bench.plan import read_plan, study_status, write_plan
 from marpo_bench.train import CHECKPOINT_FORMAT, train_run
-from marpo_bench.faults import FAULT_ENV, Fault, parse_faults
 
 runner = CliRunner()
 PPO_TINY = (("num_envs", "8"), ("epochs", "1"), ("eval_episodes", "4"), ("eval_interval", "200"))
