@@ -15,6 +15,7 @@ import math
 import multiprocessing as mp
 import resource
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -75,6 +76,18 @@ def _env_bench(family: str, task: str, num_envs: int, seconds: float, threads: i
                     _peak_rss_mb(), threads, elapsed)
 
 
+def one_seed(algo_cls: Any, cfg: Any, info: Any, device: str, seed: int) -> tuple[Any, Callable[..., None]]:
+    """What one seed's ``learn`` trains through, and a call that trains it: the algorithm's
+    learner over this seed alone (``batched`` at S = 1: the object whose ``update`` runs, so that
+    timing it times the updates), or the algorithm itself when it has no batched learner."""
+    batched = getattr(algo_cls, "batched", None)
+    if batched is None:
+        algo = algo_cls(cfg, info, device, seed)
+        return algo, lambda env, total, on_iteration: algo.learn(env, total, seed, on_iteration)
+    learner = batched(cfg, info, device, [seed])
+    return learner, lambda env, total, on_iteration: learner.learn([env], total, [seed], [on_iteration])
+
+
 class _PhaseClock:
     """Accumulates wall seconds per training phase by wrapping the env's step, the jitted env
     compute inside it and the learner's update (instance attributes only: nothing global)."""
@@ -131,7 +144,7 @@ def _train_bench(algo: str, family: str, task: str, num_envs: int | None, second
     overrides = (*overrides, *((("num_envs", str(num_envs)),) if num_envs else ()))
     cfg = build_config(RunSpec(algo, family, task, 0, 10**9, overrides))
     env = make_env(family, task, cfg.num_envs, agent_id=cfg.agent_id, trust_imports=True)
-    learner = get_algorithm(algo)(cfg, env.info, device, 0)
+    learner, learn = one_seed(get_algorithm(algo), cfg, env.info, device, 0)
     clock = _PhaseClock(env, learner, device)
     marks: list[tuple[float, int, tuple[float, float, float]]] = []
 
@@ -144,7 +157,7 @@ def _train_bench(algo: str, family: str, task: str, num_envs: int | None, second
             raise _Stop
 
     try:
-        learner.learn(env, 10**12, 0, on_iteration)
+        learn(env, 10**12, on_iteration)
     except _Stop:
         pass
     env.close()
@@ -194,8 +207,10 @@ def _seeds_bench(algo: str, family: str, task: str, seeds: int, mode: str, secon
     class _Stop(Exception):
         pass
 
-    def timed(learner: Any, budget: float) -> tuple[float, int, float, int]:
-        """(wall, env steps, update seconds, iterations) of ``learner`` after its first iteration."""
+    def timed(learner: Any, run: Callable[[Callable[[int, dict[str, float]], None]], None],
+              budget: float) -> tuple[float, int, float, int]:
+        """(wall, env steps, update seconds, iterations) of ``run(on_iteration)``, which trains
+        through ``learner`` (whose ``update`` is timed), after its first iteration."""
         spent = [0.0]
         update = learner.update
 
@@ -215,27 +230,29 @@ def _seeds_bench(algo: str, family: str, task: str, seeds: int, mode: str, secon
                 raise _Stop
 
         try:
-            if vectorised:
-                envs = [make_env(family, task, cfg.num_envs, agent_id=cfg.agent_id, trust_imports=True)
-                        for _ in range(seeds)]
-                others = [lambda *a: None] * (seeds - 1)
-                learner.learn(envs, 10**12, list(range(seeds)), [on_iteration, *others])
-            else:
-                env = make_env(family, task, cfg.num_envs, agent_id=cfg.agent_id, trust_imports=True)
-                learner.learn(env, 10**12, learner.seed, on_iteration)
+            run(on_iteration)
         except _Stop:
             pass
         (t_a, s_a, u_a), (t_b, s_b, u_b) = marks[1], marks[-1]
         return t_b - t_a, s_b - s_a, u_b - u_a, len(marks) - 2
 
+    def env() -> Any:
+        return make_env(family, task, cfg.num_envs, agent_id=cfg.agent_id, trust_imports=True)
+
+    def alone(seed: int, budget: float) -> tuple[float, int, float, int]:
+        learner, learn = one_seed(algo_cls, cfg, _info(family, task, cfg), device, seed)
+        return timed(learner, lambda cb: learn(env(), 10**12, cb), budget)
+
     if vectorised:
-        wall, steps, upd, iters = timed(algo_cls.batched(cfg, _info(family, task, cfg), device, list(range(seeds))),
-                                        seconds)
+        learner = algo_cls.batched(cfg, _info(family, task, cfg), device, list(range(seeds)))
+        others = [lambda *a: None] * (seeds - 1)
+        wall, steps, upd, iters = timed(learner, lambda cb: learner.learn([env() for _ in range(seeds)], 10**12,
+                                                                          list(range(seeds)), [cb, *others]), seconds)
         steps *= seeds
     elif mode == "bound":
-        wall, steps, upd, iters = timed(algo_cls(cfg, _info(family, task, cfg), device, 0), seconds)
+        wall, steps, upd, iters = alone(0, seconds)
     else:
-        parts = [timed(algo_cls(cfg, _info(family, task, cfg), device, k), seconds / seeds) for k in range(seeds)]
+        parts = [alone(k, seconds / seeds) for k in range(seeds)]
         wall, steps = sum(p[0] for p in parts), sum(p[1] for p in parts)
         upd, iters = sum(p[2] for p in parts), sum(p[3] for p in parts) / seeds
     label = f"{algo} S={seeds} {mode}"
